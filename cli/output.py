@@ -1,0 +1,100 @@
+"""How commands talk to people and scripts: tables, one JSON document, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any, Iterable, Sequence
+
+import click
+
+from hub.errors import AdapterHubError
+
+__all__ = ["HubGroup", "emit_json", "render_table", "human_size", "registry_option", "json_option"]
+
+DEBUG_ENV = "ADAPTERHUB_DEBUG"
+
+
+class HubGroup(click.Group):
+    """A click group that turns every failure into one line on stderr and a non-zero exit.
+
+    Library errors carry messages written for people; anything else is a bug, reported as one
+    line too (set ADAPTERHUB_DEBUG=1 for the traceback).
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except AdapterHubError as e:
+            raise click.ClickException(str(e)) from None
+        except (OSError, ValueError, KeyError) as e:
+            if os.environ.get(DEBUG_ENV):
+                traceback.print_exc()
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV):
+                traceback.print_exc()
+            raise click.ClickException(
+                f"internal error: {type(e).__name__}: {e} (set {DEBUG_ENV}=1 for details)"
+            ) from None
+
+
+def registry_option(f):
+    """``--registry``: a folder or http(s) URL; defaults per ``hub.location``."""
+    return click.option(
+        "--registry",
+        "registry",
+        envvar="ADAPTERHUB_REGISTRY",
+        default=None,
+        metavar="PATH|URL",
+        help="Registry folder or hub URL (default: $ADAPTERHUB_REGISTRY, else the checkout's registry.json).",
+    )(f)
+
+
+def json_option(f):
+    return click.option("--json", "json_output", is_flag=True, help="Print one JSON document for scripts.")(f)
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def human_size(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A plain aligned table; cells are stringified, '-' for empty."""
+    cells = [[("-" if c in (None, "") else str(c)) for c in r] for r in rows]
+    widths = [len(h) for h in headers]
+    for r in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, r)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    out = [line(list(headers)), line(["-" * w for w in widths])]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def fail(message: str) -> None:
+    """Stop a command with one line on stderr (exit 1)."""
+    raise click.ClickException(message)
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,186 @@
+"""Read and validate a PEFT adapter folder: what it is, what it touches, and whether it is complete.
+
+Everything the registry stores passes through here first, so a bad folder is refused before a
+single byte reaches the store. No torch import: tensor metadata comes from the safetensors header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidAdapter, UnsupportedAdapter
+from .safetensors_header import SafetensorsFormatError, TensorInfo, read_safetensors_header
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "AdapterFolder",
+    "ModuleUse",
+    "read_adapter_folder",
+    "ADAPTER_TYPES",
+]
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_PICKLE_WEIGHTS = "adapter_model.bin"
+# Files of a PEFT folder worth keeping besides the two required ones.
+_OPTIONAL_FILES = ("README.md",)
+
+# peft_type -> the adapter type the registry records.
+ADAPTER_TYPES = {"LORA": "lora", "PROMPT_TUNING": "prompt_tuning"}
+
+_PREFIX = "base_model.model."
+_LORA_KEY = re.compile(
+    r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"(?:\.[^.]+)?(?:\.(?P<kind>weight|bias))?$"
+)
+
+
+@dataclass(frozen=True)
+class ModuleUse:
+    """How a LoRA adapter uses one base module: the base weight shape its tensors imply.
+
+    ``weight_shape`` is in the base checkpoint's own layout (already transposed for
+    ``fan_in_fan_out`` layers such as GPT-2's ``Conv1D``), so it compares directly with the base's
+    safetensors header.
+    """
+
+    module: str
+    kind: str  # "linear" | "embedding" | "saved" (modules_to_save / a full replaced tensor)
+    weight_shape: tuple[int, ...]
+    rank: int
+
+
+@dataclass(frozen=True)
+class AdapterFolder:
+    """A validated PEFT adapter folder, ready to be stored or merged."""
+
+    path: Path
+    config: dict[str, Any]
+    adapter_type: str
+    tensors: dict[str, TensorInfo]
+    files: tuple[str, ...]
+    modules: tuple[ModuleUse, ...] = field(default=())
+
+    @property
+    def base_model(self) -> str | None:
+        return self.config.get("base_model_name_or_path") or None
+
+    def summary(self) -> dict[str, Any]:
+        """The PEFT settings a person compares adapters by; stored in the registry entry."""
+        c = self.config
+        if self.adapter_type == "lora":
+            keys = ("r", "lora_alpha", "use_rslora", "target_modules", "rank_pattern", "alpha_pattern",
+                    "modules_to_save", "fan_in_fan_out", "bias", "lora_dropout", "use_dora", "task_type")
+        else:
+            keys = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "prompt_tuning_init",
+                    "prompt_tuning_init_text", "task_type")
+        out = {k: c.get(k) for k in keys if c.get(k) not in (None, {}, [])}
+        if isinstance(out.get("target_modules"), list):
+            out["target_modules"] = sorted(out["target_modules"])
+        out["parameters"] = sum(t.numel for t in self.tensors.values())
+        return out
+
+
+def _load_config(folder: Path) -> dict[str, Any]:
+    cfg_path = folder / ADAPTER_CONFIG
+    if not cfg_path.is_file():
+        raise InvalidAdapter(f"{folder}: no {ADAPTER_CONFIG} (is this a PEFT adapter folder?)")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidAdapter(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise InvalidAdapter(f"{cfg_path}: expected a JSON object")
+    return config
+
+
+def _adapter_type(config: dict[str, Any], where: Path) -> str:
+    peft_type = config.get("peft_type")
+    if not isinstance(peft_type, str):
+        raise InvalidAdapter(f"{where}: {ADAPTER_CONFIG} has no peft_type")
+    kind = ADAPTER_TYPES.get(peft_type.upper())
+    if kind is None:
+        supported = ", ".join(sorted(ADAPTER_TYPES))
+        raise UnsupportedAdapter(f"{where}: peft_type {peft_type!r} is not supported (supported: {supported})")
+    return kind
+
+
+def _module_uses(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> tuple[ModuleUse, ...]:
+    """Derive, per touched base module, the weight shape the adapter's tensors imply."""
+    fan_in_fan_out = bool(config.get("fan_in_fan_out"))
+    parts: dict[str, dict[str, TensorInfo]] = {}
+    saved: list[ModuleUse] = []
+    for key, info in tensors.items():
+        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        m = _LORA_KEY.match(name)
+        if m is None:
+            # A full tensor PEFT saved as-is: modules_to_save, trainable biases, embedding base layers.
+            saved.append(ModuleUse(name, "saved", info.shape, 0))
+            continue
+        if m.group("kind") == "bias" or m.group("part") == "lora_magnitude_vector":
+            continue
+        parts.setdefault(m.group("module"), {})[m.group("part")] = info
+    uses: list[ModuleUse] = []
+    for module, p in sorted(parts.items()):
+        if "lora_A" in p and "lora_B" in p:
+            a, b = p["lora_A"].shape, p["lora_B"].shape
+            if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+                raise InvalidAdapter(f"{module}: lora_A {list(a)} and lora_B {list(b)} do not form a low-rank pair")
+            shape = (a[1], b[0]) if fan_in_fan_out else (b[0], a[1])
+            uses.append(ModuleUse(module, "linear", shape, a[0]))
+        elif "lora_embedding_A" in p and "lora_embedding_B" in p:
+            a, b = p["lora_embedding_A"].shape, p["lora_embedding_B"].shape
+            if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+                raise InvalidAdapter(f"{module}: embedding A {list(a)} and B {list(b)} do not form a low-rank pair")
+            uses.append(ModuleUse(module, "embedding", (a[1], b[0]), a[0]))
+        else:
+            raise InvalidAdapter(f"{module}: has only half of a LoRA pair ({', '.join(sorted(p))})")
+    return tuple(uses + saved)
+
+
+def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
+    """Validate a folder as PEFT would save it and describe it; raise ``InvalidAdapter`` otherwise."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InvalidAdapter(f"{folder}: not a folder")
+    config = _load_config(folder)
+    kind = _adapter_type(config, folder)
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        if (folder / _PICKLE_WEIGHTS).is_file():
+            raise InvalidAdapter(
+                f"{folder}: only {_PICKLE_WEIGHTS} (a pickle) is present; adapterhub stores safetensors only. "
+                "Re-save with PeftModel.save_pretrained(..., safe_serialization=True)"
+            )
+        raise InvalidAdapter(f"{folder}: no {ADAPTER_WEIGHTS}")
+    try:
+        tensors = read_safetensors_header(weights)
+    except SafetensorsFormatError as e:
+        raise InvalidAdapter(f"{folder}: {e}") from e
+    if not tensors:
+        raise InvalidAdapter(f"{folder}: {ADAPTER_WEIGHTS} holds no tensors")
+    if kind == "lora":
+        if not isinstance(config.get("r"), int) or config["r"] <= 0:
+            raise InvalidAdapter(f"{folder}: LoRA config needs a positive integer r")
+        modules = _module_uses(config, tensors)
+        if not any(u.kind != "saved" for u in modules):
+            raise InvalidAdapter(f"{folder}: no lora_A/lora_B tensors in {ADAPTER_WEIGHTS}")
+    else:
+        prompt = tensors.get("prompt_embeddings")
+        n = config.get("num_virtual_tokens")
+        if prompt is None or len(prompt.shape) != 2:
+            raise InvalidAdapter(f"{folder}: prompt tuning adapter without a 2-d prompt_embeddings tensor")
+        subs = config.get("num_transformer_submodules") or 1
+        if isinstance(n, int) and prompt.shape[0] != n * subs:
+            raise InvalidAdapter(
+                f"{folder}: prompt_embeddings has {prompt.shape[0]} rows, config says {n} virtual tokens"
+            )
+        modules = (ModuleUse("prompt_embeddings", "prompt", (prompt.shape[1],), 0),)
+    files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS] + [f for f in _OPTIONAL_FILES if (folder / f).is_file()]
+    return AdapterFolder(folder, config, kind, tensors, tuple(files), modules)

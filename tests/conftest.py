@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny base built once per session, PEFT-made adapters, a private registry per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = os.environ.get("ADAPTERHUB_SLOW") == "1"
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    for item in items:
+        if "slow" in item.keywords and not slow:
+            item.add_marker(pytest.mark.skip(reason="slow: set ADAPTERHUB_SLOW=1"))
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture(autouse=True)
+def _private_registry(tmp_path, monkeypatch):
+    """Every test gets its own default registry, so none touches the checkout's registry.json."""
+    monkeypatch.setenv("ADAPTERHUB_REGISTRY", str(tmp_path / "registry"))
+    return tmp_path / "registry"
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    from hub.tinybase import build_tiny_base
+
+    return build_tiny_base(tmp_path_factory.mktemp("bases") / "tiny-llama")
+
+
+def _load(base: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base)
+
+
+def save_lora(base: Path, out: Path, seed: int = 0, **config: Any) -> Path:
+    """Save a LoRA adapter made by PEFT with non-zero random B (so it really changes the output)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config.setdefault("r", 4)
+    config.setdefault("lora_alpha", 8)
+    config.setdefault("target_modules", ["q_proj", "v_proj"])
+    config.setdefault("init_lora_weights", False)
+    model = get_peft_model(_load(base), LoraConfig(task_type="CAUSAL_LM", **config))
+    model.save_pretrained(out)
+    return out
+
+
+def save_prompt_tuning(base: Path, out: Path, seed: int = 0, num_virtual_tokens: int = 4) -> Path:
+    import torch
+    from peft import PromptTuningConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        _load(base), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens)
+    )
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def make_lora(tiny_base, tmp_path) -> Callable[..., Path]:
+    counter = iter(range(10_000))
+
+    def make(name: str | None = None, base: Path | None = None, **config: Any) -> Path:
+        return save_lora(base or tiny_base, tmp_path / (name or f"lora{next(counter)}"), **config)
+
+    return make
+
+
+@pytest.fixture
+def make_prompt(tiny_base, tmp_path) -> Callable[..., Path]:
+    counter = iter(range(10_000))
+
+    def make(name: str | None = None, base: Path | None = None, **kw: Any) -> Path:
+        return save_prompt_tuning(base or tiny_base, tmp_path / (name or f"prompt{next(counter)}"), **kw)
+
+    return make
