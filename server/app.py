@@ -1,0 +1,34 @@
+"""The Flask application factory: the registry API always, the OpenAI API when an engine is given.
+
+Nothing loads at import time. ``create_app`` takes the long-lived objects (the registry, the
+inference engine) ready-made, so tests build apps with temporary registries and the real engine on
+the tiny base, and ``adapterhub serve`` / ``adapterhub hub serve`` build them from CLI options.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+
+from hub.registry import LocalRegistry
+
+from .errors import install_error_handlers
+
+__all__ = ["create_app", "EXTENSION"]
+
+EXTENSION = "adapterhub"
+
+
+def create_app(
+    registry: LocalRegistry,
+    *,
+    engine: Any | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Flask:
+    """Build the WSGI app. ``app.extensions["adapterhub"]`` holds the registry and the engine."""
+    app = Flask("adapterhub")
+    app.config.update(config or {})
+    app.extensions[EXTENSION] = {"registry": registry, "engine": engine}
+    install_error_handlers(app)
+    return app
