@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import traceback
 from typing import Any, Iterable, Sequence
 
@@ -12,7 +11,7 @@ import click
 
 from hub.errors import AdapterHubError
 
-__all__ = ["HubGroup", "emit_json", "render_table", "human_size", "registry_option", "json_option"]
+__all__ = ["HubGroup", "emit_json", "render_table", "human_size", "registry_option", "json_option", "warn"]
 
 DEBUG_ENV = "ADAPTERHUB_DEBUG"
 
@@ -87,14 +86,6 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def fail(message: str) -> None:
-    """Stop a command with one line on stderr (exit 1)."""
-    raise click.ClickException(message)
-
-
 def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from .adapter_folder import AdapterFolder, read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
-from .blobstore import BlobStore, StoredObject
+from .blobstore import BlobStore, StoredObject, sha256_file
 from .errors import (
     AdapterNotFound,
     ConcurrentModification,
@@ -401,6 +401,7 @@ class LocalRegistry:
         _check_text(task, "task", 200)
         _check_text(description, "description")
         metrics = _check_metrics(metrics)
+        self._read_index()  # an unreadable index fails the push before any object is stored
         adapter = read_adapter_folder(folder)
         base_record = self._base_record(adapter, base)
         with self._flock("objects.lock", fcntl.LOCK_SH):  # keeps gc away from objects not yet indexed
@@ -514,7 +515,7 @@ class LocalRegistry:
         if out.exists() and not out.is_dir():
             raise InvalidName(f"{out} exists and is not a folder")
         if not force:
-            clashes = [f.path for f in target.files if (out / f.path).exists()]
+            clashes = [f.path for f in target.files if (out / f.path).exists() and not _same_file(out / f.path, f)]
             if clashes:
                 raise InvalidName(f"{out} already has {', '.join(clashes)} (use --force to overwrite)")
         created = not out.exists()
@@ -597,6 +598,11 @@ class LocalRegistry:
                 tmp.unlink()
                 report.removed_temporaries += 1
         return report
+
+
+def _same_file(path: Path, entry: FileEntry) -> bool:
+    """Whether an existing file already holds exactly this entry's bytes (re-pulls are no-ops)."""
+    return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
 
 
 def _span(versions: Mapping[str, Any]) -> str:
