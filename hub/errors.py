@@ -21,7 +21,9 @@ __all__ = [
     "PermissionDenied",
     "RegistryCorrupt",
     "RemoteError",
+    "TrainingConfigError",
     "TrainingDataError",
+    "TrainingInterrupted",
     "UnsupportedAdapter",
 ]
 
@@ -55,6 +57,18 @@ class IncompatibleBase(AdapterHubError, ValueError):
 
 class TrainingDataError(AdapterHubError, ValueError):
     """A training or evaluation data file with a malformed row; the message names file and line."""
+
+
+class TrainingConfigError(AdapterHubError, ValueError):
+    """Training settings that cannot work: a bad hyper-parameter, a missing base, an unknown target module."""
+
+
+class TrainingInterrupted(AdapterHubError):
+    """Training stopped by a signal after saving a checkpoint; ``--resume`` continues from it."""
+
+    def __init__(self, message: str, *, checkpoint: str = "") -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 class MergeError(AdapterHubError, ValueError):
