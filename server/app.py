@@ -13,6 +13,7 @@ from flask import Flask
 
 from hub.registry import LocalRegistry
 
+from . import auth, hf_compat, registry_api, web
 from .errors import install_error_handlers
 
 __all__ = ["create_app", "EXTENSION"]
@@ -31,4 +32,8 @@ def create_app(
     app.config.update(config or {})
     app.extensions[EXTENSION] = {"registry": registry, "engine": engine}
     install_error_handlers(app)
+    auth.init_app(app)
+    app.register_blueprint(registry_api.bp)
+    app.register_blueprint(hf_compat.bp)
+    app.register_blueprint(web.bp)
     return app

@@ -1,0 +1,63 @@
+"""Who may do what on the hub: ``Authorization: Bearer <token>`` checked against the registry's tokens.
+
+Writes (push, tag, delete, metrics, verify) need a token with the ``write`` scope. Reads are open
+unless the app is configured with ``READ_TOKEN_REQUIRED``; while reads are open a token the hub does
+not know is ignored on reads (the Hugging Face client may send a huggingface.co token along), but
+it is refused wherever a token is required. Missing or unknown credentials answer 401 with
+``WWW-Authenticate: Bearer``; a known token without the needed scope answers 403.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, request
+
+from hub.tokens import READ, WRITE, TokenRecord, TokenStore
+
+from .errors import ApiError
+
+__all__ = ["init_app", "authorize", "READ", "WRITE", "READ_TOKEN_REQUIRED"]
+
+READ_TOKEN_REQUIRED = "READ_TOKEN_REQUIRED"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="adapterhub"'}
+
+
+def init_app(app: Flask) -> None:
+    """Attach the registry's token store (read from ``tokens.json`` beside its index)."""
+    ext = app.extensions["adapterhub"]
+    ext["tokens"] = TokenStore(ext["registry"].root)
+
+
+def _presented_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def authorize(scope: str) -> TokenRecord | None:
+    """Check the request may act with ``scope``; raise the 401/403 ``ApiError`` otherwise."""
+    store: TokenStore = current_app.extensions["adapterhub"]["tokens"]
+    token = _presented_token()
+    required = scope == WRITE or bool(current_app.config.get(READ_TOKEN_REQUIRED))
+    record = store.authenticate(token) if token is not None else None
+    if not required:
+        return record
+    if token is None:
+        raise ApiError(
+            401,
+            f"this hub needs a token with {scope} scope: send 'Authorization: Bearer <token>' "
+            "(adapterhub reads it from $ADAPTERHUB_TOKEN)",
+            code="unauthorized",
+            headers=_CHALLENGE,
+        )
+    if record is None:
+        raise ApiError(401, "the token is not valid on this hub (unknown or revoked)", code="unauthorized",
+                       headers=_CHALLENGE)
+    if not record.allows(scope):
+        raise ApiError(
+            403,
+            f"token {record.id} has {record.scope} scope; this operation needs {scope}",
+            code="forbidden",
+        )
+    return record

@@ -1,0 +1,153 @@
+"""The Hugging Face Hub download protocol, read side: every adapter is a model repo.
+
+With ``HF_ENDPOINT`` pointing here, ``huggingface_hub`` (``hf_hub_download``, ``snapshot_download``)
+and everything built on it (``PeftModel.from_pretrained``) download adapters unchanged. The repo id
+is the adapter name; a revision is a tag (``main`` means ``latest`` unless a tag is called
+``main``), a version number, or a commit id. A version's commit id is the first 40 hex digits of
+its manifest digest, so it looks like a git commit to the client and stays unique per content;
+any prefix of at least 6 digits, with or without ``sha256:``, also resolves. File ETags are the
+files' sha256 (what the client names cached blobs by); no redirects, no Xet headers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request, send_file
+
+from hub.errors import AdapterNotFound, AdapterHubError
+from hub.refs import LATEST, Reference, validate_name, validate_tag
+from hub.registry import AdapterVersion, LocalRegistry
+
+from .auth import READ, authorize
+from .errors import ApiError
+
+__all__ = ["bp", "commit_id"]
+
+bp = Blueprint("hf_compat", __name__)
+
+_HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})$")
+_DEFAULT_BRANCH = "main"
+_LFS_POINTER_SIZE = 134  # what a git-lfs pointer file of a sha256 takes; the client only records it
+
+
+def commit_id(v: AdapterVersion) -> str:
+    return v.digest[:40]
+
+
+def _registry() -> LocalRegistry:
+    return current_app.extensions["adapterhub"]["registry"]
+
+
+def _not_found(code: str, message: str) -> ApiError:
+    return ApiError(404, message, code=code, headers={"X-Error-Code": code})
+
+
+def _candidates(name: str, revision: str) -> list[Reference]:
+    """Readings of ``revision``, most specific first: a tag, a version number, a digest, ``main``."""
+    out: list[Reference] = []
+    try:
+        out.append(Reference(name, tag=validate_tag(revision)))
+    except AdapterHubError:
+        pass
+    if revision.isdigit() and int(revision) > 0:
+        out.append(Reference(name, version=int(revision)))
+    m = _HEX.match(revision)
+    if m:
+        out.append(Reference(name, digest=m.group(1)))
+    if revision == _DEFAULT_BRANCH:
+        out.append(Reference(name, tag=LATEST))
+    return out
+
+
+def _resolve(repo_id: str, revision: str) -> AdapterVersion:
+    authorize(READ)
+    registry = _registry()
+    try:
+        validate_name(repo_id)
+    except AdapterHubError:
+        raise _not_found("RepoNotFound", f"repository {repo_id!r} not found") from None
+    if not registry.list(name=repo_id):
+        raise _not_found("RepoNotFound", f"repository {repo_id!r} not found")
+    for ref in _candidates(repo_id, revision):
+        try:
+            return registry.resolve(ref)
+        except AdapterNotFound:
+            continue
+    raise _not_found("RevisionNotFound", f"{repo_id} has no revision {revision!r}")
+
+
+def _with_commit(response, v: AdapterVersion):
+    response.headers["X-Repo-Commit"] = commit_id(v)
+    return response
+
+
+def _repo_info(v: AdapterVersion) -> dict[str, Any]:
+    tags = ["peft", v.adapter_type] + ([f"task:{v.task}"] if v.task else [])
+    return {
+        "_id": v.digest[:24],
+        "id": v.name,
+        "modelId": v.name,
+        "sha": commit_id(v),
+        "private": False,
+        "disabled": False,
+        "gated": False,
+        "downloads": 0,
+        "likes": 0,
+        "library_name": "peft",
+        "tags": tags,
+        "lastModified": v.created,
+        "createdAt": v.created,
+        "cardData": {"base_model": v.base.get("name"), "library_name": "peft"},
+        "siblings": [{"rfilename": f.path, "size": f.size} for f in v.files],
+        "usedStorage": v.total_size,
+    }
+
+
+@bp.get("/api/models/<repo_id>")
+@bp.get("/api/models/<repo_id>/revision/<path:revision>")
+def model_info(repo_id: str, revision: str = _DEFAULT_BRANCH):
+    v = _resolve(repo_id, revision)
+    return _with_commit(jsonify(_repo_info(v)), v)
+
+
+@bp.get("/api/models/<repo_id>/tree/<revision>")
+@bp.get("/api/models/<repo_id>/tree/<revision>/<path:path_in_repo>")
+def model_tree(repo_id: str, revision: str, path_in_repo: str = ""):
+    v = _resolve(repo_id, revision)
+    path_in_repo = path_in_repo.strip("/")
+    if path_in_repo:  # the repo is flat: no folders to list
+        raise _not_found("EntryNotFound", f"{repo_id}@{revision} has no folder {path_in_repo!r}")
+    entries = [
+        {
+            "type": "file",
+            "path": f.path,
+            "size": f.size,
+            "oid": f.sha256,
+            "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": _LFS_POINTER_SIZE},
+        }
+        for f in v.files
+    ]
+    return _with_commit(jsonify(entries), v)
+
+
+@bp.route("/<repo_id>/resolve/<revision>/<path:filename>", methods=["GET", "HEAD"])
+def resolve_file(repo_id: str, revision: str, filename: str):
+    v = _resolve(repo_id, revision)
+    try:
+        entry = v.file(filename)
+    except AdapterNotFound:
+        err = _not_found("EntryNotFound", f"{repo_id}@{revision} has no file {filename!r}")
+        err.headers["X-Repo-Commit"] = commit_id(v)
+        raise err from None
+    response = send_file(
+        _registry().object_path(entry.sha256),
+        mimetype="application/octet-stream",
+        conditional=True,
+        etag=entry.sha256,
+        download_name=filename,
+    )
+    response.headers["X-Linked-Size"] = str(entry.size)
+    response.headers["X-Linked-ETag"] = f'"{entry.sha256}"'
+    return _with_commit(response, v)

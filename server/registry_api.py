@@ -1,0 +1,244 @@
+"""The registry over HTTP (``/api/...``): what ``hub.remote.RemoteRegistry`` speaks.
+
+Push is three steps, as in OCI registries, so shared bytes cross the network once:
+
+1. ``POST /api/objects/check`` with the manifest's digests answers which ones the hub lacks;
+2. ``PUT /api/objects/sha256/<digest>`` uploads each missing object; the bytes are hashed on the
+   way into a temporary file and kept only if they hash to the digest in the URL;
+3. ``POST /api/adapters/<name>/versions`` commits the manifest: every object must be present with
+   the declared size, the files must form a valid PEFT folder (and fit the base when the hub can
+   read it), and the version lands through ``LocalRegistry.push``, i.e. one atomic index write.
+
+Objects are named by digest and file names are checked against a strict alphabet, so no request
+can name a path outside the registry folder. Downloads (``GET /api/objects/sha256/<digest>``)
+honour ``Range`` so interrupted pulls resume.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request, send_file
+
+from hub.adapter_folder import read_adapter_folder
+from hub.errors import InvalidAdapter, InvalidName
+from hub.refs import validate_name
+from hub.registry import AdapterVersion, LocalRegistry
+
+from .auth import READ, WRITE, authorize
+from .errors import ApiError
+
+__all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "version_json"]
+
+bp = Blueprint("registry_api", __name__, url_prefix="/api")
+
+MAX_OBJECT_BYTES = "MAX_OBJECT_BYTES"  # app.config key: largest object one PUT may carry
+MAX_JSON_BYTES = "MAX_JSON_BYTES"  # app.config key: largest JSON request body
+_DEFAULT_MAX_OBJECT = 4 << 30
+_DEFAULT_MAX_JSON = 1 << 20
+_MAX_FILES = 32
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _registry() -> LocalRegistry:
+    return current_app.extensions["adapterhub"]["registry"]
+
+
+def version_json(v: AdapterVersion) -> dict[str, Any]:
+    return v.to_dict() | {"tags": list(v.tags)}
+
+
+def _check_digest(digest: Any) -> str:
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise ApiError(400, f"invalid digest {str(digest)[:80]!r}: 64 lowercase hex digits of a sha256",
+                       code="invalid_digest")
+    return digest
+
+
+def _check_file_name(path: Any) -> str:
+    if not isinstance(path, str) or not _FILE_NAME.match(path) or ".." in path:
+        raise ApiError(400, f"invalid file path {str(path)[:80]!r}: a plain file name (no '/', no '..')",
+                       code="invalid_path")
+    return path
+
+
+def _json_body() -> dict[str, Any]:
+    limit = current_app.config.get(MAX_JSON_BYTES, _DEFAULT_MAX_JSON)
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"request body over {limit} bytes", code="too_large")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object body", code="invalid_json")
+    return body
+
+
+def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = body.get(key, default)
+    if value is not default and not isinstance(value, kind):
+        raise ApiError(400, f"field {key!r} has the wrong type", code="invalid_field")
+    return value
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+@bp.get("/versions")
+def list_versions():
+    authorize(READ)
+    args = request.args
+    found = _registry().list(
+        base=args.get("base") or None,
+        task=args.get("task") or None,
+        adapter_type=args.get("type") or None,
+        name=args.get("name") or None,
+    )
+    return jsonify({"versions": [version_json(v) for v in found]})
+
+
+@bp.get("/versions/<path:ref>")
+def show_version(ref: str):
+    authorize(READ)
+    return jsonify(version_json(_registry().resolve(ref)))
+
+
+@bp.get("/objects/sha256/<digest>")
+def get_object(digest: str):
+    authorize(READ)
+    path = _registry().object_path(_check_digest(digest))
+    return send_file(path, mimetype="application/octet-stream", conditional=True, etag=digest, max_age=31536000)
+
+
+# --- push ------------------------------------------------------------------------------------
+
+
+@bp.post("/objects/check")
+def check_objects():
+    authorize(WRITE)
+    digests = _field(_json_body(), "digests", list, [])
+    if len(digests) > 1000:
+        raise ApiError(400, "at most 1000 digests per check", code="too_many")
+    store = _registry().store
+    return jsonify({"missing": [d for d in map(_check_digest, digests) if not store.has(d)]})
+
+
+@bp.put("/objects/sha256/<digest>")
+def put_object(digest: str):
+    authorize(WRITE)
+    _check_digest(digest)
+    size = request.content_length
+    if size is None:
+        raise ApiError(411, "object uploads need a Content-Length", code="length_required")
+    limit = current_app.config.get(MAX_OBJECT_BYTES, _DEFAULT_MAX_OBJECT)
+    if size > limit:
+        raise ApiError(413, f"object of {size} bytes is over this hub's limit of {limit} bytes", code="too_large")
+    stored = _registry().put_object(request.stream, digest)
+    if stored.size != size:  # only reachable if the body ended early and still hashed right
+        raise ApiError(400, f"received {stored.size} bytes, Content-Length said {size}", code="short_body")
+    return jsonify({"digest": digest, "size": stored.size, "reused": stored.reused}), (200 if stored.reused else 201)
+
+
+def _manifest(body: dict[str, Any]) -> list[dict[str, Any]]:
+    files = _field(body, "files", list, None)
+    if not files or len(files) > _MAX_FILES:
+        raise ApiError(400, f"'files' must list 1 to {_MAX_FILES} files", code="invalid_manifest")
+    out, seen = [], set()
+    for f in files:
+        if not isinstance(f, dict) or isinstance(f.get("size"), bool) or not isinstance(f.get("size"), int):
+            raise ApiError(400, "each file is {path, sha256, size}", code="invalid_manifest")
+        path = _check_file_name(f.get("path"))
+        if path in seen:
+            raise ApiError(400, f"file {path} listed twice", code="invalid_manifest")
+        seen.add(path)
+        out.append({"path": path, "sha256": _check_digest(f.get("sha256")), "size": f["size"]})
+    return out
+
+
+def _staged_folder(registry: LocalRegistry, files: list[dict[str, Any]]) -> Path:
+    """A temporary folder of links to the stored objects, laid out as the pushed adapter folder."""
+    missing = [f["sha256"] for f in files if not registry.store.has(f["sha256"])]
+    if missing:
+        raise ApiError(409, f"upload these objects first: {', '.join(missing)}", code="objects_missing")
+    folder = Path(tempfile.mkdtemp(prefix="adapterhub-commit-"))
+    for f in files:
+        obj = registry.object_path(f["sha256"])
+        if obj.stat().st_size != f["size"]:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ApiError(400, f"{f['path']}: object has {obj.stat().st_size} bytes, manifest says {f['size']}",
+                           code="invalid_manifest")
+        os.symlink(obj, folder / f["path"])
+    return folder
+
+
+def _lineage(body: dict[str, Any]) -> list[dict[str, Any]]:
+    lineage = _field(body, "lineage", list, [])
+    if not all(isinstance(x, dict) for x in lineage):
+        raise ApiError(400, "'lineage' is a list of objects", code="invalid_field")
+    return lineage
+
+
+@bp.post("/adapters/<name>/versions")
+def commit_version(name: str):
+    authorize(WRITE)
+    validate_name(name)
+    body = _json_body()
+    files = _manifest(body)
+    registry = _registry()
+    folder = _staged_folder(registry, files)
+    try:
+        adapter = read_adapter_folder(folder)
+        extra = sorted({f["path"] for f in files} - set(adapter.files))
+        if extra:
+            raise InvalidAdapter(f"not part of a PEFT adapter folder: {', '.join(extra)}")
+        version = registry.push(
+            folder,
+            name=name,
+            task=_field(body, "task", str, ""),
+            base=_field(body, "base", (str, type(None)), None),
+            tags=_field(body, "tags", list, []),
+            description=_field(body, "description", str, ""),
+            metrics=_field(body, "metrics", dict, {}),
+            lineage=_lineage(body),
+            training=_field(body, "training", (dict, type(None)), None),
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return jsonify(version_json(version)), 201
+
+
+# --- other writes ----------------------------------------------------------------------------
+
+
+@bp.post("/tags")
+def tag_version():
+    authorize(WRITE)
+    body = _json_body()
+    ref, tag = _field(body, "ref", str, None), _field(body, "tag", str, None)
+    if ref is None or tag is None:
+        raise InvalidName("give 'ref' and 'tag'")
+    return jsonify(version_json(_registry().tag(ref, tag)))
+
+
+@bp.patch("/versions/<path:ref>/metrics")
+def set_metrics(ref: str):
+    authorize(WRITE)
+    return jsonify(version_json(_registry().set_metrics(ref, _json_body())))
+
+
+@bp.delete("/versions/<path:ref>")
+def remove_version(ref: str):
+    authorize(WRITE)
+    all_versions = request.args.get("all", "").lower() in ("1", "true", "yes")
+    removed = _registry().remove(ref, all_versions=all_versions)
+    return jsonify({"removed": [version_json(v) for v in removed]})
+
+
+@bp.get("/verify")
+def verify():
+    authorize(WRITE)  # re-hashes every object: not for anonymous callers
+    return jsonify(_registry().verify().to_dict())

@@ -1,0 +1,70 @@
+"""A read-only page at ``/`` for people: the hub's adapters by base model and task.
+
+Rendered by the server from one Jinja template (no front-end build, no JavaScript): for each
+adapter its versions with tags, type, size, metrics and the exact command that pulls it from
+this hub.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from flask import Blueprint, current_app, render_template, request
+
+from hub.registry import AdapterVersion
+
+from .auth import READ, authorize
+
+__all__ = ["bp"]
+
+bp = Blueprint("web", __name__, template_folder="templates")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return str(n)
+
+
+def _groups(versions: list[AdapterVersion]) -> list[dict[str, Any]]:
+    """[{base, fingerprint, tasks: [{task, adapters: [{name, versions (newest first)}]}]}], sorted."""
+    tree: dict[tuple[str, str], dict[str, dict[str, list[AdapterVersion]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for v in versions:
+        key = (v.base.get("name") or "unknown base", v.base.get("fingerprint") or "")
+        tree[key][v.task or "(no task)"][v.name].append(v)
+    return [
+        {
+            "base": base,
+            "fingerprint": fp,
+            "tasks": [
+                {
+                    "task": task,
+                    "adapters": [
+                        {"name": name, "versions": sorted(vs, key=lambda v: -v.version)}
+                        for name, vs in sorted(adapters.items())
+                    ],
+                }
+                for task, adapters in sorted(tasks.items())
+            ],
+        }
+        for (base, fp), tasks in sorted(tree.items())
+    ]
+
+
+@bp.get("/")
+def index():
+    authorize(READ)
+    versions = current_app.extensions["adapterhub"]["registry"].list()
+    return render_template(
+        "hub.html",
+        groups=_groups(versions),
+        count=len({v.name for v in versions}),
+        hub_url=request.host_url.rstrip("/"),
+        size=_size,
+    )
