@@ -65,11 +65,11 @@ class ServerHandle:
 
     url: str
     port: int
-    _server: Any = field(repr=False)
+    _stop: threading.Event = field(repr=False)
     _thread: threading.Thread = field(repr=False)
 
     def close(self) -> None:
-        self._server.close()
+        self._stop.set()
         self._thread.join(timeout=10)
 
     def __enter__(self) -> "ServerHandle":
@@ -77,6 +77,16 @@ class ServerHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _serve_until(server: Any, stop: threading.Event) -> None:
+    """Waitress's loop in short slices, so the serving thread itself closes the sockets when told."""
+    try:
+        while not stop.is_set():
+            server.asyncore.loop(timeout=0.05, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1)
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
 
 
 def start_in_thread(
@@ -90,10 +100,11 @@ def start_in_thread(
 ) -> ServerHandle:
     """Start ``app`` on ``host:port`` (0 = a free port) in a daemon thread and return at once."""
     server = _create(app, host, port, threads, max_request_body_size, **adjustments)
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=_serve_until, args=(server, stop), name="waitress", daemon=True)
     thread.start()
     port = server.effective_port
-    return ServerHandle(f"http://{_url_host(host)}:{port}", port, server, thread)
+    return ServerHandle(f"http://{_url_host(host)}:{port}", port, stop, thread)
 
 
 def _url_host(host: str) -> str:

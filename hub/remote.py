@@ -1,0 +1,330 @@
+"""A registry on another machine, behind ``adapterhub hub serve``: the same calls as ``LocalRegistry``.
+
+Push hashes the folder locally, asks the hub which objects it lacks and uploads only those, then
+commits the manifest (the hub validates and records it atomically). Pull downloads each object to
+``.<file>.<digest>.part`` in the output folder, hashing as it goes; an interrupted pull leaves the
+part file, and the next pull asks for the rest with ``Range`` and verifies the whole. Files are
+renamed into place only when every one verified. The token comes from ``token=`` or
+``$ADAPTERHUB_TOKEN`` and travels as ``Authorization: Bearer``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+from urllib.parse import quote
+
+import httpx2
+
+from .adapter_folder import read_adapter_folder
+from .base_model import check_adapter_fits, load_base_info
+from .blobstore import CHUNK, sha256_file
+from .errors import (
+    AdapterHubError,
+    AdapterNotFound,
+    AuthError,
+    DigestMismatch,
+    IncompatibleBase,
+    InvalidName,
+    ObjectMissing,
+    PermissionDenied,
+    RemoteError,
+)
+from .refs import validate_name
+from .registry import AdapterVersion, FileEntry, VerifyReport
+
+__all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN"]
+
+ENV_TOKEN = "ADAPTERHUB_TOKEN"
+_PROGRESS_MIN_BYTES = 8 << 20
+
+
+@dataclass
+class TransferStats:
+    """Object bytes that crossed the network in the last push or pull, and those that did not need to."""
+
+    sent_bytes: int = 0
+    received_bytes: int = 0
+    skipped_bytes: int = 0
+    objects_sent: int = 0
+    objects_skipped: int = 0
+    resumed_bytes: int = 0
+
+
+_ERRORS_BY_CODE = {
+    "digest_mismatch": DigestMismatch,
+    "object_missing": ObjectMissing,
+    "incompatible_base": IncompatibleBase,
+}
+
+
+def _error_from(response: httpx2.Response, what: str) -> AdapterHubError:
+    """The hub error a response carries, as the matching adapterhub exception."""
+    try:
+        err = response.json()["error"]
+        message, code = str(err["message"]), err.get("code")
+    except Exception:
+        message, code = f"{what}: HTTP {response.status_code} {response.reason_phrase}", None
+    status = response.status_code
+    if status == 401:
+        return AuthError(message, status=status)
+    if status == 403:
+        return PermissionDenied(message, status=status)
+    if code in _ERRORS_BY_CODE:
+        cls = _ERRORS_BY_CODE[code]
+        exc = cls(message)
+        exc.status = status
+        return exc
+    if status == 404:
+        exc = AdapterNotFound(message)
+        exc.status = status
+        return exc
+    return RemoteError(message, status=status)
+
+
+class RemoteRegistry:
+    """A hub at ``url`` (``http://host:port``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        progress: bool | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        token = token if token is not None else os.environ.get(ENV_TOKEN) or None
+        headers = {"User-Agent": "adapterhub"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._client = httpx2.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.progress = progress
+        self.last_transfer = TransferStats()
+
+    def __repr__(self) -> str:
+        return f"RemoteRegistry({self.url!r})"
+
+    @property
+    def location(self) -> str:
+        return self.url
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "RemoteRegistry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx2.Response:
+        try:
+            response = self._client.request(method, path, **kw)
+        except httpx2.HTTPError as e:
+            raise RemoteError(f"cannot reach the hub at {self.url}: {e}") from e
+        if response.status_code >= 400:
+            raise _error_from(response, f"{method} {path}")
+        return response
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return self._request(method, path, **kw).json()
+
+    @staticmethod
+    def _ref_path(ref: str) -> str:
+        return quote(ref, safe="")
+
+    def _show_progress(self, total: int) -> bool:
+        if self.progress is not None:
+            return self.progress
+        return total >= _PROGRESS_MIN_BYTES and sys.stderr.isatty()
+
+    @contextmanager
+    def _bar(self, total: int, desc: str) -> Iterator[Any]:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not self._show_progress(total),
+                  file=sys.stderr, leave=False) as bar:
+            yield bar
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> AdapterVersion:
+        d = self._json("GET", f"/api/versions/{self._ref_path(ref)}")
+        return AdapterVersion.from_dict(d, tuple(d.get("tags", ())))
+
+    def list(
+        self,
+        *,
+        base: str | None = None,
+        task: str | None = None,
+        adapter_type: str | None = None,
+        name: str | None = None,
+    ) -> list[AdapterVersion]:
+        params = {k: v for k, v in {"base": base, "task": task, "type": adapter_type, "name": name}.items() if v}
+        doc = self._json("GET", "/api/versions", params=params)
+        return [AdapterVersion.from_dict(d, tuple(d.get("tags", ()))) for d in doc["versions"]]
+
+    def verify(self) -> VerifyReport:
+        d = self._json("GET", "/api/verify")
+        return VerifyReport(d["checked_versions"], d["checked_objects"], d["problems"], d["orphans"],
+                            d["temporaries"])
+
+    # --- push ----------------------------------------------------------------------------------
+
+    def push(
+        self,
+        folder: str | os.PathLike,
+        *,
+        name: str,
+        task: str,
+        base: str | None = None,
+        tags: Iterable[str] = (),
+        description: str = "",
+        metrics: Mapping[str, Any] | None = None,
+        lineage: Iterable[Mapping[str, Any]] = (),
+        training: Mapping[str, Any] | None = None,
+    ) -> AdapterVersion:
+        """Upload the objects the hub lacks, then commit the version (validated again by the hub)."""
+        validate_name(name)
+        adapter = read_adapter_folder(folder)
+        base_name = base or adapter.base_model
+        if base_name and os.path.isdir(base_name):  # a local base: catch a mismatch before uploading
+            info = load_base_info(base_name)
+            if info is not None:
+                check_adapter_fits(adapter, info)
+        files = [FileEntry(p, sha256_file(adapter.path / p), (adapter.path / p).stat().st_size) for p in adapter.files]
+        missing = set(self._json("POST", "/api/objects/check", json={"digests": [f.sha256 for f in files]})["missing"])
+        stats = TransferStats()
+        to_send = {f.sha256: f for f in files if f.sha256 in missing}  # identical files go once
+        for f in files:
+            if f.sha256 not in missing:
+                stats.skipped_bytes += f.size
+                stats.objects_skipped += 1
+        with self._bar(sum(f.size for f in to_send.values()), f"push {name}") as bar:
+            for f in to_send.values():
+                with open(adapter.path / f.path, "rb") as src:
+                    self._request(
+                        "PUT",
+                        f"/api/objects/sha256/{f.sha256}",
+                        content=_chunks(src, bar),
+                        headers={"Content-Length": str(f.size), "Content-Type": "application/octet-stream"},
+                    )
+                stats.sent_bytes += f.size
+                stats.objects_sent += 1
+        self.last_transfer = stats
+        body = {
+            "files": [f.to_dict() for f in files],
+            "task": task,
+            "base": base,
+            "tags": list(tags),
+            "description": description,
+            "metrics": dict(metrics or {}),
+            "lineage": [dict(x) for x in lineage],
+            "training": dict(training) if training is not None else None,
+        }
+        d = self._json("POST", f"/api/adapters/{name}/versions", json=body)
+        return AdapterVersion.from_dict(d, tuple(d.get("tags", ())))
+
+    # --- pull ----------------------------------------------------------------------------------
+
+    def pull(self, ref: str, out_dir: str | os.PathLike, *, force: bool = False) -> AdapterVersion:
+        """Download the version into ``out_dir``, resuming part files and verifying every digest."""
+        target = self.resolve(ref)
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise InvalidName(f"{out} exists and is not a folder")
+        if not force:
+            clashes = [f.path for f in target.files if (out / f.path).exists() and not _holds(out / f.path, f)]
+            if clashes:
+                raise InvalidName(f"{out} already has {', '.join(clashes)} (use --force to overwrite)")
+        out.mkdir(parents=True, exist_ok=True)
+        stats = TransferStats()
+        parts: list[tuple[Path, Path]] = []
+        with self._bar(target.total_size, f"pull {target.ref}") as bar:
+            for f in target.files:
+                part = out / f".{f.path}.{f.sha256[:16]}.part"
+                self._download(f, part, bar, stats)
+                parts.append((part, out / f.path))
+        for part, final in parts:
+            os.chmod(part, 0o644)
+            os.replace(part, final)
+        self.last_transfer = stats
+        return target
+
+    def _download(self, entry: FileEntry, part: Path, bar: Any, stats: TransferStats) -> None:
+        """Complete ``part`` from where it stops, then check it hashes to the entry's digest."""
+        h = hashlib.sha256()
+        have = part.stat().st_size if part.is_file() else 0
+        if have > entry.size:
+            part.unlink()
+            have = 0
+        if have:
+            with open(part, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+            stats.resumed_bytes += have
+            bar.update(have)
+        if have < entry.size:
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                with self._client.stream("GET", f"/api/objects/sha256/{entry.sha256}", headers=headers) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        raise _error_from(r, f"download {entry.path}")
+                    if have and r.status_code != 206:  # the hub ignored the range: start over
+                        h, have = hashlib.sha256(), 0
+                    with open(part, "ab" if have else "wb") as dst:
+                        for chunk in r.iter_bytes(CHUNK):
+                            dst.write(chunk)
+                            h.update(chunk)
+                            stats.received_bytes += len(chunk)
+                            bar.update(len(chunk))
+            except httpx2.HTTPError as e:
+                raise RemoteError(
+                    f"download of {entry.path} from {self.url} was interrupted ({e}); pull again to resume"
+                ) from e
+        actual = h.hexdigest()
+        if actual != entry.sha256:
+            part.unlink(missing_ok=True)
+            raise DigestMismatch(
+                f"{entry.path} from {self.url} hashes to {actual}, expected {entry.sha256}; the partial file "
+                "was removed, pull again",
+                expected=entry.sha256,
+                actual=actual,
+            )
+
+    # --- other writes --------------------------------------------------------------------------
+
+    def tag(self, ref: str, tag: str) -> AdapterVersion:
+        d = self._json("POST", "/api/tags", json={"ref": ref, "tag": tag})
+        return AdapterVersion.from_dict(d, tuple(d.get("tags", ())))
+
+    def set_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterVersion:
+        d = self._json("PATCH", f"/api/versions/{self._ref_path(ref)}/metrics", json=dict(metrics))
+        return AdapterVersion.from_dict(d, tuple(d.get("tags", ())))
+
+    def remove(self, ref: str, *, all_versions: bool = False) -> list[AdapterVersion]:
+        params = {"all": "true"} if all_versions else {}
+        doc = self._json("DELETE", f"/api/versions/{self._ref_path(ref)}", params=params)
+        return [AdapterVersion.from_dict(d, tuple(d.get("tags", ()))) for d in doc["removed"]]
+
+    def gc(self) -> Any:
+        raise RemoteError(f"gc runs where the registry folder is: on the hub's machine, not through {self.url}")
+
+
+def _chunks(src: BinaryIO, bar: Any) -> Iterator[bytes]:
+    while chunk := src.read(CHUNK):
+        bar.update(len(chunk))
+        yield chunk
+
+
+def _holds(path: Path, entry: FileEntry) -> bool:
+    return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
