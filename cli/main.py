@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "cli.registry_cmds",
     "cli.base_cmds",
     "cli.demo",
+    "cli.hub_cmd",
 )
 
 

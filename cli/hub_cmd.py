@@ -1,0 +1,108 @@
+"""``adapterhub hub ...``: serve a registry folder over HTTP and manage its access tokens."""
+
+from __future__ import annotations
+
+import click
+
+from hub.errors import InvalidName
+from hub.location import default_location, is_remote
+
+from .output import emit_json, json_option, registry_option, render_table
+
+__all__ = ["COMMANDS"]
+
+
+def _local_root(registry: str | None) -> str:
+    location = registry or default_location()
+    if is_remote(location):
+        raise InvalidName(f"{location} is a URL: run this on the hub's machine, with --registry its folder")
+    return location
+
+
+@click.group()
+def hub() -> None:
+    """Share a registry over HTTP (adapterhub API, Hugging Face Hub downloads, a web page)."""
+
+
+@hub.command()
+@registry_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Worker threads.")
+@click.option("--read-token-required", is_flag=True, help="Reads need a token too (default: reads are open).")
+@click.option("--max-object-bytes", default=4 << 30, show_default=True, type=click.IntRange(1),
+              help="Largest file one upload may carry.")
+def serve(registry, host, port, threads, read_token_required, max_object_bytes):
+    """Serve the registry folder: push/pull API at /api, HF Hub protocol, web page at /."""
+    from hub.registry import LocalRegistry
+    from server.app import create_app
+    from server.auth import READ_TOKEN_REQUIRED
+    from server.registry_api import MAX_OBJECT_BYTES
+    from server.wsgi import run
+
+    root = _local_root(registry)
+    app = create_app(
+        LocalRegistry(root),
+        config={READ_TOKEN_REQUIRED: read_token_required, MAX_OBJECT_BYTES: max_object_bytes},
+    )
+    reads = "token required" if read_token_required else "open"
+
+    def ready(url: str) -> None:
+        click.echo(f"serving registry {root} on {url} (reads {reads}, writes need a write token)", err=True)
+
+    run(app, host, port, threads, max_request_body_size=max_object_bytes + (1 << 20), ready=ready)
+
+
+@hub.group()
+def token() -> None:
+    """Access tokens of a registry folder (stored hashed in its tokens.json)."""
+
+
+@token.command("create")
+@click.option("--scope", type=click.Choice(["read", "write"]), required=True, help="write also allows reading.")
+@click.option("--name", default="", help="Who or what the token is for.")
+@registry_option
+@json_option
+def token_create(scope, name, registry, json_output):
+    """Create a token; it is printed once and only its hash is kept."""
+    from hub.tokens import TokenStore
+
+    secret, record = TokenStore(_local_root(registry)).create(scope, name)
+    if json_output:
+        emit_json(record.public() | {"token": secret})
+    else:
+        click.echo(secret)
+        click.echo(f"token {record.id} ({scope}) created; it is shown only now: export ADAPTERHUB_TOKEN=...",
+                   err=True)
+
+
+@token.command("list")
+@registry_option
+@json_option
+def token_list(registry, json_output):
+    """List tokens (ids, names, scopes; never the tokens)."""
+    from hub.tokens import TokenStore
+
+    records = TokenStore(_local_root(registry)).records()
+    if json_output:
+        emit_json([r.public() for r in records])
+    else:
+        click.echo(render_table(["id", "scope", "name", "created"], [(r.id, r.scope, r.name, r.created) for r in records]))
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@registry_option
+@json_option
+def token_revoke(token_id, registry, json_output):
+    """Revoke a token by id; a running hub refuses it from its next request."""
+    from hub.tokens import TokenStore
+
+    record = TokenStore(_local_root(registry)).revoke(token_id)
+    if json_output:
+        emit_json(record.public())
+    else:
+        click.echo(f"revoked token {record.id} ({record.scope})")
+
+
+COMMANDS = [hub]
