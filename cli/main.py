@@ -10,7 +10,9 @@ import importlib
 
 import click
 
-from .output import HubGroup
+from .output import HubGroup, quiet_ml_libraries
+
+quiet_ml_libraries()
 
 _COMMAND_MODULES = (
     "cli.registry_cmds",

@@ -11,7 +11,7 @@ import click
 
 from hub.errors import AdapterHubError
 
-__all__ = ["HubGroup", "emit_json", "render_table", "human_size", "registry_option", "json_option", "warn"]
+__all__ = ["HubGroup", "emit_json", "render_table", "human_size", "registry_option", "json_option", "warn", "quiet_ml_libraries"]
 
 DEBUG_ENV = "ADAPTERHUB_DEBUG"
 
@@ -84,6 +84,21 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     out = [line(list(headers)), line(["-" * w for w in widths])]
     out += [line(r) for r in cells]
     return "\n".join(out)
+
+
+def quiet_ml_libraries() -> None:
+    """Keep library chatter (progress bars, deprecation notes, optional-kernel probes) off the
+    terminal, so a command prints only its own results. Cheap: imports none of the libraries."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("bitsandbytes", "transformers", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("transformers", "peft", "torch", "bitsandbytes", "accelerate"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
 
 
 def warn(message: str) -> None:

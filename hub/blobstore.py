@@ -8,15 +8,17 @@ wrong object. Readers re-hash what they copy out, so a corrupted object is caugh
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .errors import DigestMismatch, ObjectMissing
 
-__all__ = ["BlobStore", "StoredObject", "copy_hashing", "sha256_file", "CHUNK"]
+__all__ = ["BlobStore", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
 
 CHUNK = 4 * 1024 * 1024
 
@@ -49,6 +51,69 @@ def copy_hashing(src: BinaryIO, dst: BinaryIO | None) -> tuple[str, int]:
 def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         return copy_hashing(f, None)[0]
+
+
+def _kernel_copy(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy ``size`` bytes in the kernel (no trip through Python buffers), as ``cp`` does."""
+    offset = 0
+    try:
+        while offset < size:
+            n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
+            if n == 0:
+                break
+            offset += n
+    except OSError:  # file systems without copy_file_range: fall back to plain reads and writes
+        pass
+    while offset < size:
+        chunk = os.pread(src_fd, min(CHUNK, size - offset), offset)
+        if not chunk:
+            break
+        os.pwrite(dst_fd, chunk, offset)
+        offset += len(chunk)
+    if offset != size:
+        raise OSError(f"short copy: {offset} of {size} bytes")
+
+
+def _sha256_mapped(f: BinaryIO, size: int) -> str:
+    """sha256 of an open file through a memory map: no Python-side copies, GIL released."""
+    if size == 0:
+        return hashlib.sha256(b"").hexdigest()
+    with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+        return hashlib.sha256(mm).hexdigest()
+
+
+def copy_file_hashing(src: str | os.PathLike, dst_fd: int, *, fsync: bool = False) -> tuple[str, int]:
+    """Copy a file into ``dst_fd`` (and fsync it if asked) while hashing it; returns (sha256, size).
+
+    The kernel copy (and its fsync) runs on a second thread while this one hashes the source
+    through a memory map, so storing a file costs about as much as hashing it (~2 GB/s with
+    SHA extensions). The source is checked to be unchanged afterwards, so the digest describes
+    the bytes that were copied.
+    """
+    with open(src, "rb") as f:
+        before = os.fstat(f.fileno())
+        errors: list[BaseException] = []
+
+        def copy_it() -> None:
+            try:
+                _kernel_copy(f.fileno(), dst_fd, before.st_size)
+                if fsync:
+                    os.fsync(dst_fd)
+            except BaseException as e:  # surfaced on the calling thread
+                errors.append(e)
+
+        worker = threading.Thread(target=copy_it, name="copy")
+        worker.start()
+        try:
+            digest = _sha256_mapped(f, before.st_size)
+        finally:
+            worker.join()
+        if errors:
+            raise errors[0]
+        after = os.fstat(f.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise OSError(f"{src} changed while it was being copied")
+    return digest, before.st_size
 
 
 def _fsync_dir(path: Path) -> None:
@@ -96,8 +161,13 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
 
     def put_file(self, path: str | os.PathLike) -> StoredObject:
-        with open(path, "rb") as src:
-            return self.put_stream(src)
+        f, tmp = self._tmp()
+        try:
+            with f:
+                digest, size = copy_file_hashing(path, f.fileno(), fsync=self.durable)
+            return self._commit(tmp, digest, size)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _commit(self, tmp: Path, digest: str, size: int) -> StoredObject:
         final = self.path(digest)
@@ -118,8 +188,11 @@ class BlobStore:
 
     def copy_out(self, digest: str, dst: BinaryIO) -> int:
         """Copy an object into ``dst``, raising ``DigestMismatch`` if its bytes no longer match."""
-        with self.open(digest) as src:
-            actual, size = copy_hashing(src, dst)
+        path = self.path(digest)
+        if not path.is_file():
+            raise ObjectMissing(f"object sha256:{digest} is missing from the store")
+        dst.flush()
+        actual, size = copy_file_hashing(path, dst.fileno())
         if actual != digest:
             raise DigestMismatch(
                 f"object sha256:{digest} is corrupted (its bytes hash to {actual})", expected=digest, actual=actual

@@ -57,6 +57,7 @@ __all__ = [
 INDEX_NAME = "registry.json"
 SCHEMA_VERSION = 1
 _LOCK_TIMEOUT_S = 120.0
+FSYNC_ENV = "ADAPTERHUB_FSYNC"
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,13 @@ def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 class LocalRegistry:
     """A registry in a local folder (created on first write)."""
 
-    def __init__(self, root: str | os.PathLike, *, durable: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, *, durable: bool | None = None) -> None:
+        """``durable`` (default: on unless ``$ADAPTERHUB_FSYNC`` is ``0``) fsyncs every object
+        before the index names it and the index before it replaces the old one, so even a power
+        loss cannot leave the index pointing at bytes that never reached the disk. A killed
+        process is safe either way."""
+        if durable is None:
+            durable = os.environ.get(FSYNC_ENV, "1") != "0"
         root = Path(root)
         if root.name == INDEX_NAME:  # accept the index file itself as the location
             root = root.parent
