@@ -7,6 +7,7 @@ does not know about adapterhub can still catch them sensibly.
 from __future__ import annotations
 
 __all__ = [
+    "AdapterBusy",
     "AdapterHubError",
     "AdapterNotFound",
     "AuthError",
@@ -107,6 +108,13 @@ class RegistryCorrupt(AdapterHubError):
 
 class ConcurrentModification(AdapterHubError):
     """The registry lock could not be taken in time (another writer holds it)."""
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+class AdapterBusy(AdapterHubError):
+    """Every adapter slot is held by running requests, or an adapter to unload is in use; retry later."""
 
 
 # --- remote ----------------------------------------------------------------------------------
