@@ -581,8 +581,13 @@ class LocalRegistry:
             if problem:
                 report.problems.append(f"object sha256:{digest} {problem} (used by {', '.join(users)})")
         report.orphans = [d for d in self.store.iter_digests() if d not in referenced]
-        report.temporaries = [str(p) for p in self.store.iter_temporaries()]
+        report.temporaries = [str(p) for p in self._temporaries()]
         return report
+
+    def _temporaries(self) -> list[Path]:
+        """Partial files of writers that died: object uploads and index rewrites."""
+        index_temps = sorted(self.root.glob(".registry-*.json")) if self.root.is_dir() else []
+        return list(self.store.iter_temporaries()) + index_temps
 
     def gc(self) -> GcReport:
         """Remove objects no version references, and temporaries of writers that died."""
@@ -600,7 +605,7 @@ class LocalRegistry:
                 if digest not in referenced:
                     report.freed_bytes += self.store.delete(digest)
                     report.removed_objects += 1
-            for tmp in list(self.store.iter_temporaries()):
+            for tmp in list(self._temporaries()):
                 report.freed_bytes += tmp.stat().st_size
                 tmp.unlink()
                 report.removed_temporaries += 1
