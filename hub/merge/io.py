@@ -1,0 +1,267 @@
+"""Stream tensors between safetensors files without ever holding a model in memory.
+
+The reader indexes a model folder from its safetensors headers (no bytes loaded) and reads one
+tensor, or one chunk of a tensor, at a time with plain file reads: no memory map, so pages of a
+shard never pile up in the process's resident set. The writer knows the whole output layout up
+front (names, dtypes, shapes), so it writes each shard's header first and then every tensor's
+bytes straight to disk as they are produced; ``finalize`` (run by ``__exit__``) checks every
+tensor arrived and writes the index last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Sequence
+
+from ..base_model import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, base_weight_files
+from ..errors import IncompatibleBase, MergeError
+from ..safetensors_header import SafetensorsFormatError, TensorInfo, read_safetensors_header
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ShardedReader", "ShardedWriter", "TensorSpec", "torch_dtype", "DTYPE_BYTES"]
+
+log = logging.getLogger(__name__)
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def torch_dtype(code: str) -> "torch.dtype":
+    """The torch dtype of a safetensors dtype code (``F32``, ``BF16``, ...)."""
+    import torch
+
+    table = {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool,
+    }
+    if code not in table:
+        raise MergeError(f"tensors of dtype {code} cannot be merged")
+    return table[code]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of the output: its name, safetensors dtype code and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = DTYPE_BYTES[self.dtype]
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class _Located:
+    file: Path
+    data_start: int
+    info: TensorInfo
+
+
+class ShardedReader:
+    """Read tensors of a model folder (single ``model.safetensors`` or sharded with an index) lazily.
+
+    At most one file is open at a time; tensors are read with ``readinto`` into fresh buffers.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        files = base_weight_files(self.folder)
+        if not files:
+            raise IncompatibleBase(
+                f"base {self.folder}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} (merging needs safetensors weights)"
+            )
+        self._where: dict[str, _Located] = {}
+        for f in files:
+            if not f.is_file():
+                raise IncompatibleBase(f"base {self.folder}: shard {f.name} named by the index is missing")
+            try:
+                header = read_safetensors_header(f)
+            except (OSError, SafetensorsFormatError) as e:
+                raise IncompatibleBase(f"base {self.folder}: cannot read {f.name}: {e}") from e
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+            for name, info in header.items():
+                self._where[name] = _Located(f, 8 + n, info)
+        self._open: tuple[Path, BinaryIO] | None = None
+
+    def names(self) -> list[str]:
+        """Tensor names in file order, then offset order: the order that reads each file front to back."""
+        return sorted(self._where, key=lambda k: (self._where[k].file.name, self._where[k].info.offsets[0]))
+
+    def info(self, name: str) -> TensorInfo:
+        return self._where[name].info
+
+    def shard_sizes(self) -> dict[str, int]:
+        return {f.name: f.stat().st_size for f in {loc.file for loc in self._where.values()}}
+
+    def _handle(self, file: Path) -> BinaryIO:
+        if self._open is None or self._open[0] != file:
+            self.close()
+            self._open = (file, open(file, "rb"))
+        return self._open[1]
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def __enter__(self) -> "ShardedReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, name: str) -> "torch.Tensor":
+        """The whole tensor, in its stored dtype."""
+        import torch
+
+        loc = self._where[name]
+        start, end = loc.info.offsets
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        if end > start:
+            fh = self._handle(loc.file)
+            fh.seek(loc.data_start + start)
+            if fh.readinto(buf.numpy()) != end - start:
+                raise IncompatibleBase(f"base {self.folder}: {loc.file.name} is truncated at {name}")
+        return buf.view(torch_dtype(loc.info.dtype)).reshape(loc.info.shape)
+
+    def iter_chunks(self, name: str, dtype: str | None = None) -> Iterator[memoryview]:
+        """The tensor's bytes in bounded chunks, converted to ``dtype`` chunk by chunk when it differs."""
+        import torch
+
+        loc = self._where[name]
+        src = loc.info.dtype
+        width = DTYPE_BYTES[src]
+        start, end = loc.info.offsets
+        step = _CHUNK_BYTES - _CHUNK_BYTES % width
+        fh = self._handle(loc.file)
+        pos = start
+        while pos < end:
+            n = min(step, end - pos)
+            fh.seek(loc.data_start + pos)
+            buf = torch.empty(n, dtype=torch.uint8)
+            if fh.readinto(buf.numpy()) != n:
+                raise IncompatibleBase(f"base {self.folder}: {loc.file.name} is truncated at {name}")
+            if dtype is not None and dtype != src:
+                buf = buf.view(torch_dtype(src)).to(torch_dtype(dtype)).view(torch.uint8)
+            yield memoryview(buf.numpy())
+            pos += n
+
+
+def _shard_layout(specs: Sequence[TensorSpec], max_shard_bytes: int) -> list[list[TensorSpec]]:
+    shards: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if shards[-1] and size + spec.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += spec.nbytes
+    return shards
+
+
+def _header_bytes(specs: Sequence[TensorSpec]) -> bytes:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for s in specs:
+        header[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+        offset += s.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned, as the reference writer does
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class ShardedWriter:
+    """Write a known list of tensors, in order, into byte-budget shards plus an index.
+
+    One shard gives ``model.safetensors`` and no index; several give ``model-0000i-of-0000n.safetensors``
+    and ``model.safetensors.index.json`` (written last, so a folder with an index is complete).
+    """
+
+    def __init__(self, out_dir: str | Path, specs: Sequence[TensorSpec], max_shard_bytes: int) -> None:
+        self.out_dir = Path(out_dir)
+        self._shards = _shard_layout(specs, max_shard_bytes)
+        n = len(self._shards)
+        self._file_names = (
+            [SAFETENSORS_SINGLE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
+        self._queue = [(i, s) for i, shard in enumerate(self._shards) for s in shard]
+        self._next = 0
+        self._fh: tuple[int, BinaryIO] | None = None
+
+    @property
+    def file_names(self) -> list[str]:
+        return list(self._file_names)
+
+    def _begin(self, name: str) -> tuple[BinaryIO, TensorSpec]:
+        if self._next >= len(self._queue):
+            raise MergeError(f"internal: tensor {name} written after the last planned one")
+        shard, spec = self._queue[self._next]
+        if spec.name != name:
+            raise MergeError(f"internal: tensor {name} written where {spec.name} was planned")
+        if self._fh is None or self._fh[0] != shard:
+            self._close_file()
+            fh = open(self.out_dir / self._file_names[shard], "wb")
+            fh.write(_header_bytes(self._shards[shard]))
+            self._fh = (shard, fh)
+        self._next += 1
+        return self._fh[1], spec
+
+    def write_tensor(self, name: str, tensor: "torch.Tensor") -> None:
+        """Write the next planned tensor; its dtype and shape must be the planned ones."""
+        fh, spec = self._begin(name)
+        if tuple(tensor.shape) != spec.shape or tensor.dtype != torch_dtype(spec.dtype):
+            raise MergeError(f"internal: {name} is {tensor.dtype} {list(tensor.shape)}, planned {spec.dtype} {list(spec.shape)}")
+        import torch
+
+        flat = tensor.contiguous().reshape(-1)
+        if flat.numel():
+            fh.write(memoryview(flat.view(torch.uint8).numpy()))
+
+    def write_chunks(self, name: str, chunks: Iterator[memoryview]) -> None:
+        """Write the next planned tensor from raw little-endian bytes (a pass-through copy)."""
+        fh, spec = self._begin(name)
+        written = 0
+        for chunk in chunks:
+            fh.write(chunk)
+            written += chunk.nbytes
+        if written != spec.nbytes:
+            raise MergeError(f"internal: {name} got {written} bytes, planned {spec.nbytes}")
+
+    def _close_file(self) -> None:
+        if self._fh is not None:
+            self._fh[1].close()
+            self._fh = None
+
+    def finalize(self) -> None:
+        """Check that every planned tensor was written, then write the index (sharded output only)."""
+        self._close_file()
+        if self._next != len(self._queue):
+            missing = self._queue[self._next][1].name
+            raise MergeError(f"internal: output incomplete, {missing} was never written")
+        if len(self._file_names) > 1:
+            weight_map = {s.name: self._file_names[i] for i, s in self._queue}
+            total = sum(s.nbytes for _, s in self._queue)
+            doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.out_dir / SAFETENSORS_INDEX).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+    def __enter__(self) -> "ShardedWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            self._close_file()

@@ -1,0 +1,158 @@
+"""Per-module LoRA math: what one adapter adds to one base weight, exactly as PEFT computes it.
+
+Every function returns tensors in the base checkpoint's own layout (GPT-2's ``Conv1D`` stores
+``in x out``), in float32, so the caller only ever adds or combines same-shaped deltas.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..adapter_folder import ADAPTER_WEIGHTS, AdapterFolder
+from ..errors import MergeError, UnsupportedAdapter
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["LoraModule", "SavedTensor", "AdapterTensors", "load_adapter_tensors", "lora_scale", "apply_dora"]
+
+_PREFIX = "base_model.model."
+_PAIR = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+                   r"(?:\.(?P<kind>weight|bias))?$")
+
+# LoRA config switches that change the forward pass in ways a weight fold cannot reproduce (or that
+# adapterhub does not implement): refused with the switch named, never silently ignored.
+_UNMERGEABLE = {
+    "alora_invocation_tokens": "activated LoRA (aLoRA) only applies after its invocation tokens",
+    "use_qalora": "QA-LoRA pools its input and only folds into quantized group parameters",
+    "use_bdlora": "block-diagonal LoRA is not implemented by adapterhub's merger",
+    "monteclora_config": "MonteCLoRA is not implemented by adapterhub's merger",
+    "velora_config": "VeLoRA is not implemented by adapterhub's merger",
+    "kasa_config": "KaSA is not implemented by adapterhub's merger",
+    "arrow_config": "Arrow routing picks adapters per token and has no single merged weight",
+    "layer_replication": "layer replication changes the architecture",
+    "target_parameters": "LoRA on raw parameters (target_parameters) is not implemented by adapterhub's merger",
+    "trainable_token_indices": "trainable token rows are not implemented by adapterhub's merger",
+    "ensure_weight_tying": "adapters tied across input and output embeddings are not implemented by adapterhub's merger",
+}
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One LoRA pair of an adapter, with its scale and optional DoRA magnitude / LoRA bias."""
+
+    module: str
+    A: "torch.Tensor"  # r x in (embeddings: r x num_embeddings)
+    B: "torch.Tensor"  # out x r (embeddings: dim x r)
+    scale: float
+    embedding: bool
+    fan_in_fan_out: bool
+    bias: "torch.Tensor | None" = None
+    magnitude: "torch.Tensor | None" = None
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    def delta(self) -> "torch.Tensor":
+        """``scale * B @ A`` in the base checkpoint's layout (float32)."""
+        d = (self.B.float() @ self.A.float()) * self.scale
+        return d.T if (self.embedding or self.fan_in_fan_out) else d
+
+    def bias_delta(self) -> "torch.Tensor | None":
+        """What ``lora_bias=True`` adds to the base layer's bias: ``scale * lora_B.bias``."""
+        return None if self.bias is None else self.bias.float() * self.scale
+
+
+@dataclass(frozen=True)
+class SavedTensor:
+    """A full tensor the adapter carries (``modules_to_save``, trainable biases): it replaces the base's."""
+
+    name: str  # checkpoint-style name, e.g. ``lm_head.weight``
+    tensor: "torch.Tensor"
+    raw_name: str  # as PEFT saved it (``...embed_tokens.base_layer.weight`` for a saved embedding base layer)
+
+
+@dataclass(frozen=True)
+class AdapterTensors:
+    """Everything an adapter contributes, grouped the way the merge plan consumes it."""
+
+    loras: tuple[LoraModule, ...]
+    saved: tuple[SavedTensor, ...]
+
+    @property
+    def uses_dora(self) -> bool:
+        return any(m.magnitude is not None for m in self.loras)
+
+
+def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
+    """PEFT's ``get_pattern_key``: the first pattern that matches the end of the module path."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def lora_scale(config: Mapping[str, Any], module: str, rank: int) -> float:
+    """``alpha / r`` (or ``alpha / sqrt(r)`` with rsLoRA), with ``alpha_pattern`` applied per module."""
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def check_mergeable(adapter: AdapterFolder) -> None:
+    """Refuse adapters whose effect is not a change of base weights, saying why."""
+    if adapter.adapter_type == "prompt_tuning":
+        raise UnsupportedAdapter(
+            f"{adapter.path}: a prompt-tuning adapter prepends learned virtual tokens to every input; it changes "
+            "no weight, so it cannot be folded into a model (serve it with the base instead)"
+        )
+    for key, why in _UNMERGEABLE.items():
+        if adapter.config.get(key):
+            raise UnsupportedAdapter(f"{adapter.path}: cannot merge, {key} is set: {why}")
+
+
+def load_adapter_tensors(adapter: AdapterFolder) -> AdapterTensors:
+    """Load a (validated) LoRA adapter's tensors and attach PEFT's per-module scale to each pair."""
+    from safetensors.torch import load_file
+
+    check_mergeable(adapter)
+    raw = load_file(str(adapter.path / ADAPTER_WEIGHTS))
+    fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out"))
+    parts: dict[str, dict[str, "torch.Tensor"]] = {}
+    saved: list[SavedTensor] = []
+    for key, tensor in raw.items():
+        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        m = _PAIR.match(name)
+        if m is None:
+            saved.append(SavedTensor(name.replace(".base_layer", ""), tensor, name))
+            continue
+        part = m.group("part") + (".bias" if m.group("kind") == "bias" else "")
+        parts.setdefault(m.group("module"), {})[part] = tensor
+    loras = []
+    for module, p in sorted(parts.items()):
+        embedding = "lora_embedding_A" in p
+        a = p["lora_embedding_A" if embedding else "lora_A"]
+        b = p["lora_embedding_B" if embedding else "lora_B"]
+        magnitude = p.get("lora_magnitude_vector")
+        if magnitude is not None and embedding:
+            raise UnsupportedAdapter(f"{adapter.path}: DoRA on the embedding {module} is not supported by the merger")
+        loras.append(LoraModule(
+            module=module, A=a, B=b, scale=lora_scale(adapter.config, module, a.shape[0]), embedding=embedding,
+            fan_in_fan_out=fan_in_fan_out and not embedding, bias=p.get("lora_B.bias"), magnitude=magnitude,
+        ))
+    return AdapterTensors(tuple(loras), tuple(saved))
+
+
+def apply_dora(weight: "torch.Tensor", lora: LoraModule) -> "torch.Tensor":
+    """The merged DoRA weight: ``m / ||W + dW||_row * (W + dW)``, norms taken per output feature.
+
+    This is PEFT's ``merge`` for DoRA linears; computed in float32 in the checkpoint layout.
+    """
+    w = weight.float() + lora.delta()
+    w_out_in = w.T if lora.fan_in_fan_out else w
+    factor = lora.magnitude.float() / w_out_in.norm(p=2, dim=1)
+    merged = factor.view(-1, 1) * w_out_in
+    return merged.T if lora.fan_in_fan_out else merged
