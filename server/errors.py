@@ -41,6 +41,7 @@ STATUS_FOR: list[tuple[type[BaseException], int, str]] = [
     (hub_errors.IncompatibleBase, 409, "incompatible_base"),
     (hub_errors.DigestMismatch, 400, "digest_mismatch"),
     (hub_errors.ConcurrentModification, 503, "busy"),
+    (hub_errors.AdapterBusy, 503, "adapter_busy"),
     (hub_errors.RegistryCorrupt, 500, "registry_corrupt"),
     (hub_errors.AdapterHubError, 400, "invalid_request"),
 ]

@@ -25,7 +25,6 @@ import logging
 import queue
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -34,7 +33,7 @@ from hub.errors import AdapterNotFound, IncompatibleBase, InvalidReference, Unsu
 from .requests import GenerationRequest, SamplingParams, StopText, TokenEvent
 from .soft_prompts import SoftPrompt, SoftPromptCache
 
-__all__ = ["Engine", "EngineStats", "ContextTooLong", "check_compatible"]
+__all__ = ["Engine", "EngineStats", "ContextTooLong", "check_compatible", "create_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +46,16 @@ class ContextTooLong(ValueError):
 
 @dataclass
 class EngineStats:
-    """What the loop did, for ``/metrics``: per-step batch sizes and token counts."""
+    """What the loop did, for ``/metrics``: decode steps by batch size (bounded: one count per size)."""
 
     steps: int = 0
     prefills: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    batch_sizes: dict[int, int] = field(default_factory=dict)
     generated_tokens: int = 0
 
     def observe_step(self, size: int) -> None:
         self.steps += 1
-        self.batch_sizes.append(size)
+        self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
 
 
 @dataclass
@@ -74,6 +73,28 @@ class _Row:
     def slot(self) -> int:
         handle = self.request.lora
         return -1 if handle is None else handle.slot
+
+
+def create_engine(
+    loaded: Any,
+    registry: Any,
+    *,
+    max_batch_size: int = 16,
+    max_loaded_adapters: int = 16,
+    max_adapter_bytes: int = 1 << 30,
+    max_lora_rank: int = 64,
+    lora_target_modules: list[str] | None = None,
+) -> "Engine":
+    """An engine over ``loaded`` with LoRA slots (wrapping the model's linear layers) and a
+    soft-prompt cache, each bounded by ``max_loaded_adapters`` and ``max_adapter_bytes``."""
+    from .adapter_slots import AdapterSlots
+    from .lora_batch import LoraBatcher
+
+    batcher = LoraBatcher(loaded, max_slots=max_loaded_adapters, max_rank=max_lora_rank,
+                          target_modules=lora_target_modules)
+    slots = AdapterSlots(batcher, registry, max_loaded=max_loaded_adapters, max_bytes=max_adapter_bytes)
+    return Engine(loaded, registry, lora_slots=slots, max_batch_size=max_batch_size,
+                  max_loaded_adapters=max_loaded_adapters, max_adapter_bytes=max_adapter_bytes)
 
 
 def check_compatible(version: Any, info: Any) -> None:
@@ -114,6 +135,8 @@ class Engine:
         max_batch_size: most rows decoded together.
         max_loaded_adapters, max_adapter_bytes: bounds of the soft-prompt cache (the LoRA slots
             carry their own).
+        slot_wait_s: how long a request waits for a LoRA slot while every slot is pinned by
+            running requests (``AdapterBusy`` after that).
     """
 
     def __init__(
@@ -125,6 +148,7 @@ class Engine:
         max_batch_size: int = 16,
         max_loaded_adapters: int = 16,
         max_adapter_bytes: int = 1 << 30,
+        slot_wait_s: float = 300.0,
     ) -> None:
         import torch
 
@@ -136,6 +160,7 @@ class Engine:
         self.registry = registry
         self.lora_slots = lora_slots
         self.max_batch_size = max_batch_size
+        self.slot_wait_s = slot_wait_s
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._embed = self.model.get_input_embeddings()
         self._device = self._embed.weight.device
@@ -236,7 +261,7 @@ class Engine:
         self._unbind(request)
 
     def unload_adapter(self, ref: str) -> bool:
-        """Free a resident adapter now; False when it is not resident or is in use."""
+        """Free a resident adapter now; False when it is not resident, ``AdapterBusy`` while in use."""
         if self.soft_prompts.unload(ref):
             return True
         return bool(self.lora_slots is not None and self.lora_slots.unload(ref))
@@ -263,7 +288,7 @@ class Engine:
         if version.adapter_type == "prompt_tuning":
             request.soft_prompt = self.soft_prompts.acquire(version)
         else:
-            request.lora = self.lora_slots.acquire(version.ref)
+            request.lora = self.lora_slots.acquire(version.ref, timeout=self.slot_wait_s)
 
     def _unbind(self, request: GenerationRequest) -> None:
         if request.soft_prompt is not None:
@@ -368,16 +393,17 @@ class Engine:
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
-        rows_ctx = self.lora_slots.batcher.rows(slots) if self.lora_slots is not None else nullcontext()
-        with rows_ctx:
-            out = self.model(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        if self.lora_slots is not None:
+            # Same rows as the previous step: the batcher keeps the weights it gathered for them.
+            self.lora_slots.batcher.set_rows(slots)
+        out = self.model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         new_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         return out.logits[:, -1, :].float(), new_kv
 

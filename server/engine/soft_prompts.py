@@ -14,11 +14,11 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hub.adapter_folder import ADAPTER_WEIGHTS
-from hub.errors import InvalidAdapter
+from hub.errors import AdapterBusy, InvalidAdapter
 
 __all__ = ["SoftPrompt", "SoftPromptCache", "CacheStats"]
 
@@ -43,7 +43,8 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
-    load_seconds: list[float] = field(default_factory=list)
+    loads: int = 0
+    load_seconds: float = 0.0
 
 
 @dataclass
@@ -87,7 +88,8 @@ class SoftPromptCache:
             started = time.perf_counter()
             prompt = self._load(version)
             with self._lock:
-                self.stats.load_seconds.append(time.perf_counter() - started)
+                self.stats.loads += 1
+                self.stats.load_seconds += time.perf_counter() - started
                 self._entries[ref] = _Entry(prompt, pins=1)
                 self._evict_over_budget()
             return prompt
@@ -103,11 +105,13 @@ class SoftPromptCache:
             self._evict_over_budget()
 
     def unload(self, ref: str) -> bool:
-        """Drop ``ref`` now; False when it is not loaded or a running request still uses it."""
+        """Drop ``ref`` now; False when it is not loaded, ``AdapterBusy`` while a request uses it."""
         with self._lock:
             entry = self._entries.get(ref)
-            if entry is None or entry.pins:
+            if entry is None:
                 return False
+            if entry.pins:
+                raise AdapterBusy(f"{ref} is in use by {entry.pins} running request(s)")
             del self._entries[ref]
             return True
 
