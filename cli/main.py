@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "cli.base_cmds",
     "cli.demo",
     "cli.hub_cmd",
+    "cli.merge_cmd",
 )
 
 
