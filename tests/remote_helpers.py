@@ -1,0 +1,92 @@
+"""A real hub on a loopback port for tests: waitress in a thread, a byte-counting WSGI layer around it."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from hub.registry import LocalRegistry
+from hub.tokens import TokenStore
+from server.app import create_app
+from server.wsgi import ServerHandle, start_in_thread
+
+
+class ByteCounter:
+    """WSGI middleware counting object bytes that cross the wire (request bodies of uploads,
+    response bodies of downloads): what the server itself saw, not what the client says."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.uploaded = 0
+        self.downloaded = 0
+        self.cut_after: int | None = None  # make the next object download fail after this many bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        is_object = path.startswith("/api/objects/sha256/")
+        if is_object and environ["REQUEST_METHOD"] == "PUT":
+            with self.lock:
+                self.uploaded += int(environ.get("CONTENT_LENGTH") or 0)
+        body = self.app(environ, start_response)
+        if not (is_object and environ["REQUEST_METHOD"] == "GET"):
+            return body
+        return self._counting(body)
+
+    def _counting(self, body: Iterable[bytes]) -> Iterable[bytes]:
+        cut, self.cut_after = self.cut_after, None
+        sent = 0
+        try:
+            for chunk in body:
+                if cut is not None and sent + len(chunk) > cut:
+                    # End the body short of its Content-Length: waitress sends what it has, then
+                    # closes the connection, as when a network link drops mid-transfer.
+                    self._add(cut - sent)
+                    yield chunk[: cut - sent]
+                    return
+                sent += len(chunk)
+                self._add(len(chunk))
+                yield chunk
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+    def _add(self, n: int) -> None:
+        with self.lock:
+            self.downloaded += n
+
+    def reset(self) -> None:
+        with self.lock:
+            self.uploaded = self.downloaded = 0
+
+
+@dataclass
+class Hub:
+    url: str
+    registry: LocalRegistry
+    counter: ByteCounter
+    write_token: str
+    read_token: str
+    handle: ServerHandle = field(repr=False)
+
+
+def start_hub(root: Path, config: dict[str, Any] | None = None) -> Hub:
+    registry = LocalRegistry(root, durable=False)
+    store = TokenStore(root)
+    write_token, _ = store.create("write", "tests")
+    read_token, _ = store.create("read", "tests")
+    counter = ByteCounter(create_app(registry, config=config))
+    handle = start_in_thread(counter, threads=8)
+    return Hub(handle.url, registry, counter, write_token, read_token, handle)
+
+
+def snapshot(root: Path) -> dict[str, bytes | int]:
+    """Every file under a registry folder (index bytes, objects by size), to prove nothing changed."""
+    out: dict[str, bytes | int] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "registry.lock" and p.name != "objects.lock":
+            rel = str(p.relative_to(root))
+            out[rel] = p.read_bytes() if p.suffix == ".json" else p.stat().st_size
+    return out
