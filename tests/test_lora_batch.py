@@ -1,0 +1,218 @@
+"""The gathered heterogeneous-batch LoRA against PEFT: one PeftModel per row is the oracle.
+
+A batch mixes rows of several adapters (different ranks, rsLoRA, rank/alpha patterns, different
+target layers, dropout) and rows of the bare base; every row must give PEFT's logits and greedy
+tokens, on an fp32 base and on an nf4 base (compared with PEFT on the same nf4 base). Adapters the
+fast path cannot compute exactly are refused, and a refused load leaves the slot as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import save_lora
+from hub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
+from hub.tinybase import TinyBaseSpec, build_tiny_base
+from server.engine.lora_batch import LoraBatcher
+from server.engine.model_loader import load_base_model
+
+# Each config exercises one thing PEFT's scaling or targeting does differently.
+CONFIGS = {
+    "qv_r4": dict(r=4, lora_alpha=8),
+    "all_linear_rslora_r8": dict(r=8, lora_alpha=16, use_rslora=True, target_modules="all-linear"),
+    "patterns": dict(r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "down_proj", "up_proj"],
+                     rank_pattern={"k_proj": 6}, alpha_pattern={"down_proj": 3}),
+    "mlp_dropout_r3": dict(r=3, lora_alpha=5, lora_dropout=0.3, target_modules=["gate_proj", "o_proj"]),
+}
+ROWS = ["qv_r4", None, "all_linear_rslora_r8", "patterns", "qv_r4", "mlp_dropout_r3"]  # None: bare base
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {name: save_lora(tiny_base, root / name, seed=i, **cfg) for i, (name, cfg) in enumerate(CONFIGS.items())}
+
+
+def _load_into(batcher: LoraBatcher, slot: int, folder: Path) -> int:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    return batcher.load(slot, config, str(folder / "adapter_model.safetensors"))
+
+
+def _prompts() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (len(ROWS), 9), generator=g)
+
+
+def _peft_rows(tiny_base: Path, adapters: dict[str, Path], quantize: str, ids: torch.Tensor):
+    """Per row, PEFT alone: last-position logits of the prompt, and greedy tokens."""
+    from peft import PeftModel
+
+    logits, tokens = [], []
+    for i, name in enumerate(ROWS):
+        model = load_base_model(str(tiny_base), quantize=quantize).model
+        if name is not None:
+            model = PeftModel.from_pretrained(model, adapters[name])
+        model.eval()
+        with torch.no_grad():
+            logits.append(model(ids[i : i + 1]).logits[0])
+            tokens.append(_greedy(model, ids[i : i + 1])[0])
+    return torch.stack(logits), torch.stack(tokens)
+
+
+def _greedy(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                             min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=256)
+    return out[:, ids.shape[1]:]
+
+
+def _ours(tiny_base: Path, adapters: dict[str, Path], quantize: str, ids: torch.Tensor):
+    loaded = load_base_model(str(tiny_base), quantize=quantize)
+    batcher = LoraBatcher(loaded, max_slots=len(CONFIGS) + 1, max_rank=8)
+    slot_of = {}
+    for slot, name in enumerate(CONFIGS, start=1):  # slot 0 left empty on purpose
+        assert _load_into(batcher, slot, adapters[name]) > 0
+        slot_of[name] = slot
+    rows = [-1 if n is None else slot_of[n] for n in ROWS]
+    with torch.no_grad(), batcher.rows(rows):
+        logits = loaded.model(ids).logits
+        decode = loaded.model(ids[:, :1]).logits  # one token per row: the decode path
+    with batcher.rows(rows):
+        tokens = _greedy(loaded.model, ids)
+    return logits, decode, tokens
+
+
+@pytest.mark.parametrize("quantize, tol", [("none", 1e-5), ("nf4", 5e-3)])
+def test_mixed_batch_matches_peft_per_row(tiny_base, adapters, quantize, tol):
+    """nf4: bitsandbytes computes in low precision, so a 1-ulp input change moves an output by ~1e-4;
+    PEFT against itself at batch 1 and batch 6 differs that much too. Tokens must still agree."""
+    ids = _prompts()
+    ref_logits, ref_tokens = _peft_rows(tiny_base, adapters, quantize, ids)
+    ref_decode, _ = _peft_rows(tiny_base, adapters, quantize, ids[:, :1])
+    logits, decode, tokens = _ours(tiny_base, adapters, quantize, ids)
+    base_row = ROWS.index(None)
+    assert (ref_logits - ref_logits[base_row]).abs().amax(dim=(1, 2))[0] > 0.1  # the adapters matter
+    torch.testing.assert_close(logits, ref_logits, atol=tol, rtol=0)
+    torch.testing.assert_close(decode, ref_decode, atol=tol, rtol=0)
+    assert torch.equal(tokens, ref_tokens)
+
+
+def test_base_rows_and_no_rows_are_the_bare_base(tiny_base, adapters):
+    loaded = load_base_model(str(tiny_base), quantize="none")
+    ids = _prompts()[:2]
+    with torch.no_grad():
+        bare = loaded.model(ids).logits
+    batcher = LoraBatcher(loaded, max_slots=2, max_rank=8)
+    _load_into(batcher, 0, adapters["qv_r4"])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, bare)  # no set_rows: no LoRA work
+        with batcher.rows([-1, 0]):
+            mixed = loaded.model(ids).logits
+    assert torch.equal(mixed[0], bare[0])
+    assert not torch.allclose(mixed[1], bare[1])
+
+
+def test_reloading_a_slot_leaves_nothing_of_the_previous_adapter(tiny_base, adapters):
+    """A rank-8 all-linear adapter, then a rank-4 q/v one in the same slot: only the second counts."""
+    from peft import PeftModel
+
+    ids = _prompts()[:1]
+    loaded = load_base_model(str(tiny_base), quantize="none")
+    batcher = LoraBatcher(loaded, max_slots=1, max_rank=8)
+    _load_into(batcher, 0, adapters["all_linear_rslora_r8"])
+    batcher.set_rows([0])
+    _load_into(batcher, 0, adapters["qv_r4"])
+    with pytest.raises(RuntimeError, match="set_rows"):
+        loaded.model(ids)  # the rows were set for the adapter that left the slot
+    with torch.no_grad(), batcher.rows([0]):
+        ours = loaded.model(ids).logits
+    ref = PeftModel.from_pretrained(load_base_model(str(tiny_base), quantize="none").model, adapters["qv_r4"])
+    with torch.no_grad():
+        torch.testing.assert_close(ours, ref(ids).logits, atol=1e-5, rtol=0)
+    batcher.free(0)
+    assert not batcher.occupied(0)
+    with pytest.raises(ValueError, match="holds no adapter"):
+        batcher.set_rows([0])
+
+
+def test_rows_must_describe_the_batch(tiny_base, adapters):
+    loaded = load_base_model(str(tiny_base), quantize="none")
+    batcher = LoraBatcher(loaded, max_slots=2, max_rank=8)
+    _load_into(batcher, 0, adapters["qv_r4"])
+    with pytest.raises(ValueError, match="3 rows"), batcher.rows([0, 0]):
+        loaded.model(_prompts()[:3])
+    with pytest.raises(ValueError, match="out of range"):
+        batcher.free(5)
+
+
+def _edited(folder: Path, dest: Path, **changes) -> Path:
+    shutil.copytree(folder, dest)
+    cfg_path = dest / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(changes)
+    cfg_path.write_text(json.dumps(cfg))
+    return dest
+
+
+@pytest.mark.parametrize(
+    "kind, match",
+    [
+        ("dora", "DoRA"),
+        ("embedding", "embedding LoRA"),
+        ("modules_to_save", "modules_to_save"),
+        ("bias", "bias"),
+        ("fan_in_fan_out", "fan_in_fan_out"),
+        ("rank_too_big", "max rank"),
+    ],
+)
+def test_unsupported_adapters_are_refused_and_the_slot_kept(tiny_base, adapters, tmp_path, kind, match):
+    made = {
+        "dora": lambda: save_lora(tiny_base, tmp_path / "x", use_dora=True),
+        "embedding": lambda: save_lora(tiny_base, tmp_path / "x", target_modules=["embed_tokens", "q_proj"]),
+        "modules_to_save": lambda: save_lora(tiny_base, tmp_path / "x", modules_to_save=["lm_head"]),
+        "bias": lambda: save_lora(tiny_base, tmp_path / "x", bias="lora_only"),
+        "fan_in_fan_out": lambda: _edited(adapters["qv_r4"], tmp_path / "x", fan_in_fan_out=True),
+        "rank_too_big": lambda: save_lora(tiny_base, tmp_path / "x", r=16),
+    }
+    folder = made[kind]()
+    loaded = load_base_model(str(tiny_base), quantize="none")
+    batcher = LoraBatcher(loaded, max_slots=1, max_rank=8)
+    _load_into(batcher, 0, adapters["qv_r4"])
+    ids = _prompts()[:1]
+    with torch.no_grad(), batcher.rows([0]):
+        before = loaded.model(ids).logits
+    with pytest.raises(UnsupportedAdapter, match=match):
+        _load_into(batcher, 0, folder)
+    with torch.no_grad(), batcher.rows([0]):
+        assert torch.equal(loaded.model(ids).logits, before)
+
+
+def test_adapter_for_another_base_is_incompatible(tiny_base, tmp_path):
+    other = build_tiny_base(tmp_path / "wide", TinyBaseSpec(hidden_size=64, intermediate_size=128))
+    folder = save_lora(other, tmp_path / "wide-lora")
+    batcher = LoraBatcher(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8)
+    with pytest.raises(IncompatibleBase, match="q_proj"):
+        _load_into(batcher, 0, folder)
+    assert not batcher.occupied(0)
+
+
+def test_adapter_on_a_layer_not_wrapped_is_incompatible(tiny_base, adapters):
+    batcher = LoraBatcher(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8,
+                          target_modules=["q_proj", "v_proj"])
+    assert _load_into(batcher, 0, adapters["qv_r4"]) > 0
+    with pytest.raises(IncompatibleBase, match="not a linear layer this server wraps"):
+        _load_into(batcher, 0, adapters["patterns"])
+
+
+def test_broken_weights_file_is_invalid(tiny_base, adapters, tmp_path):
+    folder = shutil.copytree(adapters["qv_r4"], tmp_path / "broken")
+    (folder / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    batcher = LoraBatcher(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8)
+    with pytest.raises(InvalidAdapter):
+        _load_into(batcher, 0, folder)
