@@ -85,8 +85,8 @@ def _serve_until(server: Any, stop: threading.Event) -> None:
         while not stop.is_set():
             server.asyncore.loop(timeout=0.05, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1)
     finally:
+        server.task_dispatcher.shutdown()  # workers first: they poke the loop's trigger until they end
         server.close()
-        server.task_dispatcher.shutdown()
 
 
 def start_in_thread(
