@@ -36,4 +36,10 @@ def create_app(
     app.register_blueprint(registry_api.bp)
     app.register_blueprint(hf_compat.bp)
     app.register_blueprint(web.bp)
+    if engine is not None:
+        from . import health, openai_api
+
+        app.extensions[EXTENSION]["metrics"] = health.ServerMetrics()
+        app.register_blueprint(openai_api.bp)
+        app.register_blueprint(health.bp)
     return app

@@ -164,6 +164,7 @@ class Engine:
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._embed = self.model.get_input_embeddings()
         self._device = self._embed.weight.device
+        self.vocab_size = int(self._embed.num_embeddings)
         self.soft_prompts = SoftPromptCache(
             registry,
             dtype=self._embed.weight.dtype,
@@ -400,11 +401,11 @@ class Engine:
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        new_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        new_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
         return out.logits[:, -1, :].float(), new_kv
 
     def _new_row(self, request: GenerationRequest) -> _Row:

@@ -1,0 +1,71 @@
+"""The oracle for serving tests: what PEFT itself generates for one adapter, one prompt, alone.
+
+Greedy decoding with ``PeftModel.generate(do_sample=False)`` on the same base files and the same
+quantization the server uses. For prompt tuning the oracle passes ``use_cache=False``: with
+peft 0.21.2 and transformers 5.x, PEFT's cached generate looks for the cache under the old
+``past_key_values`` name, misses it, and prepends the virtual tokens again at every decode step
+(checked against PEFT's own uncached forward, which agrees with ``use_cache=False``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from conftest import save_lora, save_prompt_tuning
+
+__all__ = ["peft_greedy", "push_serving_adapters", "ADAPTER_SPECS"]
+
+# name -> (kind, seed, extra config): two LoRAs of different ranks and targets, two soft prompts.
+ADAPTER_SPECS: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "lora-qv": ("lora", 11, {}),
+    "lora-all": ("lora", 12, {"r": 8, "lora_alpha": 16, "target_modules": [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}),
+    "prompt-4": ("prompt", 13, {"num_virtual_tokens": 4}),
+    "prompt-7": ("prompt", 14, {"num_virtual_tokens": 7}),
+}
+
+
+def push_serving_adapters(registry: Any, base: Path, workdir: Path) -> dict[str, Path]:
+    """Save the ``ADAPTER_SPECS`` adapters with PEFT and push them; return name -> PEFT folder."""
+    folders = {}
+    for name, (kind, seed, extra) in ADAPTER_SPECS.items():
+        out = workdir / name
+        if kind == "lora":
+            save_lora(base, out, seed=seed, **extra)
+        else:
+            save_prompt_tuning(base, out, seed=seed, **extra)
+        registry.push(out, name=name, task="test", base=str(base))
+        folders[name] = out
+    return folders
+
+
+@functools.lru_cache(maxsize=16)
+def _model(base: str, adapter: str | None, quantize: str) -> Any:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32, "device_map": {"": "cpu"}}
+    if quantize == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval()
+
+
+def peft_greedy(base: Path, adapter: Path | None, prompt_ids: list[int], max_new_tokens: int,
+                quantize: str = "none") -> list[int]:
+    """The tokens PEFT generates greedily (stopping at EOS like the server)."""
+    import torch
+
+    model = _model(str(base), None if adapter is None else str(adapter), quantize)
+    is_prompt = adapter is not None and model.peft_config["default"].peft_type == "PROMPT_TUNING"
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=256, use_cache=not is_prompt)
+    return out[0, len(prompt_ids):].tolist()
