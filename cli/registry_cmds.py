@@ -47,8 +47,15 @@ def push(folder, name, task, base, tags, description, registry, json_output):
 @registry_option
 @json_option
 def pull(ref, out, force, registry, json_output):
-    """Write adapter REF into a folder that PeftModel.from_pretrained loads (digests verified)."""
+    """Write adapter REF into a folder that PeftModel.from_pretrained loads (digests verified).
+
+    REF may be hf://org/repo[@revision]: the adapter is imported from $HF_ENDPOINT (default
+    huggingface.co) into the registry first."""
     reg = open_registry(registry)
+    if ref.startswith("hf://"):
+        from hub.hf_import import import_from_hub
+
+        ref = import_from_hub(ref, reg).ref
     v = reg.pull(ref, out, force=force)
     if json_output:
         emit_json(v.to_dict() | {"tags": list(v.tags), "output": str(out)})
