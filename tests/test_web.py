@@ -1,0 +1,89 @@
+"""The read-only page at ``/``: grouped by base and task, with versions, tags, sizes, metrics and pull commands;
+rendered in headless Chromium (skipped when Debian's ``chromium`` is absent) and checked from a screenshot."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hub.registry import LocalRegistry
+from server.app import create_app
+from server.wsgi import start_in_thread
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WINDOW = (1200, 900)
+
+
+@pytest.fixture
+def populated(tmp_path, make_lora, make_prompt, tiny_base) -> LocalRegistry:
+    reg = LocalRegistry(tmp_path / "hub", durable=False)
+    lora = make_lora("l")
+    reg.push(lora, name="sent", task="sentiment", metrics={"acc": 0.91})
+    reg.push(lora, name="sent", task="sentiment", tags=["prod"], metrics={"acc": 0.93, "f1": 0.9})
+    reg.push(make_prompt("p"), name="summ", task="summary")
+    return reg
+
+
+def test_page_lists_adapters_by_base_and_task(populated, tiny_base):
+    page = create_app(populated).test_client().get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert html.count("Base: " + str(tiny_base)) == 1  # both adapters share one base section
+    assert html.index("Task: sentiment") < html.index("Task: summary")
+    assert "2 adapters on http://localhost" in html
+    sent = html[html.index('id="adapter-sent"'):html.index('id="adapter-summ"')]
+    rows = re.findall(r'<tr class="version">(.*?)</tr>', sent, re.S)
+    assert [re.search(r"<td>(\d+)</td>", r).group(1) for r in rows] == ["2", "1"]  # newest first
+    assert '<span class="tag">latest</span><span class="tag">prod</span>' in rows[0]
+    assert "acc=0.93<br>f1=0.9" in rows[0] and "acc=0.91" in rows[1]
+    size = populated.resolve("sent@2").total_size
+    assert f"{size / 1000:.1f} KB" in rows[0]
+    assert "<code>adapterhub pull sent@2 --registry http://localhost -o sent</code>" in rows[0]
+    assert "prompt_tuning" in html[html.index('id="adapter-summ"'):]
+
+
+def test_page_escapes_what_people_typed(tmp_path, make_lora):
+    reg = LocalRegistry(tmp_path / "hub", durable=False)
+    reg.push(make_lora(), name="x", task="<script>alert(1)</script>")
+    html = create_app(reg).test_client().get("/").get_data(as_text=True)
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_empty_hub_says_how_to_push(tmp_path):
+    html = create_app(LocalRegistry(tmp_path / "empty")).test_client().get("/").get_data(as_text=True)
+    assert 'id="empty"' in html and "adapterhub push DIR" in html
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--window-size={WINDOW[0]},{WINDOW[1]}", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed")
+def test_page_renders_in_headless_chromium(populated, tmp_path):
+    from PIL import Image
+
+    with start_in_thread(create_app(populated)) as server:
+        dom = _chromium(tmp_path, "--dump-dom", server.url + "/")
+        shot = tmp_path / "hub.png"
+        _chromium(tmp_path, f"--screenshot={shot}", server.url + "/")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "sent@2" in dom.stdout and "Task: summary" in dom.stdout
+    assert f"--registry {server.url} -o sent" in dom.stdout  # the command names the hub as reached
+
+    image = Image.open(shot).convert("RGB")
+    assert image.size == WINDOW
+    colors = image.getcolors(maxcolors=1 << 20)
+    assert len(colors) > 50  # text, tables and tags were drawn, not a blank or error page
+    counts = {rgb: n for n, rgb in colors}
+    border_blue = sum(n for rgb, n in counts.items() if all(abs(a - b) <= 8 for a, b in zip(rgb, (0x2A, 0x5D, 0xB0))))
+    assert border_blue >= WINDOW[0]  # the base section's 3-px rule (and task headings) in the theme colour
+    header_rows = sum(n for rgb, n in counts.items() if all(abs(a - b) <= 3 for a, b in zip(rgb, (0xF2, 0xF5, 0xFA))))
+    assert header_rows > 1000  # table header background: tables were laid out
