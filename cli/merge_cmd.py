@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .output import emit_json, json_option, registry_option
+from .output import emit_json, json_option, quiet_ml_libraries, registry_option
 
 __all__ = ["COMMANDS"]
 
@@ -18,7 +18,7 @@ def _parse_weights(value: str | None) -> tuple[float, ...] | None:
     try:
         return tuple(float(w) for w in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated numbers, e.g. 0.7,0.3") from None
+        raise click.ClickException(f"--weights {value!r}: expected comma-separated numbers, e.g. 0.7,0.3") from None
 
 
 def _parse_size(value: str | None) -> int | None:
@@ -35,7 +35,7 @@ def _parse_size(value: str | None) -> int | None:
     try:
         return int(float(text) * mult)
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected a size such as 2GB or 500MB") from None
+        raise click.ClickException(f"--max-shard-size {value!r}: expected a size such as 2GB or 500MB") from None
 
 
 @click.command("merge")
@@ -63,18 +63,19 @@ def merge(refs, base, out, weights, method, density, seed, dtype, max_shard_size
     Several adapters are combined by --method with --weights. With --as-adapter the combination is
     pushed to the registry as a new adapter instead (lineage recorded), and no model is written.
     """
+    quiet_ml_libraries()
     from hub.merge import MergeOptions, merge_adapter, merge_model
 
     if as_adapter:
         if not name:
-            raise click.UsageError("--as-adapter needs --name")
+            raise click.ClickException("--as-adapter needs --name")
         if out or verify or force:
-            raise click.UsageError("--as-adapter writes to the registry: --out, --verify and --force do not apply")
+            raise click.ClickException("--as-adapter writes to the registry: --out, --verify and --force do not apply")
     else:
         if not out:
-            raise click.UsageError("--out is required (or use --as-adapter)")
+            raise click.ClickException("--out is required (or use --as-adapter)")
         if rank is not None or name or task:
-            raise click.UsageError("--rank, --name and --task apply only with --as-adapter")
+            raise click.ClickException("--rank, --name and --task apply only with --as-adapter")
     options = MergeOptions(method=method, weights=_parse_weights(weights), density=density, seed=seed, dtype=dtype,
                            max_shard_bytes=_parse_size(max_shard_size))
     if as_adapter:
