@@ -168,8 +168,11 @@ def _submit(engine: Any, version: Any, prompts: list[list[int]], params: Samplin
     return choices
 
 
-def _events(choice: _Choice, label: str) -> Iterator[tuple[str, int | None]]:
-    """Consume one answer's events, yielding (text, token id); fills ``choice`` and records metrics."""
+def _events(choice: _Choice, label: str, metrics: ServerMetrics) -> Iterator[tuple[str, int | None]]:
+    """Consume one answer's events, yielding (text, token id); fills ``choice`` and records metrics.
+
+    Streaming responses run this after the view returned (outside the app context), so the
+    metrics object is passed in rather than looked up."""
     req = choice.request
     for event in req.stream:
         if event.error is not None:
@@ -182,7 +185,7 @@ def _events(choice: _Choice, label: str) -> Iterator[tuple[str, int | None]]:
             choice.prompt_tokens, choice.completion_tokens = event.prompt_tokens, event.completion_tokens
         yield event.text, event.token_id
     stream = req.stream
-    _metrics().observe_generation(
+    metrics.observe_generation(
         label,
         prompt_tokens=choice.prompt_tokens,
         completion_tokens=choice.completion_tokens,
@@ -252,13 +255,13 @@ def completions():
     want_ids = _field(body, "return_token_ids", bool, "a boolean", False)
     want_usage = _want_usage(body)
     choices = _submit(engine, version, prompts, params, n)
-    label, model = g.adapter_label, body["model"]
+    label, model, metrics = g.adapter_label, body["model"], _metrics()
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model}
 
     if not stream:
         for c in choices:
-            for _ in _events(c, label):
+            for _ in _events(c, label, metrics):
                 pass
         return jsonify({**meta, "choices": [
             {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason,
@@ -267,7 +270,7 @@ def completions():
 
     def chunks() -> Iterator[dict[str, Any]]:
         for i, c in enumerate(choices):
-            for text, token in _events(c, label):
+            for text, token in _events(c, label, metrics):
                 choice = {"index": i, "text": text, "logprobs": None, "finish_reason": c.finish_reason}
                 if want_ids:
                     choice["token_ids"] = [] if token is None else [token]
@@ -317,12 +320,12 @@ def chat_completions():
     want_ids = _field(body, "return_token_ids", bool, "a boolean", False)
     want_usage = _want_usage(body)
     choices = _submit(engine, version, [prompt], params, n)
-    label, model = g.adapter_label, body["model"]
+    label, model, metrics = g.adapter_label, body["model"], _metrics()
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
 
     if not stream:
         for c in choices:
-            for _ in _events(c, label):
+            for _ in _events(c, label, metrics):
                 pass
         return jsonify({**meta, "object": "chat.completion", "choices": [
             {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
@@ -334,7 +337,7 @@ def chat_completions():
         for i, c in enumerate(choices):
             yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                         "logprobs": None, "finish_reason": None}]}
-            for text, token in _events(c, label):
+            for text, token in _events(c, label, metrics):
                 choice = {"index": i, "delta": {"content": text} if text else {}, "logprobs": None,
                           "finish_reason": c.finish_reason}
                 if want_ids:
