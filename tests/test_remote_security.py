@@ -204,3 +204,26 @@ def test_malformed_requests_get_json_errors_not_500(hub):
     for r in cases:
         assert 400 <= r.status_code < 500, (r.request.url, r.status_code, r.text)
         assert r.json()["error"]["message"]
+
+
+def test_token_cli_creates_lists_and_revokes(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    runner = CliRunner()
+    root = str(tmp_path / "reg")
+    made = runner.invoke(cli, ["hub", "token", "create", "--scope", "read", "--name", "ci", "--registry", root, "--json"])
+    assert made.exit_code == 0, made.output
+    doc = json.loads(made.output)
+    assert doc["scope"] == "read" and doc["token"].startswith("ahub_")
+    assert TokenStore(root).authenticate(doc["token"]).id == doc["id"]
+    listed = runner.invoke(cli, ["hub", "token", "list", "--registry", root, "--json"])
+    assert json.loads(listed.output) == [{k: doc[k] for k in ("id", "name", "scope", "created")}]
+    assert doc["token"] not in listed.output
+    assert runner.invoke(cli, ["hub", "token", "revoke", doc["id"], "--registry", root]).exit_code == 0
+    assert TokenStore(root).authenticate(doc["token"]) is None
+    unknown = runner.invoke(cli, ["hub", "token", "revoke", doc["id"], "--registry", root])
+    assert unknown.exit_code == 1 and "no token with id" in unknown.output
+    remote = runner.invoke(cli, ["hub", "token", "list", "--registry", "http://127.0.0.1:1"])
+    assert remote.exit_code == 1 and "is a URL" in remote.output
