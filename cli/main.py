@@ -20,6 +20,8 @@ _COMMAND_MODULES = (
     "cli.demo",
     "cli.hub_cmd",
     "cli.merge_cmd",
+    "cli.serve_cmd",
+    "cli.train_cmd",
 )
 
 
