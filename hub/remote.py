@@ -151,7 +151,7 @@ class RemoteRegistry:
         from tqdm.auto import tqdm
 
         with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not self._show_progress(total),
-                  file=sys.stderr, leave=False) as bar:
+                  file=sys.stderr) as bar:
             yield bar
 
     # --- reading -------------------------------------------------------------------------------

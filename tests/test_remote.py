@@ -265,3 +265,14 @@ def test_cli_reports_an_unreachable_hub_in_one_line(tmp_path):
 def test_remote_gc_is_refused_with_a_clear_message(hub):
     with pytest.raises(RemoteError, match="on the hub's machine"):
         RemoteRegistry(hub.url, token=hub.write_token).gc()
+
+
+def test_progress_bar_reports_large_transfers(hub, lora, tmp_path, capsys):
+    remote = RemoteRegistry(hub.url, token=hub.write_token, progress=True)
+    v = remote.push(lora, name="sent", task="t")
+    remote.pull("sent", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "push sent" in err and f"pull {v.ref}" in err and "100%" in err
+    quiet = RemoteRegistry(hub.url)  # default: only for transfers of 8 MB and more, on a terminal
+    quiet.pull("sent", tmp_path / "out2")
+    assert capsys.readouterr().err == ""
