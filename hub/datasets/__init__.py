@@ -1,0 +1,1 @@
+"""Demo datasets generated from code (see ``hub.datasets.demo``)."""

@@ -1,0 +1,41 @@
+"""QLoRA's base: the model loaded with 4-bit nf4 weights (bitsandbytes) and made ready for k-bit training.
+
+bitsandbytes runs nf4 on CPU as well as CUDA, so the same path is used everywhere. The linear
+layers of the decoder are quantized (with double quantization of the scales); the embeddings and
+``lm_head`` stay in full precision, as in the QLoRA paper. ``prepare_model_for_kbit_training``
+freezes the base, casts the remaining non-quantized parameters to fp32 for stable gradients and
+enables input gradients so gradients flow to the LoRA weights through the frozen 4-bit layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["load_4bit_base", "quantization_summary"]
+
+
+def _compute_dtype(device: str):
+    import torch
+
+    return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def quantization_summary(device: str) -> dict[str, Any]:
+    """How the base was quantized, for the registry's training record."""
+    return {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True,
+            "compute_dtype": str(_compute_dtype(device)).removeprefix("torch.")}
+
+
+def load_4bit_base(base: str, device: str, *, gradient_checkpointing: bool = False) -> Any:
+    """Load ``base`` with nf4 weights on ``device`` and prepare it for training adapters on top."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_compute_dtype(device),
+    )
+    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, device_map={"": device})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
