@@ -29,7 +29,7 @@ __all__ = ["ShardedReader", "ShardedWriter", "TensorSpec", "torch_dtype", "DTYPE
 log = logging.getLogger(__name__)
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-_CHUNK_BYTES = 64 * 1024 * 1024
+_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 def torch_dtype(code: str) -> "torch.dtype":

@@ -62,6 +62,13 @@ class LoraModule:
         d = (self.B.float() @ self.A.float()) * self.scale
         return d.T if (self.embedding or self.fan_in_fan_out) else d
 
+    def add_to(self, weight: "torch.Tensor") -> "torch.Tensor":
+        """``weight += scale * B @ A`` in place (one fused matmul-add, no delta-sized temporary)."""
+        a, b = self.A.float(), self.B.float()
+        if self.embedding or self.fan_in_fan_out:
+            return weight.addmm_(a.T, b.T, alpha=self.scale)
+        return weight.addmm_(b, a, alpha=self.scale)
+
     def bias_delta(self) -> "torch.Tensor | None":
         """What ``lora_bias=True`` adds to the base layer's bias: ``scale * lora_B.bias``."""
         return None if self.bias is None else self.bias.float() * self.scale

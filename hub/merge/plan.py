@@ -91,12 +91,18 @@ class SourceEdit:
     bias_loras: list[LoraModule] = field(default_factory=list)
 
     def apply(self, weight: "torch.Tensor") -> "torch.Tensor":
-        """The tensor this adapter alone makes of ``weight`` (float32), as PEFT's merge would."""
-        w = self.saved.float() if self.saved is not None else weight
+        """The tensor this adapter alone makes of ``weight`` (float32), as PEFT's merge would.
+
+        ``weight`` is updated in place where possible (the caller hands over a buffer it owns), so
+        folding a large matrix needs no second matrix-sized temporary.
+        """
+        import torch
+
+        w = self.saved.to(torch.float32, copy=True) if self.saved is not None else weight
         for lora in self.loras:
-            w = apply_dora(w, lora) if lora.magnitude is not None else w + lora.delta()
+            w = apply_dora(w, lora) if lora.magnitude is not None else lora.add_to(w)
         for lora in self.bias_loras:
-            w = w + lora.bias_delta()
+            w = w.add_(lora.bias_delta())
         return w
 
     def delta(self, weight: "torch.Tensor") -> "torch.Tensor":
@@ -107,7 +113,7 @@ class SourceEdit:
             for p in parts[1:]:
                 total = total + p
             return total
-        return self.apply(weight) - weight
+        return self.apply(weight.clone()) - weight
 
 
 @dataclass
