@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["HF_HUB_OFFLINE"] = "1"  # the adapter's base is not on this machine: do not look for it online
 
+from hub.blobstore import sha256_file  # noqa: E402
 from hub.registry import LocalRegistry  # noqa: E402
 from hub.remote import RemoteRegistry  # noqa: E402
 from hub.tokens import TokenStore  # noqa: E402
@@ -54,9 +55,12 @@ def stored_bytes(root: Path) -> int:
 
 def bench(work: Path, src: Path, rounds: int) -> dict:
     size = sum(f.stat().st_size for f in src.iterdir())
-    t: dict[str, list[float]] = {k: [] for k in ("local_push", "local_pull", "remote_push", "remote_pull", "remote_repush")}
+    t: dict[str, list[float]] = {
+        k: [] for k in ("hash", "local_push", "local_pull", "remote_push", "remote_pull", "remote_repush")
+    }
     repush_sent, repush_stored = [], []
     for i in range(rounds):
+        t["hash"].append(timed(lambda: [sha256_file(p) for p in src.iterdir()]))  # the client's share of a push
         reg = LocalRegistry(work / f"local{i}")
         t["local_push"].append(timed(lambda: reg.push(src, name="big", task="bench")))
         t["local_pull"].append(timed(lambda: reg.pull("big", work / f"lpulled{i}")))
