@@ -20,6 +20,7 @@ import torch
 from hub.registry import LocalRegistry
 from hub.remote import RemoteRegistry
 from remote_helpers import start_hub
+from server.auth import READ_TOKEN_REQUIRED
 
 INPUT_IDS = [[257, 72, 101, 108, 108, 111, 33, 10]]
 
@@ -60,6 +61,15 @@ CLIENT = textwrap.dedent(
         except Exception as e:
             result["errors"][label] = f"{type(e).__name__}: {e}"
 
+    closed_url, read_token = sys.argv[5], sys.argv[6]
+    result["closed_with_token"] = hashlib.sha256(Path(hf_hub_download(
+        "sent", "adapter_config.json", endpoint=closed_url, token=read_token, cache_dir=out / "closed")).read_bytes()).hexdigest()
+    try:
+        hf_hub_download("sent", "adapter_model.safetensors", endpoint=closed_url, token=False, cache_dir=out / "anon")
+        result["closed_without_token"] = "downloaded"
+    except Exception as e:
+        result["closed_without_token"] = str(e).splitlines()[0]
+
     ids = torch.tensor(json.loads(sys.argv[4]))
     for rev in ["prod", "2"]:
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), "sent", revision=rev).eval()
@@ -93,15 +103,24 @@ def hub(tmp_path):
     h.handle.close()
 
 
-def test_huggingface_hub_and_peft_download_from_the_hub(hub, make_lora, tiny_base, tmp_path):
+@pytest.fixture
+def closed_hub(tmp_path):
+    h = start_hub(tmp_path / "closed-hub", config={READ_TOKEN_REQUIRED: True})
+    yield h
+    h.handle.close()
+
+
+def test_huggingface_hub_and_peft_download_from_the_hub(hub, closed_hub, make_lora, tiny_base, tmp_path):
     first, second = make_lora("first", seed=1), make_lora("second", seed=2, r=8, target_modules=["q_proj", "o_proj"])
     remote = RemoteRegistry(hub.url, token=hub.write_token)
     v1 = remote.push(first, name="sent", task="sentiment", tags=["prod"])
     v2 = remote.push(second, name="sent", task="sentiment")
+    RemoteRegistry(closed_hub.url, token=closed_hub.write_token).push(first, name="sent", task="sentiment")
     out = tmp_path / "client"
     out.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", CLIENT, str(tiny_base), str(out), v1.digest[:40], json.dumps(INPUT_IDS)],
+        [sys.executable, "-c", CLIENT, str(tiny_base), str(out), v1.digest[:40], json.dumps(INPUT_IDS),
+         closed_hub.url, closed_hub.read_token],
         env=_client_env(tmp_path, hub.url), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -116,6 +135,8 @@ def test_huggingface_hub_and_peft_download_from_the_hub(hub, make_lora, tiny_bas
     assert result["single"] == want1["adapter_model.safetensors"]
     assert result["info"] == {"sha": v1.digest[:40], "siblings": sorted(want1)}
     assert result["errors"] == {"repo": "ok", "revision": "ok", "entry": "ok"}
+    assert result["closed_with_token"] == want1["adapter_config.json"]
+    assert "401 UNAUTHORIZED" in result["closed_without_token"]
 
     assert torch.equal(torch.load(out / "logits-prod.pt"), _logits(tiny_base, first))
     assert torch.equal(torch.load(out / "logits-2.pt"), _logits(tiny_base, second))
