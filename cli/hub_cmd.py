@@ -32,18 +32,24 @@ def hub() -> None:
 @click.option("--read-token-required", is_flag=True, help="Reads need a token too (default: reads are open).")
 @click.option("--max-object-bytes", default=4 << 30, show_default=True, type=click.IntRange(1),
               help="Largest file one upload may carry.")
-def serve(registry, host, port, threads, read_token_required, max_object_bytes):
+@click.option("--allow-local-bases", is_flag=True,
+              help="Accept pushes whose base is a folder path, read on this machine (one-machine setups).")
+def serve(registry, host, port, threads, read_token_required, max_object_bytes, allow_local_bases):
     """Serve the registry folder: push/pull API at /api, HF Hub protocol, web page at /."""
     from hub.registry import LocalRegistry
     from server.app import create_app
     from server.auth import READ_TOKEN_REQUIRED
-    from server.registry_api import MAX_OBJECT_BYTES
+    from server.registry_api import ALLOW_LOCAL_BASES, MAX_OBJECT_BYTES
     from server.wsgi import run
 
     root = _local_root(registry)
     app = create_app(
         LocalRegistry(root),
-        config={READ_TOKEN_REQUIRED: read_token_required, MAX_OBJECT_BYTES: max_object_bytes},
+        config={
+            READ_TOKEN_REQUIRED: read_token_required,
+            MAX_OBJECT_BYTES: max_object_bytes,
+            ALLOW_LOCAL_BASES: allow_local_bases,
+        },
     )
     reads = "token required" if read_token_required else "open"
 

@@ -33,12 +33,15 @@ from hub.registry import AdapterVersion, LocalRegistry
 from .auth import READ, WRITE, authorize
 from .errors import ApiError
 
-__all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "version_json"]
+__all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "ALLOW_LOCAL_BASES", "version_json"]
 
 bp = Blueprint("registry_api", __name__, url_prefix="/api")
 
 MAX_OBJECT_BYTES = "MAX_OBJECT_BYTES"  # app.config key: largest object one PUT may carry
 MAX_JSON_BYTES = "MAX_JSON_BYTES"  # app.config key: largest JSON request body
+# app.config key: let pushes name their base by a folder on the hub's machine (one-machine setups);
+# otherwise a request could make the hub read config and headers from any folder it can see.
+ALLOW_LOCAL_BASES = "ALLOW_LOCAL_BASES"
 _DEFAULT_MAX_OBJECT = 4 << 30
 _DEFAULT_MAX_JSON = 1 << 20
 _MAX_FILES = 32
@@ -175,6 +178,19 @@ def _staged_folder(registry: LocalRegistry, files: list[dict[str, Any]]) -> Path
     return folder
 
 
+def _check_base(base: str | None) -> None:
+    """Refuse a base named by a filesystem path unless the hub allows it (see ``ALLOW_LOCAL_BASES``)."""
+    if base is None or current_app.config.get(ALLOW_LOCAL_BASES):
+        return
+    if base.startswith(("/", ".", "~")) or "\\" in base or ".." in base.split("/"):
+        raise ApiError(
+            400,
+            f"base {base!r} is a path, which means nothing on a shared hub: name the base by its Hub id "
+            "(push with --base ORG/NAME)",
+            code="local_base",
+        )
+
+
 def _lineage(body: dict[str, Any]) -> list[dict[str, Any]]:
     lineage = _field(body, "lineage", list, [])
     if not all(isinstance(x, dict) for x in lineage):
@@ -195,11 +211,13 @@ def commit_version(name: str):
         extra = sorted({f["path"] for f in files} - set(adapter.files))
         if extra:
             raise InvalidAdapter(f"not part of a PEFT adapter folder: {', '.join(extra)}")
+        base = _field(body, "base", (str, type(None)), None)
+        _check_base(base or adapter.base_model)
         version = registry.push(
             folder,
             name=name,
             task=_field(body, "task", str, ""),
-            base=_field(body, "base", (str, type(None)), None),
+            base=base,
             tags=_field(body, "tags", list, []),
             description=_field(body, "description", str, ""),
             metrics=_field(body, "metrics", dict, {}),

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 from hub.registry import LocalRegistry
 from hub.tokens import TokenStore
 from server.app import create_app
+from server.registry_api import ALLOW_LOCAL_BASES
 from server.wsgi import ServerHandle, start_in_thread
 
 
@@ -73,6 +74,8 @@ class Hub:
 
 
 def start_hub(root: Path, config: dict[str, Any] | None = None) -> Hub:
+    """A hub on one machine with its clients: the tiny base is a local folder both can read."""
+    config = {ALLOW_LOCAL_BASES: True} | (config or {})
     registry = LocalRegistry(root, durable=False)
     store = TokenStore(root)
     write_token, _ = store.create("write", "tests")

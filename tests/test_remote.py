@@ -174,7 +174,8 @@ def test_eight_concurrent_pushes_all_land(hub, make_lora):
 
 def _serve_subprocess(root: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "adapterhub"), "hub", "serve", "--registry", str(root), "--port", "0"],
+        [str(Path(sys.executable).parent / "adapterhub"), "hub", "serve", "--registry", str(root), "--port", "0",
+         "--allow-local-bases"],
         stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
     )
     line = proc.stderr.readline()

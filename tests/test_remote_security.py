@@ -10,12 +10,12 @@ import json
 import httpx2
 import pytest
 
-from hub.errors import AuthError, PermissionDenied
+from hub.errors import AuthError, PermissionDenied, RemoteError
 from hub.remote import RemoteRegistry
 from hub.tokens import TokenStore
 from remote_helpers import snapshot, start_hub
 from server.auth import READ_TOKEN_REQUIRED
-from server.registry_api import MAX_JSON_BYTES, MAX_OBJECT_BYTES
+from server.registry_api import ALLOW_LOCAL_BASES, MAX_JSON_BYTES, MAX_OBJECT_BYTES
 
 
 @pytest.fixture
@@ -227,3 +227,22 @@ def test_token_cli_creates_lists_and_revokes(tmp_path):
     assert unknown.exit_code == 1 and "no token with id" in unknown.output
     remote = runner.invoke(cli, ["hub", "token", "list", "--registry", "http://127.0.0.1:1"])
     assert remote.exit_code == 1 and "is a URL" in remote.output
+
+
+def test_a_shared_hub_refuses_bases_named_by_a_path(tmp_path, lora, tiny_base):
+    """By default a push cannot make the hub read a folder of its machine as the base."""
+    h = start_hub(tmp_path / "shared", config={ALLOW_LOCAL_BASES: False})
+    try:
+        remote = RemoteRegistry(h.url, token=h.write_token)
+        before = snapshot(h.registry.root)
+        for base in (None, str(tiny_base), "../../etc", "~/models/llama", "./base"):  # None: the config's path
+            with pytest.raises(RemoteError, match="is a path, which means nothing on a shared hub") as info:
+                remote.push(lora, name="sent", task="t", base=base)
+            assert info.value.status == 400
+        objects = {k for k in snapshot(h.registry.root) if k.startswith("objects/sha256")}
+        assert not (set(snapshot(h.registry.root)) - set(before) - objects)  # no version; only uploaded objects
+        assert h.registry.list() == []
+        v = remote.push(lora, name="sent", task="t", base="example-org/tiny-llama")
+        assert v.base["name"] == "example-org/tiny-llama"
+    finally:
+        h.handle.close()
