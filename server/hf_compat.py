@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request, send_file
+from flask import Blueprint, current_app, jsonify, send_file
 
 from hub.errors import AdapterNotFound, AdapterHubError
 from hub.refs import LATEST, Reference, validate_name, validate_tag

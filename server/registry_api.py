@@ -114,7 +114,7 @@ def show_version(ref: str):
 def get_object(digest: str):
     authorize(READ)
     path = _registry().object_path(_check_digest(digest))
-    return send_file(path, mimetype="application/octet-stream", conditional=True, etag=digest, max_age=31536000)
+    return send_file(path, mimetype="application/octet-stream", conditional=True, etag=digest)
 
 
 # --- push ------------------------------------------------------------------------------------
