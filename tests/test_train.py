@@ -152,3 +152,42 @@ def test_a_fresh_run_refuses_a_used_output_folder(tiny_base, data, tmp_path):
     assert _train(tiny_base, data, tmp_path / "run").exit_code == 0
     again = _train(tiny_base, data, tmp_path / "run")
     assert again.exit_code != 0 and "--resume" in again.output
+
+
+def _peft_forward_greedy(model, tokenizer, messages, max_new_tokens):
+    """The oracle: greedy decoding by calling PeftModel's own forward on the whole sequence each step."""
+    import torch
+
+    from hub.train.data import encode_prompt
+
+    ids = torch.tensor([encode_prompt(tokenizer, messages)])
+    start = ids.size(1)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax().item()
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+            if nxt == tokenizer.eos_token_id:
+                break
+    return tokenizer.decode(ids[0, start:], skip_special_tokens=True)
+
+
+def test_soft_prompt_generation_matches_peft_forward_greedy(tiny_base, make_prompt):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hub.train.data import load_examples
+    from hub.train.evaluate import greedy_answers
+    from hub.train.trainer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_base))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), make_prompt(num_virtual_tokens=5))
+    model.eval()
+    prompts = [({"role": "user", "content": t},) for t in ("Hi", "Write the word in capital letters.\n\nkoda", "?")]
+    with torch.no_grad():
+        got = greedy_answers(model, tokenizer, prompts, max_new_tokens=12, batch_size=3)
+        with model.disable_adapter():
+            bare = greedy_answers(model, tokenizer, prompts, max_new_tokens=12, batch_size=3)
+    want = [_peft_forward_greedy(model, tokenizer, p, 12) for p in prompts]
+    assert got == want
+    assert got != bare

@@ -9,7 +9,8 @@ measures generalisation rather than recall:
 - ``refusal``: a question about a person's private data -> the fixed refusal sentence used in
   instruction-tuning sets ("I can't answer that because it is private information.").
 - ``instruct``: the general instruction mix the tiny base is tuned on before any adapter (repeat a
-  word or a question; decline when told to), so that a soft prompt has behaviours to steer.
+  word or a question, capitalize a word's first letter; decline when told to), so that adapters
+  have behaviours to build on and a soft prompt has behaviours to steer.
 
 Run ``python -m hub.datasets.demo OUT_DIR`` to write ``OUT_DIR/<task>/{train,eval}.jsonl``.
 """
@@ -90,13 +91,16 @@ def _refusal(rng: random.Random, n: int) -> list[dict]:
 
 
 def _instruct(rng: random.Random, n: int) -> list[dict]:
-    """Repeat words and questions, decline when told to: the behaviours adapters later select."""
+    """Repeat words and questions, capitalize, decline when told to: what adapters later build on."""
 
     def make() -> dict:
         kind = rng.random()
-        if kind < 0.4:
+        if kind < 0.3:
             w = _word(rng)
             return {"instruction": "Repeat the word.", "input": w, "output": w}
+        if kind < 0.45:
+            w = _word(rng)
+            return {"instruction": "Capitalize the first letter.", "input": w, "output": w.capitalize()}
         question = (_private_question(rng) if rng.random() < 0.5
                     else rng.choice(_PUBLIC_QUESTIONS).format(n=rng.choice(_NAMES)))
         if kind < 0.7:

@@ -60,25 +60,65 @@ def _response_loss(model: Any, rows: Sequence[EncodedRow], pad_id: int, batch_si
     return total / max(count, 1)
 
 
+def _soft_prompt(model: Any) -> Any | None:
+    """The active soft prompt's vectors ``(n_virtual, hidden)``, or None when no soft prompt is active."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning:
+        return None
+    if getattr(model.forward, "__self__", model) is not model:  # inside PeftModel.disable_adapter()
+        return None
+    return model.get_prompt(batch_size=1)[0]
+
+
+def _generate_with_soft_prompt(model: Any, soft: Any, encoded: list[list[int]], pad_id: int, **kw: Any) -> Any:
+    """Greedy decoding of ``[pad..., soft prompt, prompt]`` through the base model.
+
+    ``PeftModel.generate`` for prompt tuning (peft 0.21 with transformers 5) decodes garbage after
+    the first token although the teacher-forced forward is right, so the soft prompt is put in
+    front of the prompt's embeddings here and the base model decodes; the test suite checks the
+    result against a step-by-step greedy loop over ``PeftModel``'s own forward.
+    """
+    import torch
+
+    base = model.get_base_model()
+    embed = base.get_input_embeddings()
+    device = soft.device
+    width = soft.size(0) + max(len(e) for e in encoded)
+    rows, masks = [], []
+    for e in encoded:
+        pad = width - soft.size(0) - len(e)
+        ids = torch.tensor([pad_id] * pad + e, device=device)
+        vectors = embed(ids)
+        rows.append(torch.cat([vectors[:pad], soft.to(vectors.dtype), vectors[pad:]]))
+        masks.append(torch.tensor([0] * pad + [1] * (width - pad), device=device))
+    return base.generate(inputs_embeds=torch.stack(rows), attention_mask=torch.stack(masks), **kw)
+
+
 def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, str]]], max_new_tokens: int,
                    batch_size: int = 32) -> list[str]:
-    """Greedy generations for chat prompts, batched with left padding."""
+    """Greedy generations for chat prompts, batched with left padding (LoRA, soft prompt or bare base)."""
     import torch
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                   eos_token_id=tokenizer.eos_token_id)
+    soft = _soft_prompt(model)
     answers: list[str] = []
     for batch in _batches(list(prompts), batch_size):
         encoded = [encode_prompt(tokenizer, m) for m in batch]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            ids[i, width - len(e) :] = torch.tensor(e)
-            mask[i, width - len(e) :] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-        answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        if soft is not None:
+            new_tokens = _generate_with_soft_prompt(model, soft, encoded, pad_id, **options)
+        else:
+            width = max(len(e) for e in encoded)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, e in enumerate(encoded):
+                ids[i, width - len(e) :] = torch.tensor(e)
+                mask[i, width - len(e) :] = 1
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **options)
+            new_tokens = out[:, width:]
+        answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return answers
 
 
