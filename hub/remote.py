@@ -245,14 +245,20 @@ class RemoteRegistry:
             clashes = [f.path for f in target.files if (out / f.path).exists() and not _holds(out / f.path, f)]
             if clashes:
                 raise InvalidName(f"{out} already has {', '.join(clashes)} (use --force to overwrite)")
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         stats = TransferStats()
         parts: list[tuple[Path, Path]] = []
-        with self._bar(target.total_size, f"pull {target.ref}") as bar:
-            for f in target.files:
-                part = out / f".{f.path}.{f.sha256[:16]}.part"
-                self._download(f, part, bar, stats)
-                parts.append((part, out / f.path))
+        try:
+            with self._bar(target.total_size, f"pull {target.ref}") as bar:
+                for f in target.files:
+                    part = out / f".{f.path}.{f.sha256[:16]}.part"
+                    self._download(f, part, bar, stats)
+                    parts.append((part, out / f.path))
+        except BaseException:
+            if created and not any(out.iterdir()):  # nothing worth resuming: leave no trace
+                out.rmdir()
+            raise
         for part, final in parts:
             os.chmod(part, 0o644)
             os.replace(part, final)

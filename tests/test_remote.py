@@ -276,3 +276,16 @@ def test_progress_bar_reports_large_transfers(hub, lora, tmp_path, capsys):
     quiet = RemoteRegistry(hub.url)  # default: only for transfers of 8 MB and more, on a terminal
     quiet.pull("sent", tmp_path / "out2")
     assert capsys.readouterr().err == ""
+
+
+def test_failed_pull_into_a_new_folder_leaves_nothing(hub, lora, tmp_path):
+    RemoteRegistry(hub.url, token=hub.write_token).push(lora, name="sent", task="t")
+    config = hub.registry.resolve("sent@1").files[0]
+    assert config.path == "adapter_config.json"  # the first file pulled
+    obj = hub.registry.object_path(config.sha256)
+    obj.chmod(0o644)
+    obj.write_bytes(b"{}")  # the hub's copy went bad: the client's check catches it
+    out = tmp_path / "new"
+    with pytest.raises(DigestMismatch, match="adapter_config.json from .* hashes to"):
+        RemoteRegistry(hub.url).pull("sent@1", out)
+    assert not out.exists()
