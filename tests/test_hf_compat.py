@@ -194,3 +194,27 @@ def test_repo_info_and_tree_shapes(hub, make_lora):
     missing = client.get("/sent/resolve/main/nothing.bin")
     assert missing.status_code == 404 and missing.headers["X-Error-Code"] == "EntryNotFound"
     assert missing.headers["X-Repo-Commit"] == v.digest[:40]
+
+
+def test_resolve_streams_ranges_and_cuts_a_corrupted_object_short(hub, make_lora):
+    """The HF client checks only sizes, so the hub re-hashes what it serves and never completes a bad body."""
+    import httpx2
+
+    v = RemoteRegistry(hub.url, token=hub.write_token).push(make_lora("x"), name="sent", task="t")
+    entry = v.file("adapter_model.safetensors")
+    data = hub.registry.object_path(entry.sha256).read_bytes()
+    url = f"{hub.url}/sent/resolve/main/adapter_model.safetensors"
+    assert httpx2.get(url).content == data
+    for header, want in (("bytes=100-", data[100:]), ("bytes=-50", data[-50:]), ("bytes=10-19", data[10:20])):
+        r = httpx2.get(url, headers={"Range": header})
+        assert r.status_code == 206 and r.content == want
+        assert r.headers["Content-Range"].endswith(f"/{entry.size}")
+    assert httpx2.get(url, headers={"Range": f"bytes={entry.size + 5}-"}).status_code == 416
+
+    obj = hub.registry.object_path(entry.sha256)
+    obj.chmod(0o644)
+    obj.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one flipped bit, same size
+    with pytest.raises(httpx2.HTTPError):
+        httpx2.get(url)  # the body stops short of its Content-Length
+    head = httpx2.head(url)
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) == entry.size
