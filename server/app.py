@@ -32,10 +32,11 @@ def create_app(
     app.config.update(config or {})
     app.extensions[EXTENSION] = {"registry": registry, "engine": engine}
     install_error_handlers(app)
-    auth.init_app(app)
-    app.register_blueprint(registry_api.bp)
-    app.register_blueprint(hf_compat.bp)
-    app.register_blueprint(web.bp)
+    if isinstance(registry, LocalRegistry):  # a server in front of a remote hub does not re-serve it
+        auth.init_app(app)
+        app.register_blueprint(registry_api.bp)
+        app.register_blueprint(hf_compat.bp)
+        app.register_blueprint(web.bp)
     if engine is not None:
         from . import health, openai_api
 

@@ -289,3 +289,12 @@ def test_failed_pull_into_a_new_folder_leaves_nothing(hub, lora, tmp_path):
     with pytest.raises(DigestMismatch, match="adapter_config.json from .* hashes to"):
         RemoteRegistry(hub.url).pull("sent@1", out)
     assert not out.exists()
+
+
+def test_an_app_in_front_of_a_remote_hub_does_not_re_serve_it(hub):
+    """`adapterhub serve --registry http://hub` builds its app on a RemoteRegistry: no hub routes there."""
+    from server.app import create_app
+
+    client = create_app(RemoteRegistry(hub.url)).test_client()
+    assert client.get("/api/versions").status_code == 404
+    assert client.get("/").status_code == 404
