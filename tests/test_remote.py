@@ -182,39 +182,47 @@ def _serve_subprocess(root: Path) -> tuple[subprocess.Popen, str]:
     return proc, line.split(" on ")[1].split()[0]
 
 
-def test_hub_killed_during_an_upload_leaves_a_registry_that_verifies(tmp_path, lora):
+@pytest.mark.parametrize("moment", ["mid-body", "body-sent"])
+def test_hub_killed_during_an_upload_leaves_a_registry_that_verifies(tmp_path, lora, moment):
+    """SIGKILL while the body is half sent (the hub is receiving it) or right after the last byte
+    (the hub is hashing and storing it): the registry verifies and the restarted hub takes pushes."""
+    import hashlib
+
+    import httpx2
+
     from hub.tokens import TokenStore
 
     root = tmp_path / "hub"
     token, _ = TokenStore(root).create("write")
     proc, url = _serve_subprocess(root)
+    payload = os.urandom(32 << 20)
+    digest = hashlib.sha256(payload).hexdigest()
+    reached, killed = threading.Event(), threading.Event()
+
+    def body():
+        step = 1 << 20
+        for i in range(0, len(payload), step):
+            if moment == "mid-body" and i == len(payload) // 2:
+                reached.set()
+                killed.wait(30)
+            yield payload[i : i + step]
+        reached.set()
+
+    def upload():
+        try:
+            httpx2.put(f"{url}/api/objects/sha256/{digest}", content=body(), timeout=30,
+                       headers={"Authorization": f"Bearer {token}", "Content-Length": str(len(payload))})
+        except httpx2.HTTPError:
+            pass  # the hub died under it: expected
+
     try:
         RemoteRegistry(url, token=token).push(lora, name="before", task="t")
-        import hashlib
-
-        import httpx2
-
-        payload = os.urandom(32 << 20)
-        digest = hashlib.sha256(payload).hexdigest()
-        sent_all = threading.Event()
-
-        def body():
-            for i in range(0, len(payload), 1 << 20):
-                yield payload[i : i + (1 << 20)]
-            sent_all.set()
-
-        def upload():
-            try:
-                httpx2.put(f"{url}/api/objects/sha256/{digest}", content=body(), timeout=30,
-                           headers={"Authorization": f"Bearer {token}", "Content-Length": str(len(payload))})
-            except httpx2.HTTPError:
-                pass  # the hub died under it: expected
-
         t = threading.Thread(target=upload)
         t.start()
-        assert sent_all.wait(30)
+        assert reached.wait(30)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        killed.set()
         t.join(30)
     finally:
         if proc.poll() is None:
@@ -224,7 +232,6 @@ def test_hub_killed_during_an_upload_leaves_a_registry_that_verifies(tmp_path, l
     report = LocalRegistry(root).verify()
     assert report.ok, report.problems
     assert [v.ref for v in LocalRegistry(root).list()] == ["before@1"]
-    # And the hub comes back and accepts pushes.
     proc, url = _serve_subprocess(root)
     try:
         assert RemoteRegistry(url, token=token).push(lora, name="after", task="t").ref == "after@1"
