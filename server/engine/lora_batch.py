@@ -145,49 +145,75 @@ class GatheredLoraLinear(nn.Module):
             raise RuntimeError(plan.stale)
         if x.shape[0] != len(plan.rows):
             raise ValueError(f"batch has {x.shape[0]} rows but set_rows() described {len(plan.rows)}")
-        entry = plan.cache.get(id(self))
-        if entry is None:
-            entry = plan.cache[id(self)] = self._prepare(plan)
-        if entry is _SKIP:
-            return out
-        active, rank, dense = entry
-        xs = x if x.dtype == self.lora_A.dtype else x.to(self.lora_A.dtype)
         tokens = x.shape[1] if x.dim() == 3 else 1
-        if tokens == 1 or len(active) == 1:
-            if dense is None:
-                dense = self._dense(plan, active, rank, x.dim())
-                plan.cache[id(self)] = (active, rank, dense)
-            a_act, b_act, mask = dense
-            h = F.linear(xs, a_act)
-            if mask is not None:
-                h = h * mask
-            delta = F.linear(h, b_act)
-        else:
-            x3 = xs.reshape(x.shape[0], -1, self.in_features)
-            a = self.lora_A.index_select(0, plan.idx)[:, :rank]
-            b = self.lora_B.index_select(0, plan.idx)[:, :, :rank]
-            delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2)).reshape(out.shape)
-        return out.add_(delta.to(out.dtype)) if not out.requires_grad else out + delta.to(out.dtype)
+        key = (id(self), tokens == 1)
+        update = plan.cache.get(key)
+        if update is None:
+            update = plan.cache[key] = self._prepare(plan, tokens == 1)
+        if update is _SKIP:
+            return out
+        xs = x if x.dtype == self.lora_A.dtype else x.to(self.lora_A.dtype)
+        delta = update(xs).to(out.dtype)
+        return out.add_(delta) if not out.requires_grad else out + delta
 
-    def _prepare(self, plan: _Plan):
+    def _prepare(self, plan: _Plan, decode: bool):
+        """Pick and build this layer's update for the plan (once per plan and phase)."""
         active = tuple(s for s in plan.distinct if self.ranks[s] > 0)
         if not active:
             return _SKIP
-        return active, max(self.ranks[s] for s in active), None
+        rank = max(self.ranks[s] for s in active)
+        rows = len(plan.rows)
+        # Side by side costs k times the flops of per-row products but reads each adapter once and
+        # needs no per-row copies: right for one adapter, for a GPU decode step (launch-bound) and
+        # for a CPU decode step with few distinct adapters; per-row products otherwise.
+        if len(active) == 1 or (decode and (self.lora_A.device.type == "cuda" or 4 * len(active) <= rows)):
+            return self._stacked(plan, active, rank)
+        return self._per_row(plan, rank)
 
-    def _dense(self, plan: _Plan, active: tuple[int, ...], rank: int, ndim: int):
-        """The active adapters side by side: A as [k*rank, in], B as [out, k*rank], plus the row mask."""
+    def _stacked(self, plan: _Plan, active: tuple[int, ...], rank: int) -> "_StackedUpdate":
         k = len(active)
         sel = torch.tensor(active, device=self.lora_A.device)
-        a_act = self.lora_A.index_select(0, sel)[:, :rank].reshape(k * rank, self.in_features)
-        b_act = self.lora_B.index_select(0, sel)[:, :, :rank].permute(1, 0, 2).reshape(self.out_features, k * rank)
-        if k == 1 and all(r == active[0] for r in plan.rows):
-            return a_act, b_act, None
+        a = self.lora_A.index_select(0, sel)[:, :rank].reshape(k * rank, self.in_features)
+        b = self.lora_B.index_select(0, sel)[:, :, :rank].permute(1, 0, 2).reshape(self.out_features, k * rank)
+        if all(r == active[0] for r in plan.rows):
+            return _StackedUpdate(a, b, None)
         owner = torch.tensor(plan.rows, device=sel.device).unsqueeze(1) == sel.unsqueeze(0)  # [rows, k]
-        mask = owner.repeat_interleave(rank, dim=1).to(self.lora_A.dtype)
-        if ndim == 3:
-            mask = mask.unsqueeze(1)
-        return a_act, b_act, mask
+        return _StackedUpdate(a, b, owner.repeat_interleave(rank, dim=1).to(self.lora_A.dtype))
+
+    def _per_row(self, plan: _Plan, rank: int) -> "_PerRowUpdate":
+        a = self.lora_A.index_select(0, plan.idx)[:, :rank].transpose(1, 2).contiguous()  # [rows, in, r]
+        b = self.lora_B.index_select(0, plan.idx)[:, :, :rank].transpose(1, 2).contiguous()  # [rows, r, out]
+        return _PerRowUpdate(a, b)
+
+
+class _StackedUpdate:
+    """``(x @ A^T * mask) @ B^T`` with the batch's distinct adapters side by side in A and B."""
+
+    __slots__ = ("a", "b", "mask", "mask3")
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> None:
+        self.a, self.b, self.mask = a, b, mask
+        self.mask3 = None if mask is None else mask.unsqueeze(1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.linear(x, self.a)
+        if self.mask is not None:
+            h = h * (self.mask3 if x.dim() == 3 else self.mask)
+        return F.linear(h, self.b)
+
+
+class _PerRowUpdate:
+    """Two batched matmuls with each row's own A and B, gathered once per plan."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a, self.b = a, b
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        out = torch.bmm(torch.bmm(x3, self.a), self.b)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 @dataclass(frozen=True)
