@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import traceback
@@ -14,6 +15,7 @@ from hub.errors import AdapterHubError
 __all__ = ["HubGroup", "emit_json", "render_table", "human_size", "registry_option", "json_option", "warn", "quiet_ml_libraries"]
 
 DEBUG_ENV = "ADAPTERHUB_DEBUG"
+TOKEN_ENV = "ADAPTERHUB_TOKEN"
 
 
 class HubGroup(click.Group):
@@ -45,7 +47,26 @@ class HubGroup(click.Group):
 
 
 def registry_option(f):
-    """``--registry``: a folder or http(s) URL; defaults per ``hub.location``."""
+    """``--registry``: a folder or http(s) URL; defaults per ``hub.location``. Also ``--token`` for a hub
+    URL: it stands in for ``$ADAPTERHUB_TOKEN`` (which ``hub.remote`` reads) while the command runs."""
+
+    @functools.wraps(f)
+    def with_token(*args: Any, token: str | None = None, **kwargs: Any) -> Any:
+        if token is None:
+            return f(*args, **kwargs)
+        saved = os.environ.get(TOKEN_ENV)
+        os.environ[TOKEN_ENV] = token
+        try:
+            return f(*args, **kwargs)
+        finally:
+            if saved is None:
+                os.environ.pop(TOKEN_ENV, None)
+            else:
+                os.environ[TOKEN_ENV] = saved
+
+    with_token = click.option(
+        "--token", default=None, metavar="TOKEN", help="Token for a hub URL (default: $ADAPTERHUB_TOKEN)."
+    )(with_token)
     return click.option(
         "--registry",
         "registry",
@@ -53,7 +74,7 @@ def registry_option(f):
         default=None,
         metavar="PATH|URL",
         help="Registry folder or hub URL (default: $ADAPTERHUB_REGISTRY, else the checkout's registry.json).",
-    )(f)
+    )(with_token)
 
 
 def json_option(f):

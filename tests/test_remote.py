@@ -260,7 +260,13 @@ def test_cli_push_pull_list_with_a_url(hub, lora, tmp_path, monkeypatch):
     r = runner.invoke(cli, ["push", str(lora), "--name", "x", "--task", "t", "--registry", hub.url])
     assert r.exit_code == 1
     assert r.output.count("\n") == 1 and "needs a token with write scope" in r.output
+    r = runner.invoke(cli, ["tag", "sent@1", "prod", "--registry", hub.url, "--token", hub.read_token])
+    assert r.exit_code == 1 and "has read scope; this operation needs write" in r.output
     assert hub.registry.list() == before
+    r = runner.invoke(cli, ["tag", "sent@1", "prod", "--registry", hub.url, "--token", hub.write_token])
+    assert r.exit_code == 0, r.output
+    assert hub.registry.resolve("sent:prod").version == 1
+    assert "ADAPTERHUB_TOKEN" not in os.environ  # --token lasts for its command only
 
 
 def test_cli_reports_an_unreachable_hub_in_one_line(tmp_path):
