@@ -18,14 +18,14 @@ def run(*args, ok: bool = True):
 
 
 def _push(folder, name):
-    return json.loads(run("push", folder, "--name", name, "--task", "t", "--json").output)
+    return json.loads(run("push", folder, "--name", name, "--task", "t", "--json").stdout)
 
 
 def test_merge_registry_ref_with_verify(make_lora, tiny_base, tmp_path):
     lora = make_lora("a", target_modules=["q_proj", "v_proj", "gate_proj"])
     pushed = _push(lora, "sent")
     out = tmp_path / "model"
-    doc = json.loads(run("merge", "sent@1", "--base", tiny_base, "--out", out, "--verify", "--json").output)
+    doc = json.loads(run("merge", "sent@1", "--base", tiny_base, "--out", out, "--verify", "--json").stdout)
     assert doc["verify"]["passed"] and doc["verify"]["max_abs_diff"] <= 1e-4
     assert doc["adapters"] == [{"ref": "sent@1", "digest": pushed["digest"], "weight": 1.0}]
     assert pushed["digest"] in (out / "README.md").read_text()
@@ -39,7 +39,7 @@ def test_as_adapter_pushes_with_lineage(make_lora, tiny_base):
     _push(make_lora("b", seed=2, r=8), "two")
     run("merge", "one", "two", "--base", tiny_base, "--weights", "0.6,0.4", "--as-adapter", "--rank", "6",
         "--name", "blend")
-    shown = json.loads(run("show", "blend", "--json").output)
+    shown = json.loads(run("show", "blend", "--json").stdout)
     assert [(x["ref"], x["weight"]) for x in shown["lineage"]] == [("one@1", 0.6), ("two@1", 0.4)]
     assert shown["peft"]["r"] == 6 and shown["adapter_type"] == "lora"
 

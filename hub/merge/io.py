@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _CHUNK_BYTES = 16 * 1024 * 1024
+_WRITE_BYTES = 8 * 1024 * 1024
 
 
 def torch_dtype(code: str) -> "torch.dtype":
@@ -123,19 +125,25 @@ class ShardedReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def get(self, name: str) -> "torch.Tensor":
-        """The whole tensor, in its stored dtype."""
+    def get(self, name: str, buffer: "torch.Tensor | None" = None) -> "torch.Tensor":
+        """The whole tensor, in its stored dtype; read into the front of ``buffer`` (uint8) when given."""
         import torch
 
         loc = self._where[name]
         start, end = loc.info.offsets
-        buf = torch.empty(end - start, dtype=torch.uint8)
+        buf = torch.empty(end - start, dtype=torch.uint8) if buffer is None else buffer[: end - start]
         if end > start:
             fh = self._handle(loc.file)
             fh.seek(loc.data_start + start)
             if fh.readinto(buf.numpy()) != end - start:
                 raise IncompatibleBase(f"base {self.folder}: {loc.file.name} is truncated at {name}")
         return buf.view(torch_dtype(loc.info.dtype)).reshape(loc.info.shape)
+
+    def byte_range(self, name: str) -> tuple[Path, int, int]:
+        """(file, absolute offset, length) of a tensor's bytes, for an in-kernel copy."""
+        loc = self._where[name]
+        start, end = loc.info.offsets
+        return loc.file, loc.data_start + start, end - start
 
     def iter_chunks(self, name: str, dtype: str | None = None) -> Iterator[memoryview]:
         """The tensor's bytes in bounded chunks, converted to ``dtype`` chunk by chunk when it differs."""
@@ -183,6 +191,15 @@ def _header_bytes(specs: Sequence[TensorSpec]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+def _write_all(fh: BinaryIO, data: memoryview) -> None:
+    """Write in 8 MiB pieces: one huge write(2) is several times slower here (measured: 1 GB in
+    512 MB writes 4.7 s, in 8 MiB writes 0.6 s), and a write may be short, so loop until done."""
+    data = data.cast("B")
+    while data.nbytes:
+        n = fh.write(data[:_WRITE_BYTES])
+        data = data[n:]
+
+
 class ShardedWriter:
     """Write a known list of tensors, in order, into byte-budget shards plus an index.
 
@@ -213,8 +230,9 @@ class ShardedWriter:
             raise MergeError(f"internal: tensor {name} written where {spec.name} was planned")
         if self._fh is None or self._fh[0] != shard:
             self._close_file()
-            fh = open(self.out_dir / self._file_names[shard], "wb")
-            fh.write(_header_bytes(self._shards[shard]))
+            # Unbuffered: every write is a write(2) at the file offset copy_file_range also advances.
+            fh = open(self.out_dir / self._file_names[shard], "wb", buffering=0)
+            _write_all(fh, memoryview(_header_bytes(self._shards[shard])))
             self._fh = (shard, fh)
         self._next += 1
         return self._fh[1], spec
@@ -228,17 +246,41 @@ class ShardedWriter:
 
         flat = tensor.contiguous().reshape(-1)
         if flat.numel():
-            fh.write(memoryview(flat.view(torch.uint8).numpy()))
+            _write_all(fh, memoryview(flat.view(torch.uint8).numpy()))
 
     def write_chunks(self, name: str, chunks: Iterator[memoryview]) -> None:
         """Write the next planned tensor from raw little-endian bytes (a pass-through copy)."""
         fh, spec = self._begin(name)
         written = 0
         for chunk in chunks:
-            fh.write(chunk)
+            _write_all(fh, chunk)
             written += chunk.nbytes
         if written != spec.nbytes:
             raise MergeError(f"internal: {name} got {written} bytes, planned {spec.nbytes}")
+
+    def copy_range(self, name: str, src: Path, offset: int, length: int) -> None:
+        """Write the next planned tensor as a byte range of another file, copied by the kernel
+        (``copy_file_range``: no user-space buffer), falling back to bounded reads and writes."""
+        fh, spec = self._begin(name)
+        if length != spec.nbytes:
+            raise MergeError(f"internal: {name} has {length} bytes, planned {spec.nbytes}")
+        with open(src, "rb") as source:
+            done = 0
+            try:
+                while done < length:
+                    n = os.copy_file_range(source.fileno(), fh.fileno(), length - done, offset + done)
+                    if n == 0:
+                        raise MergeError(f"internal: {src.name} ended inside {name}")
+                    done += n
+            except (AttributeError, OSError) as e:  # no copy_file_range here (old kernel, other filesystem)
+                log.debug("copy_file_range unavailable (%s); copying %s through user space", e, name)
+                source.seek(offset + done)
+                while done < length:
+                    chunk = source.read(min(_CHUNK_BYTES, length - done))
+                    if not chunk:
+                        raise MergeError(f"internal: {src.name} ended inside {name}") from e
+                    _write_all(fh, memoryview(chunk))
+                    done += len(chunk)
 
     def _close_file(self) -> None:
         if self._fh is not None:

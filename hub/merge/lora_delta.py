@@ -57,6 +57,12 @@ class LoraModule:
     def rank(self) -> int:
         return self.A.shape[0]
 
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        """Shape of the base weight this pair edits, in the checkpoint's layout."""
+        out_in = (self.B.shape[0], self.A.shape[1])
+        return out_in[::-1] if (self.embedding or self.fan_in_fan_out) else out_in
+
     def delta(self) -> "torch.Tensor":
         """``scale * B @ A`` in the base checkpoint's layout (float32)."""
         d = (self.B.float() @ self.A.float()) * self.scale
@@ -93,6 +99,16 @@ class AdapterTensors:
     @property
     def uses_dora(self) -> bool:
         return any(m.magnitude is not None for m in self.loras)
+
+    def check_finite(self, label: str) -> None:
+        """Refuse NaN or infinite adapter values before anything is written (they would poison the model)."""
+        for m in self.loras:
+            for part, t in (("A", m.A), ("B", m.B), ("bias", m.bias), ("magnitude", m.magnitude)):
+                if t is not None and not bool(t.isfinite().all()):
+                    raise MergeError(f"{label}: {m.module} lora {part} holds non-finite values (NaN or inf)")
+        for saved in self.saved:
+            if saved.tensor.is_floating_point() and not bool(saved.tensor.isfinite().all()):
+                raise MergeError(f"{label}: saved tensor {saved.name} holds non-finite values (NaN or inf)")
 
 
 def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:

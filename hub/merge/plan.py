@@ -151,6 +151,8 @@ def _tied_embeddings(base_dir: Path) -> tuple[str, str] | None:
     Read from the model class itself (instantiated on the meta device: no memory, no weights), so
     every architecture's own naming is used (``model.embed_tokens`` / ``transformer.wte`` ...).
     """
+    if json.loads((base_dir / "config.json").read_text()).get("tie_word_embeddings") is False:
+        return None  # said outright: no need to import transformers (seconds of a merge's start-up)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -229,7 +231,7 @@ def _add_adapter(targets: _Targets, index: int, src: AdapterSource, tensors: Ada
     base = targets.info.name
     for lora in tensors.loras:
         target = targets.lookup(lora.module, src.label)
-        _check_shape(target, tuple(lora.delta().shape), f"LoRA on {lora.module}", src.label, base)
+        _check_shape(target, lora.weight_shape, f"LoRA on {lora.module}", src.label, base)
         _edit(target, index).loras.append(lora)
         if lora.bias is not None:
             bias = targets.bias_of(lora.module, src.label)
@@ -259,6 +261,8 @@ def plan_merge(base_dir: str | Path, sources: Sequence[AdapterSource], options: 
     tied = _tied_embeddings(base_dir)
     targets = _Targets(info, reader, tied)
     adapters = [load_adapter_tensors(s.folder) for s in sources]
+    for src, tensors in zip(sources, adapters):
+        tensors.check_finite(src.label)
     for i, (src, tensors) in enumerate(zip(sources, adapters)):
         if tensors.uses_dora and len(sources) > 1:
             raise MergeError(f"{src.label} is a DoRA adapter: DoRA folds exactly alone, but has no defined combination")
