@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,10 +39,22 @@ from .errors import (
 from .refs import validate_name
 from .registry import AdapterVersion, FileEntry, VerifyReport
 
-__all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN"]
+__all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN", "check_file_name"]
 
 ENV_TOKEN = "ADAPTERHUB_TOKEN"
 _PROGRESS_MIN_BYTES = 8 << 20
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_file_name(path: object) -> str:
+    """``path`` if it is a plain file name (what adapter folders hold); ``InvalidName`` otherwise.
+
+    Both ends check: the hub before it stages a manifest, the client before it writes what a hub
+    listed, so neither can be steered outside its folder.
+    """
+    if not isinstance(path, str) or not _FILE_NAME.match(path) or ".." in path:
+        raise InvalidName(f"invalid file path {str(path)[:80]!r}: a plain file name (no '/', no '..')")
+    return path
 
 
 @dataclass
@@ -238,6 +251,8 @@ class RemoteRegistry:
     def pull(self, ref: str, out_dir: str | os.PathLike, *, force: bool = False) -> AdapterVersion:
         """Download the version into ``out_dir``, resuming part files and verifying every digest."""
         target = self.resolve(ref)
+        for f in target.files:
+            check_file_name(f.path)
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise InvalidName(f"{out} exists and is not a folder")
@@ -289,6 +304,9 @@ class RemoteRegistry:
                         h, have = hashlib.sha256(), 0
                     with open(part, "ab" if have else "wb") as dst:
                         for chunk in r.iter_bytes():  # as received: a cut keeps every byte that arrived
+                            have += len(chunk)
+                            if have > entry.size:
+                                raise RemoteError(f"{self.url} sent more than the {entry.size} bytes of {entry.path}")
                             dst.write(chunk)
                             h.update(chunk)
                             stats.received_bytes += len(chunk)

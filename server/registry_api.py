@@ -29,6 +29,7 @@ from hub.adapter_folder import read_adapter_folder
 from hub.errors import InvalidAdapter, InvalidName
 from hub.refs import validate_name
 from hub.registry import AdapterVersion, LocalRegistry
+from hub.remote import check_file_name
 
 from .auth import READ, WRITE, authorize
 from .errors import ApiError
@@ -46,7 +47,6 @@ _DEFAULT_MAX_OBJECT = 4 << 30
 _DEFAULT_MAX_JSON = 1 << 20
 _MAX_FILES = 32
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _registry() -> LocalRegistry:
@@ -65,10 +65,10 @@ def _check_digest(digest: Any) -> str:
 
 
 def _check_file_name(path: Any) -> str:
-    if not isinstance(path, str) or not _FILE_NAME.match(path) or ".." in path:
-        raise ApiError(400, f"invalid file path {str(path)[:80]!r}: a plain file name (no '/', no '..')",
-                       code="invalid_path")
-    return path
+    try:
+        return check_file_name(path)
+    except InvalidName as e:
+        raise ApiError(400, str(e), code="invalid_path") from None
 
 
 def _json_body() -> dict[str, Any]:

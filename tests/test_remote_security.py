@@ -10,7 +10,7 @@ import json
 import httpx2
 import pytest
 
-from hub.errors import AuthError, PermissionDenied, RemoteError
+from hub.errors import AuthError, InvalidName, PermissionDenied, RemoteError
 from hub.remote import RemoteRegistry
 from hub.tokens import TokenStore
 from remote_helpers import snapshot, start_hub
@@ -246,3 +246,15 @@ def test_a_shared_hub_refuses_bases_named_by_a_path(tmp_path, lora, tiny_base):
         assert v.base["name"] == "example-org/tiny-llama"
     finally:
         h.handle.close()
+
+
+def test_the_client_refuses_file_names_from_a_hub_that_would_escape_its_folder(hub, tmp_path):
+    """A compromised hub lists '../../x' in a manifest: the pull writes nothing anywhere."""
+    index_path = hub.registry.root / "registry.json"
+    index = json.loads(index_path.read_text())
+    index["adapters"]["sent"]["versions"]["1"]["files"][0]["path"] = "../../escaped.json"
+    index_path.write_text(json.dumps(index))
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(InvalidName, match="a plain file name"):
+        RemoteRegistry(hub.url).pull("sent@1", out)
+    assert not out.exists() and not (tmp_path / "escaped.json").exists()
