@@ -47,7 +47,7 @@ def authorize(scope: str) -> TokenRecord | None:
         raise ApiError(
             401,
             f"this hub needs a token with {scope} scope: send 'Authorization: Bearer <token>' "
-            "(adapterhub reads it from $ADAPTERHUB_TOKEN)",
+            "(adapterhub: --token or $ADAPTERHUB_TOKEN)",
             code="unauthorized",
             headers=_CHALLENGE,
         )
