@@ -96,7 +96,8 @@ def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter
             click.echo(f"serving {loaded.name} ({quantize}, {loaded.device}) on {url}: OpenAI API at {url}/v1",
                        err=True)
 
-        run(app, host, port, threads, ready=ready)
+        # send_bytes=1: hand every server-sent event to the socket at once (streaming is token by token).
+        run(app, host, port, threads, ready=ready, send_bytes=1)
     finally:
         engine.stop()
 

@@ -257,9 +257,10 @@ class Engine:
 
     def load_adapter(self, version: Any) -> None:
         """Make ``version`` resident without running a request (``POST /v1/adapters/load``)."""
-        request = GenerationRequest([self._pad_id], SamplingParams(max_tokens=1), adapter=version)
-        self._bind(request)
-        self._unbind(request)
+        if version.adapter_type == "prompt_tuning":
+            self.soft_prompts.release(self.soft_prompts.acquire(version))
+        else:
+            self.lora_slots.release(self.lora_slots.acquire(version.ref, timeout=self.slot_wait_s))
 
     def unload_adapter(self, ref: str) -> bool:
         """Free a resident adapter now; False when it is not resident, ``AdapterBusy`` while in use."""
