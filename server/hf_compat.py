@@ -25,10 +25,12 @@ from hub.registry import AdapterVersion, FileEntry, LocalRegistry
 
 from .auth import READ, authorize
 from .errors import ApiError
+from .registry_api import hide_registry_path
 
 __all__ = ["bp", "commit_id"]
 
 bp = Blueprint("hf_compat", __name__)
+bp.after_request(hide_registry_path)
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})$")

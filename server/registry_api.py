@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request, send_file
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from hub.adapter_folder import read_adapter_folder
 from hub.errors import InvalidAdapter, InvalidName
@@ -34,7 +34,7 @@ from hub.remote import check_file_name
 from .auth import READ, WRITE, authorize
 from .errors import ApiError
 
-__all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "ALLOW_LOCAL_BASES", "version_json"]
+__all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "ALLOW_LOCAL_BASES", "version_json", "hide_registry_path"]
 
 bp = Blueprint("registry_api", __name__, url_prefix="/api")
 
@@ -51,6 +51,20 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 def _registry() -> LocalRegistry:
     return current_app.extensions["adapterhub"]["registry"]
+
+
+def hide_registry_path(response: Response) -> Response:
+    """Hub errors name the registry folder (they are written for local users); a hub's clients
+    read "this hub" instead, so no error reveals where the hub keeps its files."""
+    if response.status_code >= 400 and response.mimetype == "application/json":
+        root = str(_registry().root)
+        body = response.get_data(as_text=True)
+        if root in body:
+            response.set_data(body.replace(root, "this hub"))
+    return response
+
+
+bp.after_request(hide_registry_path)
 
 
 def version_json(v: AdapterVersion) -> dict[str, Any]:

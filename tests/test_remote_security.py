@@ -258,3 +258,12 @@ def test_the_client_refuses_file_names_from_a_hub_that_would_escape_its_folder(h
     with pytest.raises(InvalidName, match="a plain file name"):
         RemoteRegistry(hub.url).pull("sent@1", out)
     assert not out.exists() and not (tmp_path / "escaped.json").exists()
+
+
+def test_errors_do_not_reveal_where_the_hub_keeps_its_files(hub):
+    root = str(hub.registry.root)
+    for path in ("/api/versions/nope", "/api/versions/sent@7", "/api/models/nope/revision/main",
+                 "/nope/resolve/main/adapter_config.json"):
+        r = httpx2.get(hub.url + path)
+        assert r.status_code == 404 and root not in r.text, r.text
+    assert "no adapter named 'nope' in this hub" in httpx2.get(hub.url + "/api/versions/nope").text
