@@ -9,8 +9,9 @@ Push is three steps, as in OCI registries, so shared bytes cross the network onc
    the declared size, the files must form a valid PEFT folder (and fit the base when the hub can
    read it), and the version lands through ``LocalRegistry.push``, i.e. one atomic index write.
 
-Objects are named by digest and file names are checked against a strict alphabet, so no request
-can name a path outside the registry folder. Downloads (``GET /api/objects/sha256/<digest>``)
+Objects are named by digest and file names are checked against a strict alphabet, and a base
+named by a filesystem path is refused unless the app allows it (``ALLOW_LOCAL_BASES``), so no
+request can name a path outside the registry folder. Downloads (``GET /api/objects/sha256/<digest>``)
 honour ``Range`` so interrupted pulls resume.
 """
 
