@@ -253,15 +253,35 @@ def test_existing_out_needs_force(tiny_base, tmp_path):
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
 
 
-def test_failure_while_writing_leaves_no_half_model(tiny_base, tmp_path):
+def test_non_finite_adapter_is_refused(tiny_base, tmp_path):
     from safetensors.torch import load_file, save_file
 
     adapter = save_lora(tiny_base, tmp_path / "a")
     tensors = load_file(adapter / "adapter_model.safetensors")
-    last = sorted(k for k in tensors if "lora_B" in k)[-1]  # a late tensor: earlier ones are already written
+    last = sorted(k for k in tensors if "lora_B" in k)[-1]
     tensors[last] = tensors[last] * float("inf")
     save_file(tensors, adapter / "adapter_model.safetensors")
     with pytest.raises(MergeError, match="non-finite"):
+        _fold(tmp_path, tiny_base, [adapter])
+    _nothing_written(tmp_path)
+
+
+def test_crash_while_writing_leaves_no_half_model(tiny_base, tmp_path, monkeypatch):
+    """A fault injected after some tensors are on disk (a full disk, a kill): no --out, no temporaries."""
+    from hub.merge.io import ShardedWriter
+
+    adapter = save_lora(tiny_base, tmp_path / "a")
+    real = ShardedWriter.write_tensor
+    calls = []
+
+    def failing(self, name, tensor):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, name, tensor)
+
+    monkeypatch.setattr(ShardedWriter, "write_tensor", failing)
+    with pytest.raises(OSError, match="No space"):
         _fold(tmp_path, tiny_base, [adapter])
     _nothing_written(tmp_path)
 
