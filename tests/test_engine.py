@@ -237,3 +237,20 @@ def test_nf4_base_mixed_batch_matches_peft_nf4(tiny_base, tmp_path):
         for model, ids, request, n in running:
             got, _ = _tokens(request)
             assert got == peft_greedy(tiny_base, folders.get(model), ids, n, quantize="nf4"), model
+
+
+def test_a_failing_step_fails_only_its_requests_and_the_engine_keeps_serving(served):
+    engine, _ = served
+
+    def boom(module, args):
+        raise RuntimeError("injected fault")
+
+    hook = engine.model.register_forward_pre_hook(boom)
+    try:
+        events = list(_run(engine, "prompt-4", "doomed", 4, **GREEDY)[1].stream)
+    finally:
+        hook.remove()
+    assert events[-1].finish_reason == "error" and "injected fault" in events[-1].error
+    assert all(a["in_use"] == 0 for a in engine.loaded_adapters())  # its adapter was released
+    got, last = _tokens(_run(engine, "prompt-4", "after", 3, **GREEDY)[1])
+    assert len(got) == 3 or last.finish_reason == "stop"

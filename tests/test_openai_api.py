@@ -141,6 +141,12 @@ def test_n_choices_and_seeded_sampling(client):
     ({"model": "lora-qv", "prompt": "x", "stop": [1]}, 400, "invalid_type"),
     ({"model": "lora-qv", "prompt": "x", "stream": "yes"}, 400, "invalid_type"),
     ({"model": "lora-qv", "prompt": "x", "seed": 1.5}, 400, "invalid_type"),
+    ({"model": "lora-qv", "prompt": "x", "seed": 2**70}, 400, "invalid_value"),
+    ({"model": "lora-qv", "prompt": "x", "temperature": float("nan")}, 400, "invalid_value"),
+    ({"model": "lora-qv", "prompt": [1, "a"]}, 400, "invalid_type"),
+    ({"model": "lora-qv", "prompt": [[]]}, 400, "invalid_value"),
+    ({"model": "lora-qv", "prompt": "x", "stream_options": "yes"}, 400, "invalid_type"),
+    ({"model": "lora-qv", "prompt": "x", "n": True}, 400, "invalid_type"),
 ])
 def test_bad_completion_requests(client, body, status, code):
     got, doc = _post(client, "/v1/completions", body)

@@ -360,19 +360,24 @@ class Engine:
                 joining.append(request)
         if not joining:
             return
-        rows = [self._new_row(r) for r in joining]
-        pieces = [self._prompt_embeddings(r.request) for r in rows]
-        length = max(p.shape[0] for p in pieces)
-        hidden = pieces[0].shape[1]
-        pad = self._embed(torch.tensor([self._pad_id], device=self._device))[0]
-        embeds = pad.expand(len(rows), length, hidden).clone()
-        mask = torch.zeros((len(rows), length), dtype=torch.long, device=self._device)
-        for i, p in enumerate(pieces):
-            embeds[i, length - p.shape[0]:] = p
-            mask[i, length - p.shape[0]:] = 1
-            rows[i].next_position = p.shape[0]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, kv = self._forward(embeds, mask, positions, [], [r.slot for r in rows])
+        try:
+            rows = [self._new_row(r) for r in joining]
+            pieces = [self._prompt_embeddings(r.request) for r in rows]
+            length = max(p.shape[0] for p in pieces)
+            hidden = pieces[0].shape[1]
+            pad = self._embed(torch.tensor([self._pad_id], device=self._device))[0]
+            embeds = pad.expand(len(rows), length, hidden).clone()
+            mask = torch.zeros((len(rows), length), dtype=torch.long, device=self._device)
+            for i, p in enumerate(pieces):
+                embeds[i, length - p.shape[0]:] = p
+                mask[i, length - p.shape[0]:] = 1
+                rows[i].next_position = p.shape[0]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits, kv = self._forward(embeds, mask, positions, [], [r.slot for r in rows])
+        except Exception as e:  # not in the batch yet, so _fail_all would not reach them
+            for request in joining:
+                self._finish_request(request, TokenEvent(None, "", "error", error=f"{type(e).__name__}: {e}"))
+            raise
         self.stats.prefills += 1
         offset = len(self._rows)
         self._join(rows, kv, mask)
@@ -416,7 +421,7 @@ class Engine:
         if not request.params.greedy:
             generator = torch.Generator(device=self._device)
             if request.params.seed is not None:
-                generator.manual_seed(request.params.seed)
+                generator.manual_seed(request.params.seed % (1 << 64))
             else:
                 generator.seed()
         return _Row(request, StopText(self.tokenizer, request.params.stop), generator)
