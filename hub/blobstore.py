@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .errors import DigestMismatch, ObjectMissing
 __all__ = ["BlobStore", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
 
 CHUNK = 4 * 1024 * 1024
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,23 @@ class BlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _own_object(self, path: str | os.PathLike) -> str | None:
+        """The digest, if ``path`` is (a link to) one of this store's objects: those were hashed
+        on the way in, so storing them again would only copy and re-hash the same bytes."""
+        try:
+            real = Path(path).resolve(strict=True)
+            objects = (self.root / "sha256").resolve(strict=True)
+        except OSError:
+            return None
+        name = real.name
+        if real.parent.parent == objects and real.parent.name == name[:2] and _HEX64.match(name):
+            return name
+        return None
+
     def put_file(self, path: str | os.PathLike) -> StoredObject:
+        own = self._own_object(path)
+        if own is not None:
+            return StoredObject(own, self.path(own).stat().st_size, reused=True)
         f, tmp = self._tmp()
         try:
             with f:
