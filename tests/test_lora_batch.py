@@ -49,12 +49,12 @@ def _prompts() -> torch.Tensor:
     return torch.randint(0, 256, (len(ROWS), 9), generator=g)
 
 
-def _peft_rows(tiny_base: Path, adapters: dict[str, Path], quantize: str, ids: torch.Tensor):
-    """Per row, PEFT alone: last-position logits of the prompt, and greedy tokens."""
+def _peft_rows(tiny_base: Path, adapters: dict[str, Path], quantize: str, ids: torch.Tensor, rows=ROWS):
+    """Per row, PEFT alone: logits of the prompt, and greedy tokens."""
     from peft import PeftModel
 
     logits, tokens = [], []
-    for i, name in enumerate(ROWS):
+    for i, name in enumerate(rows):
         model = load_base_model(str(tiny_base), quantize=quantize).model
         if name is not None:
             model = PeftModel.from_pretrained(model, adapters[name])
@@ -101,6 +101,24 @@ def test_mixed_batch_matches_peft_per_row(tiny_base, adapters, quantize, tol):
     torch.testing.assert_close(logits, ref_logits, atol=tol, rtol=0)
     torch.testing.assert_close(decode, ref_decode, atol=tol, rtol=0)
     assert torch.equal(tokens, ref_tokens)
+
+
+def test_few_adapters_in_a_big_batch(tiny_base, adapters):
+    """Two adapters and base rows over 8 rows: decode steps take the side-by-side path with a row mask."""
+    rows = ["qv_r4", None, "patterns", "qv_r4", None, "patterns", "patterns", "qv_r4"]
+    ids = torch.randint(0, 256, (len(rows), 5), generator=torch.Generator().manual_seed(1))
+    ref_logits, ref_tokens = _peft_rows(tiny_base, adapters, "none", ids, rows)
+    loaded = load_base_model(str(tiny_base), quantize="none")
+    batcher = LoraBatcher(loaded, max_slots=2, max_rank=8)
+    _load_into(batcher, 0, adapters["qv_r4"])
+    _load_into(batcher, 1, adapters["patterns"])
+    slots = [{"qv_r4": 0, "patterns": 1, None: -1}[n] for n in rows]
+    with batcher.rows(slots):
+        tokens = _greedy(loaded.model, ids)
+        with torch.no_grad():
+            decode = loaded.model(ids[:, :1]).logits
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(decode, ref_logits[:, :1], atol=1e-5, rtol=0)
 
 
 def test_base_rows_and_no_rows_are_the_bare_base(tiny_base, adapters):

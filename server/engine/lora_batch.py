@@ -113,6 +113,8 @@ class _Plan:
 
 
 _SKIP = object()
+# Sibling layers that transformers' decoder blocks call with one and the same input tensor.
+_SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 class GatheredLoraLinear(nn.Module):
@@ -132,6 +134,7 @@ class GatheredLoraLinear(nn.Module):
         self.register_buffer("lora_B", torch.zeros(slots + 1, self.out_features, rank, dtype=dtype, device=device),
                              persistent=False)
         self.ranks = [0] * slots  # rank each slot holds for this layer (0: nothing)
+        self.group = _InputGroup([self])  # replaced when siblings read the same input
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, slots={len(self.ranks)}, max_rank={self.lora_A.shape[1]}"
@@ -145,75 +148,126 @@ class GatheredLoraLinear(nn.Module):
             raise RuntimeError(plan.stale)
         if x.shape[0] != len(plan.rows):
             raise ValueError(f"batch has {x.shape[0]} rows but set_rows() described {len(plan.rows)}")
-        tokens = x.shape[1] if x.dim() == 3 else 1
-        key = (id(self), tokens == 1)
-        update = plan.cache.get(key)
+        decode = x.dim() == 2 or x.shape[1] == 1
+        update = plan.cache.get((self, decode))
         if update is None:
-            update = plan.cache[key] = self._prepare(plan, tokens == 1)
+            self.group.prepare(plan, decode)
+            update = plan.cache[(self, decode)]
         if update is _SKIP:
             return out
-        xs = x if x.dtype == self.lora_A.dtype else x.to(self.lora_A.dtype)
-        delta = update(xs).to(out.dtype)
-        return out.add_(delta) if not out.requires_grad else out + delta
+        return update(x, out)
 
-    def _prepare(self, plan: _Plan, decode: bool):
-        """Pick and build this layer's update for the plan (once per plan and phase)."""
-        active = tuple(s for s in plan.distinct if self.ranks[s] > 0)
-        if not active:
-            return _SKIP
-        rank = max(self.ranks[s] for s in active)
+
+class _InputGroup:
+    """Wrapped layers that read the same input (q/k/v, gate/up): their A products run as one.
+
+    The first member called with an input computes the low-rank activations of every member; the
+    others, called with that same tensor object, take their slice. Anything else (another input,
+    a member called twice) recomputes, so sharing is an optimisation, never an assumption.
+    """
+
+    def __init__(self, members: list[GatheredLoraLinear]) -> None:
+        self.members = members
+
+    def prepare(self, plan: _Plan, decode: bool) -> None:
+        """Build every member's update for ``plan`` (once per plan and phase)."""
+        active = {m: tuple(s for s in plan.distinct if m.ranks[s] > 0) for m in self.members}
+        users = [m for m in self.members if active[m]]
+        for m in self.members:
+            if not active[m]:
+                plan.cache[(m, decode)] = _SKIP
+        if not users:
+            return
+        first = users[0].lora_A
+        distinct = {s for m in users for s in active[m]}
+        # Side by side (the batch's distinct adapters as one wide A and B) costs k times the flops
+        # of per-row products but reads each adapter once and needs no per-row copies: right for
+        # one adapter, for a GPU decode step (launch-bound) and for a CPU decode step with few
+        # distinct adapters; per-row products otherwise.
         rows = len(plan.rows)
-        # Side by side costs k times the flops of per-row products but reads each adapter once and
-        # needs no per-row copies: right for one adapter, for a GPU decode step (launch-bound) and
-        # for a CPU decode step with few distinct adapters; per-row products otherwise.
-        if len(active) == 1 or (decode and (self.lora_A.device.type == "cuda" or 4 * len(active) <= rows)):
-            return self._stacked(plan, active, rank)
-        return self._per_row(plan, rank)
+        per_row = not (len(distinct) == 1 or (decode and (first.device.type == "cuda" or 4 * len(distinct) <= rows)))
+        downs, ups, masks, width = [], [], [], 0
+        for m in users:
+            rank = max(m.ranks[s] for s in active[m])
+            if per_row:
+                downs.append(m.lora_A.index_select(0, plan.idx)[:, :rank].transpose(1, 2))  # [rows, in, r]
+                b = m.lora_B.index_select(0, plan.idx)[:, :, :rank].transpose(1, 2).contiguous()  # [rows, r, out]
+                cols = rank
+            else:
+                sel = torch.tensor(active[m], device=first.device)
+                k = len(active[m])
+                downs.append(m.lora_A.index_select(0, sel)[:, :rank].reshape(k * rank, m.in_features))
+                b = m.lora_B.index_select(0, sel)[:, :, :rank].permute(1, 0, 2).reshape(m.out_features, k * rank).t()
+                owner = torch.tensor(plan.rows, device=first.device).unsqueeze(1) == sel.unsqueeze(0)  # [rows, k]
+                masks.append(owner.repeat_interleave(rank, dim=1))
+                cols = k * rank
+            ups.append((m, width, width + cols, b))
+            width += cols
+        if per_row:
+            down = _Down(torch.cat(downs, dim=2).contiguous(), None, True, users)
+        else:
+            mask = torch.cat(masks, dim=1)
+            down = _Down(torch.cat(downs, dim=0), None if bool(mask.all()) else mask.to(first.dtype), False, users)
+        for m, lo, hi, b in ups:
+            plan.cache[(m, decode)] = _Up(down, m, lo, hi, b, per_row)
 
-    def _stacked(self, plan: _Plan, active: tuple[int, ...], rank: int) -> "_StackedUpdate":
-        k = len(active)
-        sel = torch.tensor(active, device=self.lora_A.device)
-        a = self.lora_A.index_select(0, sel)[:, :rank].reshape(k * rank, self.in_features)
-        b = self.lora_B.index_select(0, sel)[:, :, :rank].permute(1, 0, 2).reshape(self.out_features, k * rank)
-        if all(r == active[0] for r in plan.rows):
-            return _StackedUpdate(a, b, None)
-        owner = torch.tensor(plan.rows, device=sel.device).unsqueeze(1) == sel.unsqueeze(0)  # [rows, k]
-        return _StackedUpdate(a, b, owner.repeat_interleave(rank, dim=1).to(self.lora_A.dtype))
 
-    def _per_row(self, plan: _Plan, rank: int) -> "_PerRowUpdate":
-        a = self.lora_A.index_select(0, plan.idx)[:, :rank].transpose(1, 2).contiguous()  # [rows, in, r]
-        b = self.lora_B.index_select(0, plan.idx)[:, :, :rank].transpose(1, 2).contiguous()  # [rows, r, out]
-        return _PerRowUpdate(a, b)
+class _Down:
+    """``x`` -> low-rank activations of every member of an input group, computed once per input."""
 
+    __slots__ = ("a", "mask", "mask3", "per_row", "members", "x", "h", "pending")
 
-class _StackedUpdate:
-    """``(x @ A^T * mask) @ B^T`` with the batch's distinct adapters side by side in A and B."""
-
-    __slots__ = ("a", "b", "mask", "mask3")
-
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> None:
-        self.a, self.b, self.mask = a, b, mask
+    def __init__(self, a: torch.Tensor, mask: torch.Tensor | None, per_row: bool,
+                 members: list[GatheredLoraLinear]) -> None:
+        self.a, self.mask, self.per_row, self.members = a, mask, per_row, members
         self.mask3 = None if mask is None else mask.unsqueeze(1)
+        self.x: torch.Tensor | None = None
+        self.h: torch.Tensor | None = None
+        self.pending: set = set()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x, self.a)
-        if self.mask is not None:
-            h = h * (self.mask3 if x.dim() == 3 else self.mask)
-        return F.linear(h, self.b)
+    def __call__(self, x: torch.Tensor, member: GatheredLoraLinear) -> torch.Tensor:
+        if self.x is x and member in self.pending:
+            self.pending.discard(member)
+            h = self.h
+            if not self.pending:
+                self.x = self.h = None
+            return h
+        xs = x if x.dtype == self.a.dtype else x.to(self.a.dtype)
+        if self.per_row:
+            h = torch.bmm(xs.reshape(xs.shape[0], -1, xs.shape[-1]), self.a)  # [rows, tokens, width]
+        else:
+            h = F.linear(xs, self.a)
+            if self.mask is not None:
+                h = h * (self.mask3 if x.dim() == 3 else self.mask)
+        if len(self.members) > 1:
+            self.x, self.h, self.pending = x, h, {m for m in self.members if m is not member}
+        return h
 
 
-class _PerRowUpdate:
-    """Two batched matmuls with each row's own A and B, gathered once per plan."""
+class _Up:
+    """One member's B product, added into the base output in place (one fused op where possible)."""
 
-    __slots__ = ("a", "b")
+    __slots__ = ("down", "member", "lo", "hi", "b", "per_row")
 
-    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.a, self.b = a, b
+    def __init__(self, down: _Down, member: GatheredLoraLinear, lo: int, hi: int, b: torch.Tensor,
+                 per_row: bool) -> None:
+        self.down, self.member, self.lo, self.hi, self.b, self.per_row = down, member, lo, hi, b, per_row
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-        out = torch.bmm(torch.bmm(x3, self.a), self.b)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        h = self.down(x, self.member)[..., self.lo : self.hi]
+        fused = out.dtype == self.b.dtype and out.is_contiguous() and not out.requires_grad
+        if self.per_row:
+            if fused:
+                out.view(out.shape[0], -1, out.shape[-1]).baddbmm_(h, self.b)
+                return out
+            delta = torch.bmm(h, self.b).reshape(out.shape)
+        else:
+            h2 = h.reshape(-1, h.shape[-1])
+            if fused:
+                out.view(-1, out.shape[-1]).addmm_(h2, self.b)
+                return out
+            delta = (h2 @ self.b).reshape(out.shape)
+        return out + delta.to(out.dtype)
 
 
 @dataclass(frozen=True)
@@ -278,6 +332,15 @@ class LoraBatcher:
             layer = GatheredLoraLinear(module, name, self, self.max_slots, self.max_rank, self.dtype, self.device)
             setattr(parent, child, layer)
             wrapped[name] = layer
+        for names in _SHARED_INPUT:
+            parents = {n.rpartition(".")[0] for n in wrapped if n.rpartition(".")[2] in names}
+            for parent_name in parents:
+                members = [wrapped[f"{parent_name}.{c}" if parent_name else c] for c in names
+                           if (f"{parent_name}.{c}" if parent_name else c) in wrapped]
+                if len(members) > 1 and len({m.in_features for m in members}) == 1:
+                    group = _InputGroup(members)
+                    for m in members:
+                        m.group = group
         return wrapped
 
     # --- loading -------------------------------------------------------------------------------
