@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from conftest import save_lora, save_prompt_tuning
@@ -298,3 +297,22 @@ def test_verify_reports_the_figure(two_loras, tiny_base, tmp_path):
                          MergeOptions(method="ties", density=0.5), verify=True)
     assert result.verify.passed and result.verify.max_abs_diff <= TOL and result.verify.prompts >= 4
     assert "ties_svd" in result.verify.reference
+
+
+def test_qlora_adapter_is_merged_onto_the_full_precision_base(tiny_base, tmp_path):
+    """An adapter trained on an nf4 base (QLoRA) folds into the fp32 base named by --base, not into
+    re-quantized weights: the result equals PEFT applying the adapter to the fp32 base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tiny_base, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.float32))
+    torch.manual_seed(3)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights=False)
+    get_peft_model(quantized, lora).save_pretrained(tmp_path / "qlora")
+    out, _ = _fold(tmp_path, tiny_base, [tmp_path / "qlora"])
+    assert {t.dtype for t in read_safetensors_header(out / "model.safetensors").values()} == {"F32"}
+    print(f"qlora onto fp32: {_assert_exact(out, tiny_base, peft_logits(tiny_base, [tmp_path / 'qlora'])):.3g}")
