@@ -442,6 +442,8 @@ class LoraBatcher:
             buf = self._stage(weights_path, size)
             data_start = 8 + int.from_bytes(bytes(buf[:8].tolist()), "little")
             stream = self._load_stream
+            if stream is not None:  # the zeroing of the slot's previous adapter runs on the compute stream
+                stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 for p in pairs:
                     a = self._tensor(buf, data_start, p.a)
