@@ -21,6 +21,21 @@ def _fold(tmp_path, base, adapters, **options):
     return out, result
 
 
+def _train_magnitudes(adapter):
+    """A freshly made DoRA adapter folds exactly like plain LoRA (its magnitudes start at the norms of
+    W + dW); move them, as training would, so the DoRA rescaling is really exercised."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    g = torch.Generator().manual_seed(5)
+    for k, t in tensors.items():
+        if "lora_magnitude_vector" in k:
+            tensors[k] = t * (1 + 0.2 * torch.randn(t.shape, generator=g))
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    return adapter
+
+
 def _assert_exact(out, base, oracle):
     """Merged == PEFT within 1e-4, and the adapter really moves the logits (the check is not vacuous)."""
     diff = max_diff(merged_logits(out), oracle)
@@ -46,6 +61,8 @@ LLAMA_CONFIGS = {
 @pytest.mark.parametrize("kind", LLAMA_CONFIGS)
 def test_llama_fold_matches_peft(kind, tiny_base, tmp_path):
     adapter = save_lora(tiny_base, tmp_path / "a", **LLAMA_CONFIGS[kind])
+    if kind == "dora":
+        _train_magnitudes(adapter)
     out, result = _fold(tmp_path, tiny_base, [adapter])
     print(f"{kind}: max |logits diff| vs PEFT = {_assert_exact(out, tiny_base, peft_logits(tiny_base, [adapter])):.3g}")
     assert result.edited_tensors > 0 and not result.untied_embeddings
@@ -54,11 +71,14 @@ def test_llama_fold_matches_peft(kind, tiny_base, tmp_path):
     assert result.adapters[0]["digest"] in card and str(tiny_base) in card
 
 
-def test_gpt2_conv1d_fan_in_fan_out_keeps_tied_embeddings(gpt2_base, tmp_path):
+@pytest.mark.parametrize("dora", [False, True])
+def test_gpt2_conv1d_fan_in_fan_out_keeps_tied_embeddings(dora, gpt2_base, tmp_path):
     adapter = save_lora(gpt2_base, tmp_path / "a", r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"],
-                        fan_in_fan_out=True)
+                        fan_in_fan_out=True, use_dora=dora)
+    if dora:
+        _train_magnitudes(adapter)
     out, result = _fold(tmp_path, gpt2_base, [adapter])
-    print(f"gpt2 conv1d: {_assert_exact(out, gpt2_base, peft_logits(gpt2_base, [adapter])):.3g}")
+    print(f"gpt2 conv1d dora={dora}: {_assert_exact(out, gpt2_base, peft_logits(gpt2_base, [adapter])):.3g}")
     assert not result.untied_embeddings
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
     assert "lm_head.weight" not in read_safetensors_header(out / "model.safetensors")
@@ -138,6 +158,23 @@ def test_ties_equals_peft_ties_on_deltas(two_loras, tiny_base, tmp_path):
     print(f"ties: {_assert_exact(out, tiny_base, oracle):.3g}")
     linear, _ = _fold(tmp_path / "l", tiny_base, two_loras, weights=(1.0, 0.5))
     assert max_diff(merged_logits(out), merged_logits(linear)) > 100 * TOL  # trimming did something
+
+
+def test_combined_modules_to_save_are_task_vectors(qwen2_base, tmp_path):
+    """Saved modules in a combination add ``w_i * (saved_i - base)``, as LoRA deltas do (PEFT has no
+    reference for this; checked on the tensors)."""
+    from safetensors.torch import load_file, save_file
+
+    a = save_lora(qwen2_base, tmp_path / "a", seed=1, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    b = save_lora(qwen2_base, tmp_path / "b", seed=2, target_modules=["v_proj"], modules_to_save=["lm_head"])
+    for folder, shift in ((a, 0.5), (b, -0.25)):  # make the saved heads differ from the base's
+        tensors = load_file(folder / "adapter_model.safetensors")
+        tensors["base_model.model.lm_head.weight"] += shift
+        save_file(tensors, folder / "adapter_model.safetensors")
+    out, _ = _fold(tmp_path, qwen2_base, [a, b], weights=(0.6, 0.4))
+    base_head = load_file(qwen2_base / "model.safetensors")["lm_head.weight"]
+    merged_head = load_file(out / "model.safetensors")["lm_head.weight"]
+    assert (merged_head - (base_head + 0.6 * 0.5 + 0.4 * -0.25)).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])

@@ -162,8 +162,14 @@ def _tied_embeddings(base_dir: Path) -> tuple[str, str] | None:
         raise IncompatibleBase(f"base {base_dir}: cannot read config.json ({e})") from e
     if not getattr(config, "tie_word_embeddings", False):
         return None
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, ImportError) as e:
+        raise IncompatibleBase(
+            f"base {base_dir}: its config ties the embeddings but transformers cannot build it as a causal LM "
+            f"to name them ({e})"
+        ) from e
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     if out is None or inp.weight is not out.weight:
         return None
