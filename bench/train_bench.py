@@ -85,7 +85,7 @@ def _plain(base, tokenizer, rows, cfg, device, workdir) -> float:
     data = [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
     args = TrainingArguments(output_dir=str(Path(workdir) / "plain"), per_device_train_batch_size=cfg.batch_size,
                              learning_rate=cfg.lr, num_train_epochs=cfg.epochs, seed=cfg.seed, report_to=[],
-                             save_strategy="no", logging_steps=5, use_cpu=device == "cpu", disable_tqdm=True)
+                             save_strategy="no", use_cpu=device == "cpu")
     trainer = Trainer(model=model, args=args, train_dataset=data,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     t = time.perf_counter()
@@ -120,7 +120,10 @@ def memory_child(base: str, method: str, device: str, steps: int) -> None:
 
     from hub.train.data import IGNORE_INDEX
 
+    import psutil
+
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    current0 = psutil.Process().memory_info().rss
     if method == "qlora":
         from hub.train.qlora import load_4bit_base
 
@@ -131,6 +134,7 @@ def memory_child(base: str, method: str, device: str, steps: int) -> None:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
     footprint = model.get_memory_footprint()
+    after_load = psutil.Process().memory_info().rss - current0
     model = get_peft_model(model, _lora_config())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     torch.manual_seed(0)
@@ -148,19 +152,20 @@ def memory_child(base: str, method: str, device: str, steps: int) -> None:
     if device == "cuda":
         peak, steady = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
     else:
-        import psutil
-
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
-        steady = psutil.Process().memory_info().rss - rss0 * 1024
-    print(json.dumps({"method": method, "peak_bytes": peak, "steady_bytes": steady, "weights_bytes": footprint,
-                      "step_s": step_s}))
+        steady = psutil.Process().memory_info().rss - current0
+    if device == "cuda":
+        after_load = None
+    print(json.dumps({"method": method, "peak_bytes": peak, "steady_bytes": steady, "after_load_bytes": after_load,
+                      "weights_bytes": footprint, "step_s": step_s}))
 
 
-def memory(base: str, device: str, steps: int) -> dict:
+def memory(base: str, device: str, steps: int, threads: int) -> dict:
     res = {}
     for method in ("lora", "qlora"):
         proc = subprocess.run([sys.executable, __file__, "--memory-child", method, "--base", base, "--device", device,
-                               "--steps", str(steps)], capture_output=True, text=True, cwd=ROOT)
+                               "--steps", str(steps), "--threads", str(threads)], capture_output=True, text=True,
+                              cwd=ROOT)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-2000:])
         res[method] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -169,6 +174,8 @@ def memory(base: str, device: str, steps: int) -> dict:
             "qlora_peak_MB": round(res["qlora"]["peak_bytes"] / 1e6, 1),
             "ratio_qlora_vs_lora_peak": round(res["qlora"]["peak_bytes"] / res["lora"]["peak_bytes"], 3),
             "lora_after_steps_MB": round(res["lora"]["steady_bytes"] / 1e6, 1),
+            **{f"{m}_after_load_MB": round(res[m]["after_load_bytes"] / 1e6, 1)
+               for m in ("lora", "qlora") if res[m]["after_load_bytes"] is not None},
             "qlora_after_steps_MB": round(res["qlora"]["steady_bytes"] / 1e6, 1),
             "lora_weights_MB": round(res["lora"]["weights_bytes"] / 1e6, 1),
             "qlora_weights_MB": round(res["qlora"]["weights_bytes"] / 1e6, 1),
@@ -197,8 +204,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--memory-shape", default="smol135m", choices=sorted(SHAPES))
-    ap.add_argument("--memory-steps", type=int, default=3)
+    ap.add_argument("--memory-steps", type=int, default=2)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default=None)
     ap.add_argument("--memory-child", choices=["lora", "qlora"])
@@ -218,10 +226,11 @@ def main() -> None:
     summary = {"device": device, "torch_threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         tiny = str(build_tiny_base(Path(tmp) / "tiny"))
-        summary["throughput_tiny"] = throughput(tiny, a.repeats, a.epochs, device)
+        if not a.skip_throughput:
+            summary["throughput_tiny"] = throughput(tiny, a.repeats, a.epochs, device)
         if not a.skip_memory:
             summary[f"memory_{a.memory_shape}"] = memory(_shape_base(a.memory_shape, Path(tmp) / "shape"), device,
-                                                          a.memory_steps)
+                                                          a.memory_steps, a.threads)
     summary["load_avg_end"] = os.getloadavg()
     out(what="summary", **summary)
 

@@ -176,7 +176,6 @@ def test_soft_prompt_generation_matches_peft_forward_greedy(tiny_base, make_prom
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from hub.train.data import load_examples
     from hub.train.evaluate import greedy_answers
     from hub.train.trainer import load_tokenizer
 

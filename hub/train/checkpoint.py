@@ -20,7 +20,8 @@ from typing import Any, Iterator
 from ..errors import TrainingConfigError
 from .config import TrainConfig
 
-__all__ = ["CHECKPOINTS", "CONFIG_FILE", "StopOnSignal", "last_checkpoint", "prepare_output", "catch_stop_signals"]
+__all__ = ["CHECKPOINTS", "CONFIG_FILE", "StopOnSignal", "catch_stop_signals", "last_checkpoint", "prepare_output",
+           "run_record"]
 
 CHECKPOINTS = "checkpoints"
 CONFIG_FILE = "train_config.json"
