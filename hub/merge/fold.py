@@ -1,7 +1,8 @@
 """Execute a merge plan: stream the base tensor by tensor, fold the deltas in, write the shards.
 
-Untouched tensors are copied as raw bytes in bounded chunks (converted chunk by chunk when the
-output dtype differs); only edited tensors are materialised, one at a time, in float32.
+Untouched tensors are copied by the kernel (``copy_file_range``), or in bounded chunks converted
+one by one when the output dtype differs; only edited tensors are materialised, one at a time,
+in float32, in a single reused buffer.
 """
 
 from __future__ import annotations
