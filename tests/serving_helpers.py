@@ -51,6 +51,8 @@ def _model(base: str, adapter: str | None, quantize: str) -> Any:
     if quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    elif quantize == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
