@@ -29,7 +29,10 @@ __all__ = ["ShardedReader", "ShardedWriter", "TensorSpec", "torch_dtype", "DTYPE
 
 log = logging.getLogger(__name__)
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+# Every dtype the format defines: tensors of any of them pass through a merge as raw bytes, even
+# those torch cannot compute with (only edited tensors need a torch dtype).
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "U16": 2, "U32": 4, "U64": 8, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1}
 _CHUNK_BYTES = 16 * 1024 * 1024
 _WRITE_BYTES = 8 * 1024 * 1024
 
