@@ -9,8 +9,9 @@ train_dataset, data_collator)`` with default callbacks. Both are timed around th
 only, alternating A/B ``--repeats`` times; tokens/s counts non-padding tokens.
 
 Memory: one subprocess per method loads the base (LoRA: full precision; QLoRA: nf4 + k-bit prep),
-wraps it with the same LoRA and runs a few optimiser steps; it reports peak RSS growth (CPU) or
-peak CUDA allocation, and the model's weight footprint. ``--shape smol135m`` uses a randomly
+wraps it with the same LoRA and runs a few optimiser steps; it reports its resident memory
+after loading, after the steps and at peak (growth over the interpreter with torch imported;
+CPU), or CUDA allocations (GPU), and the model's weight footprint. ``--shape smol135m`` uses a randomly
 initialised SmolLM2-135M-shaped Llama (the anchors' CPU shape) so weights dominate memory.
 
   python bench/train_bench.py                      # throughput on the tiny base + memory on smol135m
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -113,7 +113,16 @@ def throughput(base: str, repeats: int, epochs: float, device: str) -> dict:
             "rows": len(rows), "epochs": epochs}
 
 
-def memory_child(base: str, method: str, device: str, steps: int) -> None:
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM). Unlike ``ru_maxrss``, it is not inherited from the
+    parent across fork/exec, so a child's figure is its own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def memory_child(base: str, method: str, device: str, steps: int, batch: tuple[int, int], checkpointing: bool) -> None:
     """Runs in a subprocess: load, wrap, train a few steps; print peak memory."""
     import torch
     from peft import get_peft_model
@@ -122,25 +131,27 @@ def memory_child(base: str, method: str, device: str, steps: int) -> None:
 
     import psutil
 
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     current0 = psutil.Process().memory_info().rss
     if method == "qlora":
         from hub.train.qlora import load_4bit_base
 
-        model = load_4bit_base(base, device)
+        model = load_4bit_base(base, device, gradient_checkpointing=checkpointing)
     else:
         from transformers import AutoModelForCausalLM
 
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
     footprint = model.get_memory_footprint()
     after_load = psutil.Process().memory_info().rss - current0
     model = get_peft_model(model, _lora_config())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     torch.manual_seed(0)
-    ids = torch.randint(0, 250, (4, 128), device=device)
+    ids = torch.randint(0, 250, batch, device=device)
     labels = ids.clone()
-    labels[:, :64] = IGNORE_INDEX
+    labels[:, : batch[1] // 2] = IGNORE_INDEX
     t = time.perf_counter()
     for _ in range(steps):
         model(input_ids=ids, labels=labels).loss.backward()
@@ -152,7 +163,7 @@ def memory_child(base: str, method: str, device: str, steps: int) -> None:
     if device == "cuda":
         peak, steady = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
     else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+        peak = _peak_rss() - current0
         steady = psutil.Process().memory_info().rss - current0
     if device == "cuda":
         after_load = None
@@ -160,17 +171,19 @@ def memory_child(base: str, method: str, device: str, steps: int) -> None:
                       "weights_bytes": footprint, "step_s": step_s}))
 
 
-def memory(base: str, device: str, steps: int, threads: int) -> dict:
+def memory(base: str, device: str, steps: int, threads: int, batch: tuple[int, int], checkpointing: bool) -> dict:
     res = {}
     for method in ("lora", "qlora"):
         proc = subprocess.run([sys.executable, __file__, "--memory-child", method, "--base", base, "--device", device,
-                               "--steps", str(steps), "--threads", str(threads)], capture_output=True, text=True,
+                               "--steps", str(steps), "--threads", str(threads), "--memory-batch", str(batch[0]),
+                               "--memory-seq", str(batch[1])] + (["--gradient-checkpointing"] if checkpointing else []),
+                              capture_output=True, text=True,
                               cwd=ROOT)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-2000:])
         res[method] = json.loads(proc.stdout.strip().splitlines()[-1])
         out(what="memory", device=device, **res[method])
-    return {"lora_peak_MB": round(res["lora"]["peak_bytes"] / 1e6, 1),
+    return {"batch": list(batch), "gradient_checkpointing": checkpointing, "lora_peak_MB": round(res["lora"]["peak_bytes"] / 1e6, 1),
             "qlora_peak_MB": round(res["qlora"]["peak_bytes"] / 1e6, 1),
             "ratio_qlora_vs_lora_peak": round(res["qlora"]["peak_bytes"] / res["lora"]["peak_bytes"], 3),
             "lora_after_steps_MB": round(res["lora"]["steady_bytes"] / 1e6, 1),
@@ -205,6 +218,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--memory-shape", default="smol135m", choices=sorted(SHAPES))
     ap.add_argument("--memory-steps", type=int, default=2)
+    ap.add_argument("--memory-batch", type=int, default=4, help="rows per step in the memory children")
+    ap.add_argument("--memory-seq", type=int, default=128, help="tokens per row in the memory children")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="memory children recompute activations")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
@@ -219,7 +235,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.memory_child:
-        memory_child(a.base, a.memory_child, device, a.steps)
+        memory_child(a.base, a.memory_child, device, a.steps, (a.memory_batch, a.memory_seq), a.gradient_checkpointing)
         return
     from hub.tinybase import build_tiny_base
 
@@ -230,7 +246,8 @@ def main() -> None:
             summary["throughput_tiny"] = throughput(tiny, a.repeats, a.epochs, device)
         if not a.skip_memory:
             summary[f"memory_{a.memory_shape}"] = memory(_shape_base(a.memory_shape, Path(tmp) / "shape"), device,
-                                                          a.memory_steps, a.threads)
+                                                          a.memory_steps, a.threads, (a.memory_batch, a.memory_seq),
+                                                          a.gradient_checkpointing)
     summary["load_avg_end"] = os.getloadavg()
     out(what="summary", **summary)
 

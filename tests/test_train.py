@@ -190,3 +190,14 @@ def test_soft_prompt_generation_matches_peft_forward_greedy(tiny_base, make_prom
     want = [_peft_forward_greedy(model, tokenizer, p, 12) for p in prompts]
     assert got == want
     assert got != bare
+
+
+def test_human_output_without_eval_data(tiny_base, data, tmp_path, _private_registry):
+    args = ["train", "--base", str(tiny_base), "--data", str(data[0]), "--name", "plain", "--task", "uppercase",
+            "--output", str(tmp_path / "run"), "--push", *FAST]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"adapter written to {tmp_path / 'run' / 'adapter'}" in result.output
+    assert "0 row(s) truncated" in result.output and "eval:" not in result.output
+    assert "pushed plain@1" in result.output
+    assert "eval_loss" not in LocalRegistry(_private_registry).resolve("plain").metrics
