@@ -1,0 +1,321 @@
+"""Heterogeneous-batch LoRA: generation throughput against the bare base and PEFT's mixed batch, and
+adapter load time (registry -> ready) against ``PeftModel.load_adapter``, all in one process run.
+
+Random-init Llama-shaped base (speed does not depend on weight values), adapters with random B on
+all linear layers, greedy ``generate`` with a fixed number of new tokens. The three contenders run
+the same ``generate`` loop: the bare base, PEFT with ``adapter_names`` (one sub-batch per distinct
+adapter), and the base wrapped by ``LoraBatcher`` with adapters loaded through ``AdapterSlots``.
+Rounds interleave the contenders so machine noise hits them alike; each figure is the best round
+(ratios of the median rounds are printed too). Ratios are against the bare base of the same rounds.
+
+    python bench/hetero_lora_bench.py                                  # CPU: SmolLM2-135M shape, fp32, 8 requests
+    python bench/hetero_lora_bench.py --device cuda --shape llama-3.2-1b --dtype bf16 \\
+        --batch 32 --prompt 128 --new 128 --adapters 32 --peft-baseline ../shared/bench/peft_baseline.py
+
+Prints JSON lines while it runs and one summary document at the end; ``--plot`` draws throughput
+against the number of distinct adapters and against rank (ours, PEFT, base).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from hub.registry import LocalRegistry  # noqa: E402
+from server.engine.adapter_slots import AdapterSlots  # noqa: E402
+from server.engine.lora_batch import LoraBatcher  # noqa: E402
+from server.engine.model_loader import load_base_model, resolve_dtype  # noqa: E402
+
+SHAPES = {
+    "smol135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                     num_attention_heads=9, num_key_value_heads=3),
+    "llama-3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
+}
+
+
+def emit(**kw) -> None:
+    print(json.dumps(kw), flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_base(folder: Path, shape: str, device: torch.device, dtype: torch.dtype) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=True)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    model.save_pretrained(folder)
+    _save_tokenizer(folder, cfg.vocab_size)
+
+
+def _save_tokenizer(folder: Path, vocab: int) -> None:
+    """A word-level tokenizer over the vocabulary, so the folder loads like any model (ids are random)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", pad_token="t0").save_pretrained(folder)
+
+
+def make_adapters(base: Path, out: Path, ranks: list[int], count: int, device: torch.device,
+                  dtype: torch.dtype) -> dict[int, list[Path]]:
+    """``count`` rank-r adapters per rank (alpha 2r, all linear layers, random non-zero B)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, device_map={"": str(device)})
+    made: dict[int, list[Path]] = {}
+    for rank in ranks:
+        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
+                                                      task_type="CAUSAL_LM"))
+        made[rank] = []
+        for i in range(count):
+            torch.manual_seed(1000 * rank + i)
+            for name, p in peft_model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(p, std=0.01)
+            path = out / f"r{rank}-{i}"
+            peft_model.save_pretrained(path)
+            made[rank].append(path)
+        model = peft_model.unload()
+    return made
+
+
+class Contenders:
+    """The bare base, PEFT holding every adapter, and our batcher over an adapter-slot cache."""
+
+    def __init__(self, base: Path, adapters: dict[int, list[Path]], registry: LocalRegistry, device: torch.device,
+                 dtype: torch.dtype, batch: int) -> None:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        def plain():
+            return AutoModelForCausalLM.from_pretrained(base, dtype=dtype, device_map={"": str(device)}).eval()
+
+        self.device = device
+        self.bare = plain()
+        first = adapters[min(adapters)][0]
+        self.peft = PeftModel.from_pretrained(plain(), first, adapter_name=_peft_name(first))
+        for paths in adapters.values():
+            for p in paths:
+                if _peft_name(p) not in self.peft.peft_config:
+                    self.peft.load_adapter(p, adapter_name=_peft_name(p))
+        self.peft.eval()
+        self.loaded = load_base_model(str(base), quantize="none", device=str(device), dtype=dtype)
+        self.batcher = LoraBatcher(self.loaded, max_slots=batch, max_rank=max(adapters))
+        self.slots = AdapterSlots(self.batcher, registry, max_loaded=batch)
+
+    def ours_rows(self, refs: list[str]) -> list[int]:
+        handles = {ref: self.slots.acquire(ref) for ref in dict.fromkeys(refs)}
+        for h in handles.values():
+            self.slots.release(h)  # resident, not pinned: the next config may evict them
+        return [handles[r].slot for r in refs]
+
+
+def _peft_name(path: Path) -> str:
+    return path.name.replace("-", "_")
+
+
+def generate(model, ids: torch.Tensor, new: int, device: torch.device, **kw) -> tuple[float, torch.Tensor]:
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                             min_new_tokens=new, do_sample=False, pad_token_id=0, **kw)
+    sync(device)
+    return time.perf_counter() - t0, out[:, ids.shape[1]:]
+
+
+def measure_config(c: Contenders, ids: torch.Tensor, new: int, rank: int, distinct: int,
+                   adapters: dict[int, list[Path]], refs: dict[Path, str], rounds: int) -> dict:
+    """Interleaved rounds of base / PEFT mixed / ours for one (rank, distinct adapters) point."""
+    batch = ids.shape[0]
+    chosen = [adapters[rank][i % distinct] for i in range(batch)]
+    names = [_peft_name(p) for p in chosen]
+    rows = c.ours_rows([refs[p] for p in chosen])
+    times: dict[str, list[float]] = {"base": [], "peft": [], "ours": []}
+    tokens = {}
+    for _ in range(rounds):
+        t, _ = generate(c.bare, ids, new, c.device)
+        times["base"].append(t)
+        t, tokens["peft"] = generate(c.peft, ids, new, c.device, adapter_names=names)
+        times["peft"].append(t)
+        with c.batcher.rows(rows):
+            t, tokens["ours"] = generate(c.loaded.model, ids, new, c.device)
+        times["ours"].append(t)
+    tps = {k: batch * new / min(v) for k, v in times.items()}
+    median = {k: batch * new / statistics.median(v) for k, v in times.items()}
+    point = {
+        "rank": rank, "distinct_adapters": distinct,
+        "base_tok_s": round(tps["base"], 2), "peft_tok_s": round(tps["peft"], 2), "ours_tok_s": round(tps["ours"], 2),
+        "peft_vs_base": round(tps["peft"] / tps["base"], 3), "ours_vs_base": round(tps["ours"] / tps["base"], 3),
+        "ours_vs_peft": round(tps["ours"] / tps["peft"], 2),
+        "median_rounds": {"peft_vs_base": round(median["peft"] / median["base"], 3),
+                          "ours_vs_base": round(median["ours"] / median["base"], 3)},
+        "greedy_tokens_equal_peft": bool(torch.equal(tokens["peft"], tokens["ours"])),
+        "rounds_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
+    }
+    emit(what="throughput", **point)
+    return point
+
+
+def measure_loads(c: Contenders, paths: list[Path], refs: dict[Path, str], trials: int) -> dict:
+    """Registry -> ready through AdapterSlots (miss each time), against PeftModel.load_adapter."""
+    ours, peft = [], []
+    for i in range(trials):
+        p = paths[i % len(paths)]
+        c.slots.unload(refs[p])
+        sync(c.device)
+        t0 = time.perf_counter()
+        c.slots.release(c.slots.acquire(refs[p]))
+        sync(c.device)
+        ours.append(time.perf_counter() - t0)
+        name = f"probe{i}"
+        sync(c.device)
+        t0 = time.perf_counter()
+        c.peft.load_adapter(p, adapter_name=name)
+        sync(c.device)
+        peft.append(time.perf_counter() - t0)
+        c.peft.delete_adapter(name)
+    size = (p / "adapter_model.safetensors").stat().st_size
+    out = {"adapter_MB": round(size / 1e6, 2), "trials": trials,
+           "ours_load_ms_p50": round(1000 * statistics.median(ours), 2),
+           "peft_load_adapter_ms_p50": round(1000 * statistics.median(peft), 2)}
+    out["speedup"] = round(out["peft_load_adapter_ms_p50"] / out["ours_load_ms_p50"], 1)
+    emit(what="adapter_load", **out)
+    return out
+
+
+def run_peft_baseline(script: str, args: argparse.Namespace) -> list[dict]:
+    """The shared anchor script on this same machine, so its figures and ours come from one card."""
+    env = dict(os.environ, DEVICE=args.device, SHAPE="llama1b" if args.shape == "llama-3.2-1b" else "smol135m",
+               BS=str(args.batch), NEW=str(args.new), N_AD=str(args.adapters))
+    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True)
+    lines = []
+    for line in proc.stdout.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    emit(what="peft_baseline_script", returncode=proc.returncode, results=lines)
+    return lines
+
+
+def plot(points: list[dict], args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    by_n = sorted((p for p in points if p["rank"] == args.rank), key=lambda p: p["distinct_adapters"])
+    by_r = sorted((p for p in points if p["distinct_adapters"] == min(args.batch, args.adapters)), key=lambda p: p["rank"])
+    for ax, series, key, label in ((axes[0], by_n, "distinct_adapters", "distinct adapters in the batch"),
+                                   (axes[1], by_r, "rank", "LoRA rank")):
+        xs = [p[key] for p in series]
+        ax.plot(xs, [p["base_tok_s"] for p in series], "k--", label="bare base")
+        ax.plot(xs, [p["ours_tok_s"] for p in series], "o-", label="adapterhub gathered LoRA")
+        ax.plot(xs, [p["peft_tok_s"] for p in series], "s-", label="PEFT mixed batch")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel(label)
+        ax.set_ylabel("generated tokens/s")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"rank {args.rank}, batch {args.batch}")
+    axes[1].set_title(f"{min(args.batch, args.adapters)} distinct adapters, batch {args.batch}")
+    axes[0].legend()
+    fig.suptitle(f"{args.shape}, {args.dtype}, {args.device}, prompt {args.prompt}, {args.new} new tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    emit(what="plot", path=str(path))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", default="smol135m", choices=sorted(SHAPES))
+    ap.add_argument("--dtype", default=None, help="fp32 | bf16 (default: fp32 on CPU, bf16 on CUDA)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--rank", type=int, default=16, help="rank of the headline and of the distinct-adapter sweep")
+    ap.add_argument("--adapters", type=int, default=8, help="distinct adapters of the headline point")
+    ap.add_argument("--sweep-distinct", default="1,2,8,32", help="distinct-adapter counts (those above --batch are skipped)")
+    ap.add_argument("--sweep-ranks", default="8,16,64")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the headline point")
+    ap.add_argument("--sweep-rounds", type=int, default=3, help="interleaved rounds of each sweep point")
+    ap.add_argument("--load-trials", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--headline-only", action="store_true", help="skip the sweeps")
+    ap.add_argument("--peft-baseline", default=None, help="path of peft_baseline.py to run first on this machine")
+    ap.add_argument("--plot", default=None, help="PNG path for the throughput plot")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    args.dtype = str(dtype).removeprefix("torch.")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    emit(what="config", **{k: v for k, v in vars(args).items()}, torch=torch.__version__,
+         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    summary: dict = {"config": vars(args)}
+    if args.peft_baseline:
+        summary["peft_baseline_script"] = run_peft_baseline(args.peft_baseline, args)
+
+    distinct = sorted({n for n in map(int, args.sweep_distinct.split(",")) if n <= args.batch} | {args.adapters})
+    ranks = sorted({args.rank} | (set() if args.headline_only else set(map(int, args.sweep_ranks.split(",")))))
+    count = max(distinct)
+    with tempfile.TemporaryDirectory(prefix="hetero-bench-") as tmp:
+        work = Path(tmp)
+        base = work / "base"
+        build_base(base, args.shape, device, dtype)
+        adapters = make_adapters(base, work / "adapters", ranks, count, device, dtype)
+        registry = LocalRegistry(work / "registry", durable=False)
+        refs = {}
+        for paths in adapters.values():
+            for p in paths:
+                refs[p] = registry.push(p, name=p.name, task="bench", base=str(base)).ref
+        c = Contenders(base, adapters, registry, device, dtype, args.batch)
+        summary["base_footprint_bytes"] = c.loaded.footprint_bytes
+        summary["slot_bytes"] = c.batcher.slot_bytes()
+        ids = torch.randint(1, SHAPES[args.shape]["vocab_size"], (args.batch, args.prompt), device=device,
+                            generator=torch.Generator(device=device).manual_seed(0))
+        generate(c.bare, ids[:2], 2, device)  # warm-up: allocator, kernels
+        with c.batcher.rows(c.ours_rows([refs[adapters[args.rank][0]]] * 2)):
+            generate(c.loaded.model, ids[:2], 2, device)
+
+        summary["headline"] = measure_config(c, ids, args.new, args.rank, args.adapters, adapters, refs, args.rounds)
+        summary["adapter_load"] = measure_loads(c, adapters[args.rank], refs, args.load_trials)
+        points = [summary["headline"]]
+        if not args.headline_only:
+            points += [measure_config(c, ids, args.new, args.rank, n, adapters, refs, args.sweep_rounds)
+                       for n in distinct if n != args.adapters]
+            points += [measure_config(c, ids, args.new, r, args.adapters, adapters, refs, args.sweep_rounds)
+                       for r in ranks if r != args.rank]
+        summary["points"] = points
+        summary["slot_stats"] = c.slots.stats.to_dict()
+    if args.plot and len(points) > 1:
+        plot(points, args, Path(args.plot))
+    print(json.dumps({"what": "summary", **summary}, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
