@@ -457,8 +457,10 @@ class Engine:
         """Pick the next token of rows ``offset:`` (whose ``logits`` these are), emit it, and let
         finished rows leave the batch."""
         rows = self._rows[offset:]
-        tokens = _sample(rows, logits)
-        done = {offset + i for i, (row, token) in enumerate(zip(rows, tokens)) if self._emit(row, token) is not None}
+        done = set()
+        for i, (row, token) in enumerate(zip(rows, _sample(rows, logits))):
+            if self._emit(row, token) is not None:
+                done.add(offset + i)
         if done:
             self._keep([i for i in range(len(self._rows)) if i not in done])
 
