@@ -179,7 +179,7 @@ class Engine:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._waiting: list[GenerationRequest] = []
         self._rows: list[_Row] = []
-        self._kv: list[tuple[Any, Any]] = []
+        self._cache: Any = None  # the running batch's DynamicCache, updated in place by each step
         self._mask = torch.zeros((0, 0), dtype=torch.long, device=self._device)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -373,14 +373,15 @@ class Engine:
                 mask[i, length - p.shape[0]:] = 1
                 rows[i].next_position = p.shape[0]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits, kv = self._forward(embeds, mask, positions, [], [r.slot for r in rows])
+            cache = _new_cache([])
+            logits = self._forward(embeds, mask, positions, cache, [r.slot for r in rows])
         except Exception as e:  # not in the batch yet, so _fail_all would not reach them
             for request in joining:
                 self._finish_request(request, TokenEvent(None, "", "error", error=f"{type(e).__name__}: {e}"))
             raise
         self.stats.prefills += 1
         offset = len(self._rows)
-        self._join(rows, kv, mask)
+        self._join(rows, cache, mask)
         self._advance(logits, offset)
 
     def _decode_step(self) -> None:
@@ -390,16 +391,14 @@ class Engine:
         mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long, device=self._device)], 1)
         positions = torch.tensor([[r.next_position] for r in self._rows], device=self._device)
         self.stats.observe_step(len(self._rows))
-        logits, kv = self._forward(self._embed(tokens), mask, positions, self._kv, [r.slot for r in self._rows])
-        self._kv, self._mask = kv, mask
+        logits = self._forward(self._embed(tokens), mask, positions, self._cache, [r.slot for r in self._rows])
+        self._mask = mask
         for r in self._rows:
             r.next_position += 1
         self._advance(logits, 0)
 
-    def _forward(self, embeds: Any, mask: Any, positions: Any, kv: list, slots: list[int]) -> tuple[Any, list]:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
+    def _forward(self, embeds: Any, mask: Any, positions: Any, cache: Any, slots: list[int]) -> Any:
+        """One pass of the model over ``embeds``, appending to ``cache``; the last position's logits."""
         if self.lora_slots is not None:
             # Same rows as the previous step: the batcher keeps the weights it gathered for them.
             self.lora_slots.batcher.set_rows(slots)
@@ -411,8 +410,7 @@ class Engine:
             use_cache=True,
             logits_to_keep=1,
         )
-        new_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
-        return out.logits[:, -1, :].float(), new_kv
+        return out.logits[:, -1, :].float()
 
     def _new_row(self, request: GenerationRequest) -> _Row:
         import torch
@@ -436,20 +434,19 @@ class Engine:
             embeds = torch.cat([prompt.embeddings.to(embeds.dtype), embeds], 0)
         return embeds
 
-    def _join(self, rows: list[_Row], kv: list, mask: Any) -> None:
+    def _join(self, rows: list[_Row], cache: Any, mask: Any) -> None:
         """Append freshly prefilled rows to the running batch, left-padding the shorter cache."""
         import torch
 
         if not self._rows:
-            self._rows, self._kv, self._mask = rows, kv, mask
+            self._rows, self._cache, self._mask = rows, cache, mask
             return
-        old_len, new_len = self._mask.shape[1], mask.shape[1]
-        length = max(old_len, new_len)
-        self._kv = [
+        length = max(self._mask.shape[1], mask.shape[1])
+        self._cache = _new_cache([
             (torch.cat([_left_pad(k0, length), _left_pad(k1, length)], 0),
              torch.cat([_left_pad(v0, length), _left_pad(v1, length)], 0))
-            for (k0, v0), (k1, v1) in zip(self._kv, kv)
-        ]
+            for (k0, v0), (k1, v1) in zip(_layers(self._cache), _layers(cache))
+        ])
         self._mask = torch.cat([_left_pad_mask(self._mask, length), _left_pad_mask(mask, length)], 0)
         self._rows = self._rows + rows
 
@@ -503,14 +500,15 @@ class Engine:
 
         self._rows = [self._rows[i] for i in indices]
         if not indices:
-            self._kv, self._mask = [], self._mask[:0, :0]
+            self._cache, self._mask = None, self._mask[:0, :0]
             return
         idx = torch.tensor(indices, device=self._device)
         mask = self._mask.index_select(0, idx)
         used = mask.any(0).nonzero()
         start = int(used[0]) if used.numel() else mask.shape[1]
         self._mask = mask[:, start:]
-        self._kv = [(k.index_select(0, idx)[:, :, start:], v.index_select(0, idx)[:, :, start:]) for k, v in self._kv]
+        self._cache = _new_cache([(k.index_select(0, idx)[:, :, start:], v.index_select(0, idx)[:, :, start:])
+                                  for k, v in _layers(self._cache)])
 
     def _fail_all(self, message: str) -> None:
         for row in self._rows:
@@ -534,6 +532,17 @@ def _sample(rows: list[_Row], logits: Any) -> list[int]:
             probs = _top_p(probs, params.top_p)
         out.append(int(torch.multinomial(probs, 1, generator=row.generator)))
     return out
+
+
+def _new_cache(kv: list[tuple[Any, Any]]) -> Any:
+    """A DynamicCache holding ``kv`` (per layer keys and values), or an empty one."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
+
+
+def _layers(cache: Any) -> list[tuple[Any, Any]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def _left_pad(t: Any, length: int) -> Any:
