@@ -201,3 +201,20 @@ def test_human_output_without_eval_data(tiny_base, data, tmp_path, _private_regi
     assert "0 row(s) truncated" in result.output and "eval:" not in result.output
     assert "pushed plain@1" in result.output
     assert "eval_loss" not in LocalRegistry(_private_registry).resolve("plain").metrics
+
+
+def test_push_to_a_remote_hub_keeps_metrics_training_and_lineage(tiny_base, data, tmp_path):
+    from remote_helpers import start_hub
+
+    hub = start_hub(tmp_path / "hub")
+    try:
+        result = _train(tiny_base, data, tmp_path / "run", "--push", "--registry", hub.url, "--token",
+                        hub.write_token, name="upper-remote")
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.output)
+        stored = hub.registry.resolve("upper-remote")
+        assert stored.metrics == pytest.approx(doc["metrics"])
+        assert stored.training["data"]["train_sha256"] == data_digest(data[0])
+        assert stored.lineage[0]["base"] == str(tiny_base.resolve())
+    finally:
+        hub.handle.close()
