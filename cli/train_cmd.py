@@ -56,7 +56,7 @@ def train(base, data, eval_data, method, name, task, r, alpha, dropout, target_m
 
     from hub.refs import validate_name
     from hub.train.config import TrainConfig
-    from hub.train.register import push_trained
+    from hub.train.register import open_target_registry, push_trained
     from hub.train.trainer import train_adapter
 
     validate_name(name)
@@ -66,10 +66,11 @@ def train(base, data, eval_data, method, name, task, r, alpha, dropout, target_m
         max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
         seed=seed, save_steps=save_steps,
     )
+    target = open_target_registry(registry, name) if push else None
     out_dir = Path(output) if output else Path("runs") / name
     result = train_adapter(base, data, out_dir, config, eval_file=eval_data, resume=resume,
                            progress=not no_progress and not json_output, threads=threads)
-    pushed = push_trained(result, name=name, task=task, registry=registry, tags=tags) if push else None
+    pushed = push_trained(result, name=name, task=task, registry=target, tags=tags) if push else None
     if json_output:
         emit_json({"adapter_dir": str(result.adapter_dir), "metrics": result.metrics,
                    "training": result.training, "pushed": pushed.to_dict() if pushed else None})

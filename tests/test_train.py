@@ -218,3 +218,10 @@ def test_push_to_a_remote_hub_keeps_metrics_training_and_lineage(tiny_base, data
         assert stored.lineage[0]["base"] == str(tiny_base.resolve())
     finally:
         hub.handle.close()
+
+
+def test_an_unreachable_hub_fails_before_training(tiny_base, data, tmp_path):
+    result = _train(tiny_base, data, tmp_path / "run", "--push", "--registry", "http://127.0.0.1:9")
+    assert result.exit_code == 1
+    assert "cannot reach the hub at http://127.0.0.1:9" in result.output
+    assert not (tmp_path / "run").exists()

@@ -9,7 +9,15 @@ from ..location import open_registry
 from ..registry import AdapterVersion
 from .trainer import TrainResult
 
-__all__ = ["push_trained"]
+__all__ = ["open_target_registry", "push_trained"]
+
+
+def open_target_registry(location: Any, name: str) -> Any:
+    """Open the registry a run will push ``name`` to and list that name's versions once, before any
+    training: an unreachable hub or a refused token is reported in seconds, not after the run."""
+    registry = open_registry(location) if location is None or isinstance(location, (str, os.PathLike)) else location
+    registry.list(name=name)
+    return registry
 
 
 def push_trained(result: TrainResult, *, name: str, task: str, registry: Any = None, tags: Iterable[str] = (),
