@@ -187,7 +187,8 @@ def memory(base: str, device: str, steps: int, threads: int, batch: tuple[int, i
             raise SystemExit(proc.stderr[-2000:])
         res[method] = json.loads(proc.stdout.strip().splitlines()[-1])
         out(what="memory", device=device, **res[method])
-    return {"batch": list(batch), "gradient_checkpointing": checkpointing, "lora_peak_MB": round(res["lora"]["peak_bytes"] / 1e6, 1),
+    return {"batch": list(batch), "gradient_checkpointing": checkpointing,
+            "lora_peak_MB": round(res["lora"]["peak_bytes"] / 1e6, 1),
             "qlora_peak_MB": round(res["qlora"]["peak_bytes"] / 1e6, 1),
             "ratio_qlora_vs_lora_peak": round(res["qlora"]["peak_bytes"] / res["lora"]["peak_bytes"], 3),
             "lora_after_steps_MB": round(res["lora"]["steady_bytes"] / 1e6, 1),
@@ -239,7 +240,8 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.memory_child:
-        memory_child(a.base, a.memory_child, device, a.steps, (a.memory_batch, a.memory_seq), a.gradient_checkpointing)
+        memory_child(a.base, a.memory_child, device, a.steps, (a.memory_batch, a.memory_seq),
+                     a.gradient_checkpointing)
         return
     from hub.tinybase import build_tiny_base
 

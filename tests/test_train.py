@@ -180,7 +180,8 @@ def test_soft_prompt_generation_matches_peft_forward_greedy(tiny_base, make_prom
     from hub.train.trainer import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_base))
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), make_prompt(num_virtual_tokens=5))
+    base_model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    model = PeftModel.from_pretrained(base_model, make_prompt(num_virtual_tokens=5))
     model.eval()
     prompts = [({"role": "user", "content": t},) for t in ("Hi", "Write the word in capital letters.\n\nkoda", "?")]
     with torch.no_grad():

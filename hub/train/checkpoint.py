@@ -54,7 +54,9 @@ def prepare_output(output_dir: Path, run: dict[str, Any], resume: bool) -> Path 
             raise TrainingConfigError(f"{output_dir}: nothing to resume (no {CONFIG_FILE})")
         changed = _changed_settings(json.loads(config_file.read_text()), run)
         if changed:
-            raise TrainingConfigError(f"cannot resume {output_dir}: settings differ from the recorded run ({', '.join(changed)})")
+            raise TrainingConfigError(
+                f"cannot resume {output_dir}: settings differ from the recorded run ({', '.join(changed)})"
+            )
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     return checkpoint

@@ -54,12 +54,15 @@ def _base_location(base: str) -> str:
 
 
 def load_tokenizer(base: str) -> Any:
+    """The base's tokenizer; one without a pad token pads with its end token (masked from the loss)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
     except (OSError, ValueError) as e:
-        raise TrainingConfigError(f"base {base}: cannot load its tokenizer (not a model folder or reachable Hub id)") from e
+        raise TrainingConfigError(
+            f"base {base}: cannot load its tokenizer (not a model folder or reachable Hub id)"
+        ) from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -91,7 +94,7 @@ def _check_target_modules(model: Any, targets: Sequence[str]) -> None:
         )
 
 
-def _peft_config(config: TrainConfig, tokenizer: Any, base: str) -> Any:
+def _peft_config(config: TrainConfig, base: str) -> Any:
     from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
     if config.is_lora:
@@ -123,6 +126,8 @@ class _Rows:
 
 @dataclass(frozen=True)
 class FitStats:
+    """What ``fit`` reports: the step reached (counting steps before a resume), the loss, this session's speed."""
+
     steps: int
     train_loss: float
     tokens_per_s: float
@@ -214,7 +219,7 @@ def train_adapter(base: str, train_file: str | Path, output_dir: str | Path, con
     if config.is_lora:
         _check_target_modules(model, config.target_modules)
     try:
-        model = get_peft_model(model, _peft_config(config, tokenizer, base))
+        model = get_peft_model(model, _peft_config(config, base))
     except ValueError as e:
         raise TrainingConfigError(f"cannot build the {config.method} adapter: {str(e).splitlines()[0]}") from e
 
@@ -236,7 +241,8 @@ def train_adapter(base: str, train_file: str | Path, output_dir: str | Path, con
         "dropped_rows": train_data.dropped,
     }
     if eval_data is not None and eval_examples:
-        metrics.update(evaluate_model(model, tokenizer, eval_examples, eval_data.rows, config.eval_batch_size).metrics("eval_"))
+        adapted = evaluate_model(model, tokenizer, eval_examples, eval_data.rows, config.eval_batch_size)
+        metrics.update(adapted.metrics("eval_"))
         metrics["eval_rows"] = len(eval_examples)
         if compare_base:
             with model.disable_adapter(), torch.no_grad():
