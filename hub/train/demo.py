@@ -50,7 +50,7 @@ DEMO_ADAPTERS = (
                             batch_size=16, save_steps=1000),
                 "LoRA: writes a word in capital letters"),
     DemoAdapter("demo-sentiment", "sentiment",
-                TrainConfig(method="lora", r=8, alpha=16, target_modules=("all-linear",), max_steps=250, lr=4e-3,
+                TrainConfig(method="lora", r=8, alpha=16, target_modules=("all-linear",), max_steps=250, lr=6e-3,
                             batch_size=16, save_steps=1000),
                 "LoRA: labels a short review positive or negative"),
     DemoAdapter("demo-refusal", "refusal",
