@@ -24,7 +24,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from hub.errors import IncompatibleBase
 
 from .app import EXTENSION
-from .engine.engine import ContextTooLong, check_compatible
+from .engine.engine import ContextTooLong, EngineStopped, check_compatible
 from .engine.requests import GenerationRequest, SamplingParams
 from .errors import ApiError
 from .health import ServerMetrics
@@ -161,6 +161,10 @@ def _submit(engine: Any, version: Any, prompts: list[list[int]], params: Samplin
             for j in range(n):
                 p = params if params.seed is None else replace(params, seed=params.seed + j)
                 choices.append(_Choice(engine.submit(ids, p, version)))
+    except EngineStopped as e:
+        for c in choices:
+            c.request.stream.cancel()
+        raise ApiError(503, str(e), code="shutting_down") from None
     except BaseException:
         for c in choices:
             c.request.stream.cancel()

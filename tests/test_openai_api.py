@@ -298,3 +298,13 @@ def test_client_going_away_cancels_its_request(stack):
         time.sleep(0.05)
     assert engine.running == 0
     assert engine.stats.generated_tokens - before < 450, "the engine kept decoding for a client that left"
+
+
+def test_an_engine_that_is_not_running_answers_503(tiny_base, tmp_path):
+    from server.engine.engine import Engine
+
+    registry = LocalRegistry(tmp_path / "reg")
+    stopped = Engine(load_base_model(str(tiny_base), quantize="none", device="cpu"), registry)
+    client = create_app(registry, engine=stopped).test_client()
+    status, doc = _post(client, "/v1/completions", {"model": stopped.base_name, "prompt": "x", "max_tokens": 2})
+    assert status == 503 and doc["error"]["code"] == "shutting_down"

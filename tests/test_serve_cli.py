@@ -80,3 +80,8 @@ def test_serve_refuses_an_unknown_preload_in_one_line(tiny_base):
                                       "--preload", "nobody", "--port", "0"])
     assert result.exit_code == 1
     assert "nobody" in result.output and "Traceback" not in result.output
+
+
+def test_serve_refuses_a_missing_base_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["serve", "--base", str(tmp_path / "nowhere"), "--quantize", "none"])
+    assert result.exit_code == 1 and "nowhere" in result.output and "Traceback" not in result.output

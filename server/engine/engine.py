@@ -33,11 +33,15 @@ from hub.errors import AdapterNotFound, IncompatibleBase, InvalidReference, Unsu
 from .requests import GenerationRequest, SamplingParams, StopText, TokenEvent
 from .soft_prompts import SoftPrompt, SoftPromptCache
 
-__all__ = ["Engine", "EngineStats", "ContextTooLong", "check_compatible", "create_engine"]
+__all__ = ["Engine", "EngineStats", "EngineStopped", "ContextTooLong", "check_compatible", "create_engine"]
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+
+
+class EngineStopped(RuntimeError):
+    """A request submitted to an engine that is not running (not started, or shutting down)."""
 
 
 class ContextTooLong(ValueError):
@@ -251,7 +255,7 @@ class Engine:
         self._bind(request)
         if self._thread is None:
             self._unbind(request)
-            raise RuntimeError("the engine is not running")
+            raise EngineStopped("the engine is not running (the server is shutting down)")
         self._queue.put(request)
         return request
 
