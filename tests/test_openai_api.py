@@ -208,6 +208,7 @@ def test_load_and_unload_free_memory(client):
 def test_health_and_metrics(stack, client):
     _, engine, _, _ = stack
     _post(client, "/v1/completions", {"model": "lora-qv", "prompt": "count me", "max_tokens": 3})
+    _post(client, "/v1/completions", {"prompt": "no model"})
     health = client.get("/health").get_json()
     assert health["base"] == engine.base_name and health["quantization"] == "none"
     assert health["memory"]["base_bytes"] > 0
