@@ -1,17 +1,25 @@
 """``adapterhub demo``: the main job on the embedded tiny base, end to end, with no downloads.
 
-It builds the tiny base, makes a LoRA and a soft-prompt adapter for it with PEFT, pushes both to a
-private registry, lists, pulls and verifies them, and checks that PEFT loads the pulled folders
-with logits identical to the originals. Everything happens under one work folder (a temporary one
-unless ``--workdir`` is given), so the checkout stays clean.
+The field's order on a model small enough for a 2-core CPU: build the tiny base (the pre-trained
+stand-in), instruction-tune it, train two LoRA adapters and a soft prompt on the demo instruction
+data, push them with their metrics, pull and verify them, fold one LoRA into a standalone model
+(checked against PEFT), then serve the base on an nf4-quantized copy with every adapter at once and
+send one request per adapter in the same moment: each is answered by its own adapter. Everything
+happens under one work folder (a temporary one unless ``--workdir`` is given), so the checkout
+stays clean.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,62 +32,97 @@ def _step(title: str) -> None:
     click.secho(f"\n== {title}", bold=True)
 
 
+def _chat(url: str, model: str, content: str) -> str:
+    """One OpenAI chat completion over plain HTTP (what any client would send)."""
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 96,
+            "temperature": 0}
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.load(resp)["choices"][0]["message"]["content"]
+
+
+def _first_eval_row(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
+        return json.loads(f.readline())
+
+
+def _prompt_of(row: dict[str, Any]) -> str:
+    extra = row.get("input") or ""
+    return row["instruction"] + ("\n\n" + extra if extra.strip() else "")
+
+
 @click.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Keep the base, adapters and registry here (default: a temporary folder, removed after).")
-def demo(workdir):
+              help="Keep the base, data, adapters and registry here (default: a temporary folder, removed after).")
+@click.option("--quantize", type=click.Choice(["nf4", "int8", "none"]), default="nf4", show_default=True,
+              help="How the served base is quantized.")
+def demo(workdir, quantize):
     """Run the main job on the embedded tiny base model (no network needed)."""
-    import torch
-    from peft import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from hub.merge.pipeline import merge_model
+    from hub.merge.plan import MergeOptions
     from hub.registry import LocalRegistry
     from hub.tinybase import build_tiny_base
+    from hub.train.demo import DEMO_ADAPTERS, train_demo_adapters
+    from server.app import create_app
+    from server.engine.engine import create_engine
+    from server.engine.model_loader import load_base_model
+    from server.wsgi import start_in_thread
 
     started = time.perf_counter()
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="adapterhub-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        _step("build the tiny base model")
+        _step("build the tiny base model (the pre-trained stand-in)")
         base = build_tiny_base(work / "tiny-llama", force=True)
         click.echo(f"base: {base}")
 
-        _step("make a LoRA and a soft-prompt adapter with PEFT")
-        torch.manual_seed(0)
-        adapters = {
-            "greeter": (LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear",
-                                   init_lora_weights=False), "greetings"),
-            "styler": (PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8), "style"),
-        }
-        for name, (config, _) in adapters.items():
-            get_peft_model(AutoModelForCausalLM.from_pretrained(base), config).save_pretrained(work / "made" / name)
-            click.echo(f"saved {work / 'made' / name}")
-
-        _step("push, list, pull, verify")
+        _step("instruction-tune the base, then train two LoRA adapters and a soft prompt; push them")
+        click.echo("(about three minutes on two CPU cores)")
         registry = LocalRegistry(work / "registry")
-        for name, (_, task) in adapters.items():
-            v = registry.push(work / "made" / name, name=name, task=task, tags=["demo"])
-            click.echo(f"pushed {v.ref} sha256:{v.digest[:12]}")
-        rows = [(v.name, v.version, ",".join(v.tags), v.adapter_type, v.task, v.total_size)
+        versions = train_demo_adapters(base, work, registry, progress=sys.stderr.isatty())
+        instruct_base = versions[0].base["name"]
+        rows = [(v.name, v.version, v.adapter_type, v.task,
+                 f"{v.metrics.get('eval_exact_match', float('nan')):.0%}",
+                 f"{v.metrics.get('base_eval_exact_match', float('nan')):.0%}", v.digest[:12])
                 for v in registry.list()]
-        click.echo(render_table(("NAME", "VER", "TAGS", "TYPE", "TASK", "BYTES"), rows))
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        prompt = tokenizer("hello adapters", return_tensors="pt")
-        for name in adapters:
-            pulled = registry.pull(f"{name}:demo", work / "pulled" / name)
-            logits = []
-            for folder in (work / "made" / name, work / "pulled" / name):
-                model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), folder).eval()
-                with torch.no_grad():
-                    logits.append(model(**prompt).logits)
-            same = torch.equal(logits[0], logits[1])
-            click.echo(f"pulled {pulled.ref}: PEFT logits identical to the original: {same}")
-            if not same:
-                raise click.ClickException(f"pulled {pulled.ref} differs from what was pushed")
+        click.echo(render_table(("NAME", "VER", "TYPE", "TASK", "EXACT MATCH", "BASE ALONE", "DIGEST"), rows))
+
+        _step("pull every adapter back and verify the registry")
+        for v in versions:
+            registry.pull(v.ref, work / "pulled" / v.name)
+            click.echo(f"pulled {v.ref} -> {work / 'pulled' / v.name} (digests verified)")
         report = registry.verify()
         click.echo(f"verify: {'ok' if report.ok else report.problems} "
                    f"({report.checked_versions} versions, {report.checked_objects} objects)")
-        click.echo(f"\ndone in {time.perf_counter() - started:.1f} s")
+
+        lora = next(v for v in versions if v.adapter_type == "lora")
+        _step(f"fold {lora.name} into a standalone model and check it against PEFT")
+        merged = merge_model([str(work / "pulled" / lora.name)], instruct_base, work / "merged",
+                             MergeOptions(), verify=True)
+        click.echo(f"merged model: {merged.out} ({merged.edited_tensors} tensors edited); "
+                   f"max |logit difference| vs PEFT: {merged.verify.max_abs_diff:.2e}")
+
+        _step(f"serve the base ({quantize}) with every adapter at once; one request per adapter, concurrently")
+        loaded = load_base_model(instruct_base, quantize=quantize)
+        engine = create_engine(loaded, registry).start()
+        data = work / "data"
+        asks = [(spec.name, _first_eval_row(data / spec.task / "eval.jsonl")) for spec in DEMO_ADAPTERS]
+        asks.append(("base", asks[0][1]))
+        try:
+            with start_in_thread(create_app(registry, engine=engine)) as server:
+                click.echo(f"OpenAI-compatible API at {server.url}/v1")
+                with ThreadPoolExecutor(len(asks)) as pool:
+                    answers = list(pool.map(
+                        lambda a: _chat(server.url, engine.base_name if a[0] == "base" else a[0], _prompt_of(a[1])),
+                        asks))
+        finally:
+            engine.stop()
+        table = [(model, _prompt_of(row).replace("\n", " ")[:56], answer.strip()[:64],
+                  "yes" if answer.strip() == row["output"].strip() else "no")
+                 for (model, row), answer in zip(asks, answers)]
+        click.echo(render_table(("MODEL", "PROMPT", "ANSWER", "= REFERENCE"), table))
+        click.echo(f"\ndone in {time.perf_counter() - started:.0f} s")
     finally:
         if not workdir:
             shutil.rmtree(work, ignore_errors=True)
