@@ -176,6 +176,58 @@ def measure_config(c: Contenders, ids: torch.Tensor, new: int, rank: int, distin
     return point
 
 
+def measure_steps(c: Contenders, ids: torch.Tensor, new: int, rank: int, distinct: int,
+                  adapters: dict[int, list[Path]], refs: dict[Path, str], prefills: int, steps: int) -> dict:
+    """The same comparison one forward at a time: many short interleaved samples, medians.
+
+    A shared machine's noise comes in bursts of seconds; a whole ``generate`` round catches them,
+    short samples taken in turn mostly do not. ``predicted_*_vs_base`` puts the medians back
+    together as prefill + (new - 1) decode steps.
+    """
+    batch = ids.shape[0]
+    chosen = [adapters[rank][i % distinct] for i in range(batch)]
+    names = [_peft_name(p) for p in chosen]
+    rows = c.ours_rows([refs[p] for p in chosen])
+    runs = {
+        "base": (c.bare, {}, None),
+        "peft": (c.peft, {"adapter_names": names}, None),
+        "ours": (c.loaded.model, {}, rows),
+    }
+
+    def forward(name: str, inputs: torch.Tensor, cache=None) -> tuple[float, object]:
+        model, kw, slot_rows = runs[name]
+        c.batcher.set_rows(slot_rows)
+        sync(c.device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1, **kw)
+        sync(c.device)
+        return time.perf_counter() - t0, out.past_key_values
+
+    prefill = {k: [] for k in runs}
+    step = {k: [] for k in runs}
+    for _ in range(prefills):
+        for k in runs:
+            prefill[k].append(forward(k, ids)[0])
+    _, cache = forward("base", ids)
+    token = ids[:, -1:]
+    for _ in range(steps):
+        for k in runs:
+            step[k].append(forward(k, token, cache)[0])
+            cache.crop(-1)
+    c.batcher.set_rows(None)
+    med = {k: (statistics.median(prefill[k]), statistics.median(step[k])) for k in runs}
+    total = {k: p + (new - 1) * d for k, (p, d) in med.items()}
+    out = {"rank": rank, "distinct_adapters": distinct, "prefill_samples": prefills, "step_samples": steps}
+    for k, (p, d) in med.items():
+        out[f"{k}_prefill_s_median"] = round(p, 4)
+        out[f"{k}_decode_step_ms_median"] = round(1000 * d, 2)
+    out["predicted_peft_vs_base"] = round(total["base"] / total["peft"], 3)
+    out["predicted_ours_vs_base"] = round(total["base"] / total["ours"], 3)
+    emit(what="forward_samples", **out)
+    return out
+
+
 def measure_loads(c: Contenders, paths: list[Path], refs: dict[Path, str], trials: int) -> dict:
     """Registry -> ready through AdapterSlots (miss each time), against PeftModel.load_adapter."""
     ours, peft = [], []
@@ -218,31 +270,35 @@ def run_peft_baseline(script: str, args: argparse.Namespace) -> list[dict]:
     return lines
 
 
-def plot(points: list[dict], args: argparse.Namespace, path: Path) -> None:
+def plot(points: list[dict], config: dict, path: Path) -> None:
+    """Throughput relative to the bare base of the same rounds (ratios survive a noisy machine)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    batch, rank = config["batch"], config["rank"]
+    full = min(batch, config["adapters"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    by_n = sorted((p for p in points if p["rank"] == args.rank), key=lambda p: p["distinct_adapters"])
-    by_r = sorted((p for p in points if p["distinct_adapters"] == min(args.batch, args.adapters)), key=lambda p: p["rank"])
+    by_n = sorted((p for p in points if p["rank"] == rank), key=lambda p: p["distinct_adapters"])
+    by_r = sorted((p for p in points if p["distinct_adapters"] == full), key=lambda p: p["rank"])
     for ax, series, key, label in ((axes[0], by_n, "distinct_adapters", "distinct adapters in the batch"),
                                    (axes[1], by_r, "rank", "LoRA rank")):
         xs = [p[key] for p in series]
-        ax.plot(xs, [p["base_tok_s"] for p in series], "k--", label="bare base")
-        ax.plot(xs, [p["ours_tok_s"] for p in series], "o-", label="adapterhub gathered LoRA")
-        ax.plot(xs, [p["peft_tok_s"] for p in series], "s-", label="PEFT mixed batch")
+        ax.axhline(1.0, color="k", linestyle="--", label="bare base")
+        ax.plot(xs, [p["ours_vs_base"] for p in series], "o-", label="adapterhub gathered LoRA")
+        ax.plot(xs, [p["peft_vs_base"] for p in series], "s-", label="PEFT mixed batch (adapter_names)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel(label)
-        ax.set_ylabel("generated tokens/s")
-        ax.set_ylim(bottom=0)
+        ax.set_ylabel("throughput / bare base (same rounds)")
+        ax.set_ylim(0, max([1.1] + [1.05 * p["ours_vs_base"] for p in series]))
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"rank {args.rank}, batch {args.batch}")
-    axes[1].set_title(f"{min(args.batch, args.adapters)} distinct adapters, batch {args.batch}")
-    axes[0].legend()
-    fig.suptitle(f"{args.shape}, {args.dtype}, {args.device}, prompt {args.prompt}, {args.new} new tokens")
+    axes[0].set_title(f"rank {rank}, {batch} requests")
+    axes[1].set_title(f"{full} distinct adapters, {batch} requests")
+    axes[0].legend(loc="lower left")
+    fig.suptitle(f"{config['shape']}, {config['dtype']}, {config['device']}, prompt {config['prompt']}, "
+                 f"{config['new']} new tokens")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     emit(what="plot", path=str(path))
@@ -263,11 +319,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the headline point")
     ap.add_argument("--sweep-rounds", type=int, default=3, help="interleaved rounds of each sweep point")
     ap.add_argument("--load-trials", type=int, default=16)
+    ap.add_argument("--prefill-samples", type=int, default=5)
+    ap.add_argument("--step-samples", type=int, default=20)
+    ap.add_argument("--samples-only", action="store_true", help="only the interleaved forward samples of the headline")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--headline-only", action="store_true", help="skip the sweeps")
     ap.add_argument("--peft-baseline", default=None, help="path of peft_baseline.py to run first on this machine")
     ap.add_argument("--plot", default=None, help="PNG path for the throughput plot")
+    ap.add_argument("--save", default=None, help="write the summary document to this JSON file")
+    ap.add_argument("--replot", default=None, help="draw --plot from a saved summary instead of measuring")
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        plot(saved["points"], saved["config"], Path(args.plot))
+        return
 
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -302,6 +367,11 @@ def main() -> None:
         with c.batcher.rows(c.ours_rows([refs[adapters[args.rank][0]]] * 2)):
             generate(c.loaded.model, ids[:2], 2, device)
 
+        summary["headline_forward_samples"] = measure_steps(c, ids, args.new, args.rank, args.adapters, adapters, refs,
+                                                            args.prefill_samples, args.step_samples)
+        if args.samples_only:
+            print(json.dumps({"what": "summary", **summary}, indent=2), flush=True)
+            return
         summary["headline"] = measure_config(c, ids, args.new, args.rank, args.adapters, adapters, refs, args.rounds)
         summary["adapter_load"] = measure_loads(c, adapters[args.rank], refs, args.load_trials)
         points = [summary["headline"]]
@@ -313,7 +383,9 @@ def main() -> None:
         summary["points"] = points
         summary["slot_stats"] = c.slots.stats.to_dict()
     if args.plot and len(points) > 1:
-        plot(points, args, Path(args.plot))
+        plot(points, vars(args), Path(args.plot))
+    if args.save:
+        Path(args.save).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"what": "summary", **summary}, indent=2), flush=True)
 
 

@@ -8,17 +8,22 @@ by a ``GatheredLoraLinear`` that owns two preallocated stacks of adapter weights
 
 (slot ``slots`` stays zero and stands for "no adapter"). Loading an adapter writes its tensors into
 one slot, ranks padded with zeros and the LoRA scale folded into B; nothing is re-wrapped. Before
-each forward the engine says which slot each batch row uses (``set_rows``); each wrapped layer then
-adds to the base output
+each forward the engine says which slot each batch row uses (``set_rows``). From that, once per
+batch membership (not per step), each layer builds its update in one of two forms:
 
-  * for one token per row (decode), or when one adapter serves the batch: ``(x @ A_act^T * mask) @ B_act^T``
-    where ``A_act``/``B_act`` hold the distinct adapters of the batch side by side (built once and
-    kept while the batch's membership does not change) and ``mask`` keeps each row's own block;
-  * for prompts of several adapters (prefill): two batched matmuls with each row's A and B gathered.
+  * per row: each row's A and B gathered into ``[rows, in, r]`` / ``[rows, r, out]``; the update is
+    two batched matmuls. Minimal flops; used for prompts and for CPU decode steps with many
+    distinct adapters;
+  * side by side: the batch's distinct adapters as one wide ``A [k*r, in]`` and ``B [out, k*r]``,
+    with a 0/1 mask keeping each row's own block: ``(x @ A^T * mask) @ B^T``. Reads each adapter
+    once and launches two kernels whatever k is; used for one adapter, GPU decode steps, and CPU
+    decode steps with few distinct adapters.
 
-Zero padding adds exact zeros, so a row's result is its adapter's ``scale * B @ A @ x`` up to float
-rounding, whatever else is in the batch. Layers whose adapters in the batch hold nothing for them
-are skipped, and each layer works at the largest rank its adapters in the batch actually use.
+Layers that read the same input (q/k/v, gate/up) share one A product, and the B product is added
+into the base output in place (``baddbmm_`` / ``addmm_``), so a Llama decoder layer runs 11 extra
+kernels whatever the number of adapters. Zero padding adds exact zeros, so a row's result is its
+adapter's ``scale * B @ A @ x`` up to float rounding, whatever else is in the batch. Layers that no
+adapter of the batch targets are skipped, and each works at the largest rank its adapters use.
 """
 
 from __future__ import annotations
@@ -109,7 +114,7 @@ class _Plan:
     idx: torch.Tensor  # [rows] slot per row on the device, BASE_ROW mapped to the zero slot
     distinct: tuple[int, ...]
     stale: str | None = None
-    cache: dict[int, Any] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)  # (layer, decode?) -> its update
 
 
 _SKIP = object()
@@ -128,7 +133,7 @@ class GatheredLoraLinear(nn.Module):
         self.in_features = int(base_layer.in_features)
         self.out_features = int(base_layer.out_features)
         self._batcher = batcher
-        # Buffers, not parameters: they never train, and state_dict() of the base stays the base's.
+        # Buffers, not parameters (they never train), kept out of state_dict().
         self.register_buffer("lora_A", torch.zeros(slots + 1, rank, self.in_features, dtype=dtype, device=device),
                              persistent=False)
         self.register_buffer("lora_B", torch.zeros(slots + 1, self.out_features, rank, dtype=dtype, device=device),
