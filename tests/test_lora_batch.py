@@ -262,3 +262,45 @@ def test_broken_weights_file_is_invalid(tiny_base, adapters, tmp_path):
     batcher = LoraBatcher(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8)
     with pytest.raises(InvalidAdapter):
         _load_into(batcher, 0, folder)
+
+
+def test_bf16_adapter_file_into_fp32_slots(tiny_base, adapters, tmp_path):
+    """Adapters are often saved in bf16: the slot converts on copy, as PEFT upcasts on load."""
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(adapters["patterns"], tmp_path / "bf16")
+    weights = folder / "adapter_model.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights)
+    loaded = load_base_model(str(tiny_base), quantize="none")
+    batcher = LoraBatcher(loaded, max_slots=1, max_rank=8)
+    _load_into(batcher, 0, folder)
+    ids = _prompts()[:2]
+    with torch.no_grad(), batcher.rows([0, -1]):
+        ours = loaded.model(ids).logits
+    ref = PeftModel.from_pretrained(load_base_model(str(tiny_base), quantize="none").model, folder)
+    with torch.no_grad():
+        torch.testing.assert_close(ours[:1], ref(ids[:1]).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+def test_mixed_batch_on_cuda_matches_peft(tiny_base, adapters):
+    """The same oracle on a CUDA device (fp32 base), covering pinned staging and the load stream."""
+    from peft import PeftModel
+
+    ids = _prompts().cuda()
+    loaded = load_base_model(str(tiny_base), quantize="none", device="cuda", dtype="float32")
+    batcher = LoraBatcher(loaded, max_slots=len(CONFIGS), max_rank=8)
+    for slot, name in enumerate(CONFIGS):
+        _load_into(batcher, slot, adapters[name])
+    rows = [-1 if n is None else list(CONFIGS).index(n) for n in ROWS]
+    with torch.no_grad(), batcher.rows(rows):
+        logits = loaded.model(ids).logits
+        decode = loaded.model(ids[:, :1]).logits
+    for i, name in enumerate(ROWS):
+        model = load_base_model(str(tiny_base), quantize="none", device="cuda", dtype="float32").model
+        if name is not None:
+            model = PeftModel.from_pretrained(model, adapters[name])
+        with torch.no_grad():
+            torch.testing.assert_close(logits[i], model(ids[i : i + 1]).logits[0], atol=1e-4, rtol=0)
+            torch.testing.assert_close(decode[i], model(ids[i : i + 1, :1]).logits[0], atol=1e-4, rtol=0)
