@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from .adapter_folder import AdapterFolder, read_adapter_folder
+from .atomic_file import write_json_atomic
 from .base_model import check_adapter_fits, load_base_info
 from .blobstore import BlobStore, StoredObject, sha256_file
 from .errors import (
@@ -263,21 +264,7 @@ class LocalRegistry:
         return index
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".registry-", suffix=".json", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(index, f, indent=1, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                if self.durable:
-                    os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.index_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_json_atomic(self.index_path, index, durable=self.durable, sort_keys=True)
         self._cache = None
 
     @contextlib.contextmanager

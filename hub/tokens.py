@@ -10,18 +10,17 @@ re-reading it when it changes, so a revoked token stops working without a restar
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .atomic_file import write_json_atomic
 from .errors import AdapterNotFound, InvalidName
 
 __all__ = ["TokenRecord", "TokenStore", "SCOPES", "READ", "WRITE", "TOKENS_FILE", "TOKEN_PREFIX"]
@@ -74,18 +73,7 @@ class TokenStore:
         return self._cache[1]
 
     def _write(self, records: tuple[TokenRecord, ...]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"tokens": [asdict(r) for r in records]}, f, indent=1)
-                f.write("\n")
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_json_atomic(self.path, {"tokens": [asdict(r) for r in records]}, mode=0o600)
         self._cache = None
 
     def create(self, scope: str, name: str = "") -> tuple[str, TokenRecord]:

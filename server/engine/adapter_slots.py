@@ -33,9 +33,10 @@ from typing import Any
 from hub.adapter_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from hub.errors import AdapterBusy, AdapterNotFound, IncompatibleBase, UnsupportedAdapter
 
+from .cache_stats import CacheStats
 from .lora_batch import LoraBatcher
 
-__all__ = ["AdapterSlots", "SlotHandle", "SlotStats"]
+__all__ = ["AdapterSlots", "SlotHandle"]
 
 
 @dataclass(frozen=True)
@@ -50,22 +51,6 @@ class SlotHandle:
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
-
-
-@dataclass
-class SlotStats:
-    """Counters for ``/metrics``: cache hits and misses, evictions, and time spent loading."""
-
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    loads: int = 0
-    load_seconds: float = 0.0
-    last_load_seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions, "loads": self.loads,
-                "load_seconds": round(self.load_seconds, 6), "last_load_seconds": round(self.last_load_seconds, 6)}
 
 
 @dataclass
@@ -102,7 +87,7 @@ class AdapterSlots:
         self.registry = registry
         self.max_loaded = max_loaded
         self.max_bytes = max_bytes
-        self.stats = SlotStats()
+        self.stats = CacheStats()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # digest -> entry, least recently used first
         self._cond = threading.Condition()
         self._cache_dir: Path | None = None

@@ -20,7 +20,9 @@ from typing import Any
 from hub.adapter_folder import ADAPTER_WEIGHTS
 from hub.errors import AdapterBusy, InvalidAdapter
 
-__all__ = ["SoftPrompt", "SoftPromptCache", "CacheStats"]
+from .cache_stats import CacheStats
+
+__all__ = ["SoftPrompt", "SoftPromptCache"]
 
 
 @dataclass(frozen=True)
@@ -34,17 +36,6 @@ class SoftPrompt:
     @property
     def num_virtual_tokens(self) -> int:
         return int(self.embeddings.shape[0])
-
-
-@dataclass
-class CacheStats:
-    """Counters a cache reports to ``/metrics``."""
-
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    loads: int = 0
-    load_seconds: float = 0.0
 
 
 @dataclass
@@ -89,7 +80,9 @@ class SoftPromptCache:
             prompt = self._load(version)
             with self._lock:
                 self.stats.loads += 1
-                self.stats.load_seconds += time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                self.stats.load_seconds += seconds
+                self.stats.last_load_seconds = seconds
                 self._entries[ref] = _Entry(prompt, pins=1)
                 self._evict_over_budget()
             return prompt
