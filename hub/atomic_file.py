@@ -1,8 +1,10 @@
-"""Replace a small file whole: readers see the old content or the new, never a mix.
+"""Replace a file or a folder whole: readers see the old content or the new, never a mix.
 
-The content goes to a unique temporary file beside the target, optionally fsynced, and lands with
+A small file goes to a unique temporary file beside the target, optionally fsynced, and lands with
 ``os.replace``; a writer that dies leaves at most the temporary (named ``.<stem>-*``), which the
-registry's ``gc`` cleans up.
+registry's ``gc`` cleans up. A folder (a model, a merge's output) is built in a hidden temporary
+folder beside the target and renamed into place only when complete, so a crash never leaves a
+half model that later loads with missing weights.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["write_json_atomic"]
+__all__ = ["write_json_atomic", "staged_folder"]
 
 
 def write_json_atomic(path: Path, doc: Any, *, mode: int = 0o644, durable: bool = False,
@@ -34,4 +37,29 @@ def write_json_atomic(path: Path, doc: Any, *, mode: int = 0o644, durable: bool 
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces ``out`` when the block finishes without error.
+
+    An existing ``out`` is moved aside first and removed after the new one is in place (two
+    renames: a folder cannot replace a non-empty folder in one).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

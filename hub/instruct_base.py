@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from .atomic_file import staged_folder
 
 __all__ = ["INSTRUCT_RECORD", "instruct_tune_base"]
 
@@ -46,9 +47,7 @@ def instruct_tune_base(base_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     set_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as work:
         stats = fit(model, tokenizer, data.rows, work / "checkpoints", config, progress=progress,
                     description="instruction-tune base")
         shutil.rmtree(work / "checkpoints")
@@ -57,10 +56,4 @@ def instruct_tune_base(base_dir: str | os.PathLike, out_dir: str | os.PathLike, 
         record = {"from": str(Path(base_dir).resolve()), "data_sha256": data_digest(data_file),
                   "config": config.to_dict(), "steps": stats.steps, "train_loss": stats.train_loss}
         (work / INSTRUCT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return out

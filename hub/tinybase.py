@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .atomic_file import staged_folder
 
 __all__ = ["TinyBaseSpec", "build_tiny_base", "DEFAULT_TINY_BASE_NAME", "CHAT_TEMPLATE"]
 
@@ -101,7 +101,6 @@ def build_tiny_base(out_dir: str | os.PathLike, spec: TinyBaseSpec | None = None
     if out.exists():
         if not force and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not empty (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     n_vocab = 256 + len(SPECIAL_TOKENS)
     config = LlamaConfig(
@@ -135,16 +134,9 @@ def build_tiny_base(out_dir: str | os.PathLike, spec: TinyBaseSpec | None = None
     )
     tokenizer.chat_template = CHAT_TEMPLATE
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "adapterhub_tiny_base.json").write_text(json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 

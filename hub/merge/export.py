@@ -11,10 +11,10 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..atomic_file import staged_folder
 from ..errors import MergeError
 
 __all__ = ["staged_output", "copy_model_files", "write_model_card", "WEIGHT_SUFFIXES"]
@@ -34,21 +34,8 @@ def staged_output(out: str | os.PathLike, *, force: bool = False) -> Iterator[Pa
         raise MergeError(f"{out} already exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
         raise MergeError(f"{out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         yield tmp
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def copy_model_files(base_dir: Path, out_dir: Path, *, untied: bool, dtype: str | None) -> list[str]:
