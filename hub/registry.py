@@ -17,14 +17,11 @@ without its bytes.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,12 +33,12 @@ from .base_model import check_adapter_fits, load_base_info
 from .blobstore import BlobStore, StoredObject, sha256_file
 from .errors import (
     AdapterNotFound,
-    ConcurrentModification,
     InvalidAdapter,
     InvalidName,
     ObjectMissing,
     RegistryCorrupt,
 )
+from .file_lock import EXCLUSIVE, SHARED, file_lock
 from .refs import LATEST, Reference, parse_reference, validate_name, validate_tag
 
 __all__ = [
@@ -57,7 +54,6 @@ __all__ = [
 
 INDEX_NAME = "registry.json"
 SCHEMA_VERSION = 1
-_LOCK_TIMEOUT_S = 120.0
 FSYNC_ENV = "ADAPTERHUB_FSYNC"
 
 
@@ -267,32 +263,13 @@ class LocalRegistry:
         write_json_atomic(self.index_path, index, durable=self.durable, sort_keys=True)
         self._cache = None
 
-    @contextlib.contextmanager
-    def _flock(self, name: str, mode: int) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + _LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except OSError as e:
-                    if e.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise ConcurrentModification(
-                            f"{self.root / name} is held by another process for over {_LOCK_TIMEOUT_S:.0f} s"
-                        ) from e
-                    time.sleep(0.01)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def _flock(self, name: str, mode: int) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.root / name, mode)
 
     @contextlib.contextmanager
     def _mutating(self) -> Iterator[dict[str, Any]]:
         """Read-modify-write of the index under the writers' lock; the write happens only on success."""
-        with self._flock("registry.lock", fcntl.LOCK_EX):
+        with self._flock("registry.lock", EXCLUSIVE):
             self._cache = None
             index = json.loads(json.dumps(self._read_index()))  # private copy: the cache stays intact
             yield index
@@ -398,7 +375,7 @@ class LocalRegistry:
         self._read_index()  # an unreadable index fails the push before any object is stored
         adapter = read_adapter_folder(folder)
         base_record = self._base_record(adapter, base)
-        with self._flock("objects.lock", fcntl.LOCK_SH):  # keeps gc away from objects not yet indexed
+        with self._flock("objects.lock", SHARED):  # keeps gc away from objects not yet indexed
             stored = [(p, self.store.put_file(adapter.path / p)) for p in adapter.files]
             files = tuple(FileEntry(p, o.digest, o.size) for p, o in stored)
             record = AdapterVersion(
@@ -541,7 +518,7 @@ class LocalRegistry:
 
     def put_object(self, stream, expected: str) -> StoredObject:
         """Store bytes that must hash to ``expected`` (remote pushes upload objects one by one)."""
-        with self._flock("objects.lock", fcntl.LOCK_SH):
+        with self._flock("objects.lock", SHARED):
             return self.store.put_stream(stream, expected)
 
     # --- maintenance ---------------------------------------------------------------------------
@@ -579,7 +556,7 @@ class LocalRegistry:
     def gc(self) -> GcReport:
         """Remove objects no version references, and temporaries of writers that died."""
         report = GcReport()
-        with self._flock("objects.lock", fcntl.LOCK_EX), self._flock("registry.lock", fcntl.LOCK_EX):
+        with self._flock("objects.lock", EXCLUSIVE), self._flock("registry.lock", EXCLUSIVE):
             self._cache = None
             index = self._read_index()
             referenced = {

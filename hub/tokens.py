@@ -10,6 +10,7 @@ re-reading it when it changes, so a revoked token stops working without a restar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -22,6 +23,7 @@ from typing import Any
 
 from .atomic_file import write_json_atomic
 from .errors import AdapterNotFound, InvalidName
+from .file_lock import file_lock
 
 __all__ = ["TokenRecord", "TokenStore", "SCOPES", "READ", "WRITE", "TOKENS_FILE", "TOKEN_PREFIX"]
 
@@ -29,6 +31,7 @@ READ = "read"
 WRITE = "write"
 SCOPES = (READ, WRITE)
 TOKENS_FILE = "tokens.json"
+TOKENS_LOCK = "tokens.lock"
 TOKEN_PREFIX = "ahub_"
 
 
@@ -72,6 +75,10 @@ class TokenStore:
             self._cache = (key, tuple(TokenRecord(**t) for t in doc.get("tokens", [])))
         return self._cache[1]
 
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """Serialise read-modify-write of the tokens file, so concurrent creates lose nothing."""
+        return file_lock(self.path.with_name(TOKENS_LOCK))
+
     def _write(self, records: tuple[TokenRecord, ...]) -> None:
         write_json_atomic(self.path, {"tokens": [asdict(r) for r in records]}, mode=0o600)
         self._cache = None
@@ -85,15 +92,17 @@ class TokenStore:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
         record = TokenRecord(secrets.token_hex(4), name, scope, _hash(token), created)
-        self._write(self.records() + (record,))
+        with self._locked():
+            self._write(self.records() + (record,))
         return token, record
 
     def revoke(self, token_id: str) -> TokenRecord:
-        records = self.records()
-        hit = [r for r in records if r.id == token_id]
-        if not hit:
-            raise AdapterNotFound(f"no token with id {token_id!r} in {self.path}")
-        self._write(tuple(r for r in records if r.id != token_id))
+        with self._locked():
+            records = self.records()
+            hit = [r for r in records if r.id == token_id]
+            if not hit:
+                raise AdapterNotFound(f"no token with id {token_id!r} in {self.path}")
+            self._write(tuple(r for r in records if r.id != token_id))
         return hit[0]
 
     def authenticate(self, token: str) -> TokenRecord | None:
