@@ -264,9 +264,7 @@ def completions():
             "model": model}
 
     if not stream:
-        for c in choices:
-            for _ in _events(c, label, metrics):
-                pass
+        _drain(choices, label, metrics)
         return jsonify({**meta, "choices": [
             {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason,
              **({"token_ids": c.token_ids} if want_ids else {})}
@@ -283,6 +281,13 @@ def completions():
             yield {**meta, "choices": [], "usage": _usage(choices, n)}
 
     return _sse(chunks(), choices)
+
+
+def _drain(choices: list[Any], label: str, metrics: Any) -> None:
+    """Wait for every choice to finish, recording its tokens as a stream would."""
+    for c in choices:
+        for _ in _events(c, label, metrics):
+            pass
 
 
 # --- /v1/chat/completions ------------------------------------------------------------------------
@@ -328,9 +333,7 @@ def chat_completions():
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
 
     if not stream:
-        for c in choices:
-            for _ in _events(c, label, metrics):
-                pass
+        _drain(choices, label, metrics)
         return jsonify({**meta, "object": "chat.completion", "choices": [
             {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
              "finish_reason": c.finish_reason, **({"token_ids": c.token_ids} if want_ids else {})}

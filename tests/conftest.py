@@ -41,6 +41,26 @@ def tiny_base(tmp_path_factory) -> Path:
     return build_tiny_base(tmp_path_factory.mktemp("bases") / "tiny-llama")
 
 
+def snapshot(root: Path) -> dict[str, bytes | int]:
+    """Every file under a registry folder (index bytes, objects by size), to prove nothing changed."""
+    out: dict[str, bytes | int] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "registry.lock" and p.name != "objects.lock":
+            rel = str(p.relative_to(root))
+            out[rel] = p.read_bytes() if p.suffix == ".json" else p.stat().st_size
+    return out
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A registry hub served on a loopback port for the test."""
+    from remote_helpers import start_hub
+
+    h = start_hub(tmp_path / "hub")
+    yield h
+    h.handle.close()
+
+
 def _load(base: Path):
     from transformers import AutoModelForCausalLM
 

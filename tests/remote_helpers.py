@@ -83,13 +83,3 @@ def start_hub(root: Path, config: dict[str, Any] | None = None) -> Hub:
     counter = ByteCounter(create_app(registry, config=config))
     handle = start_in_thread(counter, threads=8)
     return Hub(handle.url, registry, counter, write_token, read_token, handle)
-
-
-def snapshot(root: Path) -> dict[str, bytes | int]:
-    """Every file under a registry folder (index bytes, objects by size), to prove nothing changed."""
-    out: dict[str, bytes | int] = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != "registry.lock" and p.name != "objects.lock":
-            rel = str(p.relative_to(root))
-            out[rel] = p.read_bytes() if p.suffix == ".json" else p.stat().st_size
-    return out

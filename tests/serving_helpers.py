@@ -41,6 +41,20 @@ def push_serving_adapters(registry: Any, base: Path, workdir: Path) -> dict[str,
     return folders
 
 
+def start_test_engine(base: Path, workdir: Path) -> tuple[Any, Any, dict[str, Path]]:
+    """A registry holding the ``ADAPTER_SPECS`` adapters and a started engine on ``base`` (fp32, CPU):
+    returns (registry, engine, name -> PEFT folder); the caller stops the engine."""
+    from hub.registry import LocalRegistry
+    from server.engine.engine import create_engine
+    from server.engine.model_loader import load_base_model
+
+    registry = LocalRegistry(workdir / "registry")
+    folders = push_serving_adapters(registry, base, workdir / "adapters")
+    loaded = load_base_model(str(base), quantize="none", device="cpu")
+    engine = create_engine(loaded, registry, max_batch_size=8, max_loaded_adapters=4).start()
+    return registry, engine, folders
+
+
 @functools.lru_cache(maxsize=16)
 def _model(base: str, adapter: str | None, quantize: str) -> Any:
     import torch

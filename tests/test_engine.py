@@ -19,17 +19,14 @@ from hub.tinybase import TinyBaseSpec, build_tiny_base
 from server.engine.engine import ContextTooLong, create_engine
 from server.engine.model_loader import load_base_model
 from server.engine.requests import SamplingParams, StopText
-from serving_helpers import peft_greedy, push_serving_adapters
+from serving_helpers import peft_greedy, push_serving_adapters, start_test_engine
 
 GREEDY = dict(temperature=0)
 
 
 @pytest.fixture(scope="module")
 def served(tiny_base, tmp_path_factory):
-    registry = LocalRegistry(tmp_path_factory.mktemp("engine-registry"))
-    folders = push_serving_adapters(registry, tiny_base, tmp_path_factory.mktemp("engine-adapters"))
-    loaded = load_base_model(str(tiny_base), quantize="none", device="cpu")
-    engine = create_engine(loaded, registry, max_batch_size=8, max_loaded_adapters=4).start()
+    _, engine, folders = start_test_engine(tiny_base, tmp_path_factory.mktemp("engine"))
     yield engine, folders
     engine.stop()
 

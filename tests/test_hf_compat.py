@@ -97,13 +97,6 @@ def _logits(base: Path, adapter: Path) -> torch.Tensor:
 
 
 @pytest.fixture
-def hub(tmp_path):
-    h = start_hub(tmp_path / "hub")
-    yield h
-    h.handle.close()
-
-
-@pytest.fixture
 def closed_hub(tmp_path):
     h = start_hub(tmp_path / "closed-hub", config={READ_TOKEN_REQUIRED: True})
     yield h

@@ -18,18 +18,14 @@ import pytest
 from hub.registry import LocalRegistry
 from hub.tinybase import TinyBaseSpec, build_tiny_base
 from server.app import create_app
-from server.engine.engine import create_engine
 from server.engine.model_loader import load_base_model
 from server.wsgi import start_in_thread
-from serving_helpers import peft_greedy, push_serving_adapters
+from serving_helpers import peft_greedy, start_test_engine
 
 
 @pytest.fixture(scope="module")
 def stack(tiny_base, tmp_path_factory):
-    registry = LocalRegistry(tmp_path_factory.mktemp("api-registry"))
-    folders = push_serving_adapters(registry, tiny_base, tmp_path_factory.mktemp("api-adapters"))
-    loaded = load_base_model(str(tiny_base), quantize="none", device="cpu")
-    engine = create_engine(loaded, registry, max_batch_size=8, max_loaded_adapters=4).start()
+    registry, engine, folders = start_test_engine(tiny_base, tmp_path_factory.mktemp("api"))
     app = create_app(registry, engine=engine)
     with start_in_thread(app, threads=8, send_bytes=1) as server:  # as `adapterhub serve` runs it
         yield app, engine, folders, server

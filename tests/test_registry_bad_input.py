@@ -10,13 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from conftest import snapshot
 from hub.registry import LocalRegistry
-
-
-def snapshot(root: Path) -> tuple[bytes | None, list[str]]:
-    index = root / "registry.json"
-    objects = sorted(str(p.relative_to(root)) for p in (root / "objects").rglob("*") if p.is_file()) if (root / "objects").exists() else []
-    return (index.read_bytes() if index.exists() else None), objects
 
 
 @pytest.fixture

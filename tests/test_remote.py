@@ -19,16 +19,8 @@ from cli.main import cli
 from hub.errors import DigestMismatch, RemoteError
 from hub.registry import LocalRegistry
 from hub.remote import RemoteRegistry
-from remote_helpers import start_hub
 
 FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-@pytest.fixture
-def hub(tmp_path):
-    h = start_hub(tmp_path / "hub")
-    yield h
-    h.handle.close()
 
 
 @pytest.fixture

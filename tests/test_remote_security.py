@@ -13,7 +13,8 @@ import pytest
 from hub.errors import AuthError, InvalidName, PermissionDenied, RemoteError
 from hub.remote import RemoteRegistry
 from hub.tokens import TokenStore
-from remote_helpers import snapshot, start_hub
+from conftest import snapshot
+from remote_helpers import start_hub
 from server.auth import READ_TOKEN_REQUIRED
 from server.registry_api import ALLOW_LOCAL_BASES, MAX_JSON_BYTES, MAX_OBJECT_BYTES
 
