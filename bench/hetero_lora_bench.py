@@ -19,6 +19,7 @@ against the number of distinct adapters and against rank (ours, PEFT, base).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -74,15 +75,15 @@ def _save_tokenizer(folder: Path, vocab: int) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", pad_token="t0").save_pretrained(folder)
 
 
-def make_adapters(base: Path, out: Path, ranks: list[int], count: int, device: torch.device,
+def make_adapters(base: Path, out: Path, counts: dict[int, int], device: torch.device,
                   dtype: torch.dtype) -> dict[int, list[Path]]:
-    """``count`` rank-r adapters per rank (alpha 2r, all linear layers, random non-zero B)."""
+    """``counts[r]`` rank-r adapters per rank r (alpha 2r, all linear layers, random non-zero B)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, device_map={"": str(device)})
     made: dict[int, list[Path]] = {}
-    for rank in ranks:
+    for rank, count in counts.items():
         peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
                                                       task_type="CAUSAL_LM"))
         made[rank] = []
@@ -144,36 +145,62 @@ def generate(model, ids: torch.Tensor, new: int, device: torch.device, **kw) -> 
 
 
 def measure_config(c: Contenders, ids: torch.Tensor, new: int, rank: int, distinct: int,
-                   adapters: dict[int, list[Path]], refs: dict[Path, str], rounds: int) -> dict:
-    """Interleaved rounds of base / PEFT mixed / ours for one (rank, distinct adapters) point."""
+                   adapters: dict[int, list[Path]], refs: dict[Path, str], rounds: int, peft_rounds: int) -> dict:
+    """Interleaved rounds of base / PEFT mixed / ours for one (rank, distinct adapters) point.
+
+    PEFT runs in the first ``peft_rounds`` rounds only (0: not at all): on a GPU one PEFT round
+    with 32 distinct adapters costs as much as fifty of the others.
+    """
     batch = ids.shape[0]
     chosen = [adapters[rank][i % distinct] for i in range(batch)]
     names = [_peft_name(p) for p in chosen]
     rows = c.ours_rows([refs[p] for p in chosen])
     times: dict[str, list[float]] = {"base": [], "peft": [], "ours": []}
     tokens = {}
-    for _ in range(rounds):
+    for i in range(rounds):
         t, _ = generate(c.bare, ids, new, c.device)
         times["base"].append(t)
-        t, tokens["peft"] = generate(c.peft, ids, new, c.device, adapter_names=names)
-        times["peft"].append(t)
+        if i < peft_rounds:
+            t, tokens["peft"] = generate(c.peft, ids, new, c.device, adapter_names=names)
+            times["peft"].append(t)
         with c.batcher.rows(rows):
             t, tokens["ours"] = generate(c.loaded.model, ids, new, c.device)
         times["ours"].append(t)
-    tps = {k: batch * new / min(v) for k, v in times.items()}
-    median = {k: batch * new / statistics.median(v) for k, v in times.items()}
+    tps = {k: batch * new / min(v) for k, v in times.items() if v}
+    median = {k: batch * new / statistics.median(v) for k, v in times.items() if v}
     point = {
         "rank": rank, "distinct_adapters": distinct,
-        "base_tok_s": round(tps["base"], 2), "peft_tok_s": round(tps["peft"], 2), "ours_tok_s": round(tps["ours"], 2),
-        "peft_vs_base": round(tps["peft"] / tps["base"], 3), "ours_vs_base": round(tps["ours"] / tps["base"], 3),
-        "ours_vs_peft": round(tps["ours"] / tps["peft"], 2),
-        "median_rounds": {"peft_vs_base": round(median["peft"] / median["base"], 3),
-                          "ours_vs_base": round(median["ours"] / median["base"], 3)},
-        "greedy_tokens_equal_peft": bool(torch.equal(tokens["peft"], tokens["ours"])),
+        "base_tok_s": round(tps["base"], 2), "ours_tok_s": round(tps["ours"], 2),
+        "ours_vs_base": round(tps["ours"] / tps["base"], 3),
+        "median_rounds": {"ours_vs_base": round(median["ours"] / median["base"], 3)},
         "rounds_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
     }
+    if "peft" in tps:
+        point.update(peft_tok_s=round(tps["peft"], 2), peft_vs_base=round(tps["peft"] / tps["base"], 3),
+                     ours_vs_peft=round(tps["ours"] / tps["peft"], 2),
+                     greedy_tokens_equal_peft=bool(torch.equal(tokens["peft"], tokens["ours"])))
+        point["median_rounds"]["peft_vs_base"] = round(median["peft"] / median["base"], 3)
     emit(what="throughput", **point)
     return point
+
+
+def peft_from_baseline(point: dict, baseline: list[dict], batch: int) -> None:
+    """Fill a point PEFT was not run on in-process from the baseline script's figure on the same card.
+
+    The script measures PEFT's mixed batch at rank 16 for 8 and N_AD distinct adapters. Its ratio
+    is taken against the bare base of this point's own rounds, not the script's base figure: that
+    one is the script's first full-batch ``generate``, which on CUDA carries first-use costs (our
+    own first base round took 4.5x the later ones on the H100).
+    """
+    got = {line["what"]: line["value"] for line in baseline if "what" in line and "value" in line}
+    mixed = got.get(f"peft_mixed_{point['distinct_adapters']}adapters_bs{batch}_tok_s")
+    measured_here = "peft_tok_s" in point and "peft_source" not in point
+    if measured_here or point["rank"] != 16 or mixed is None:
+        return
+    point.update(peft_tok_s=mixed, peft_vs_base=round(mixed / point["base_tok_s"], 4),
+                 ours_vs_peft=round(point["ours_tok_s"] / mixed, 2),
+                 peft_source="peft_baseline.py on the same card, against this point's bare base")
+
 
 
 def measure_steps(c: Contenders, ids: torch.Tensor, new: int, rank: int, distinct: int,
@@ -278,7 +305,7 @@ def plot(points: list[dict], config: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     batch, rank = config["batch"], config["rank"]
-    full = min(batch, config["adapters"])
+    full = min(batch, config.get("rank_sweep_adapters") or config["adapters"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     by_n = sorted((p for p in points if p["rank"] == rank), key=lambda p: p["distinct_adapters"])
     by_r = sorted((p for p in points if p["distinct_adapters"] == full), key=lambda p: p["rank"])
@@ -287,7 +314,12 @@ def plot(points: list[dict], config: dict, path: Path) -> None:
         xs = [p[key] for p in series]
         ax.axhline(1.0, color="k", linestyle="--", label="bare base")
         ax.plot(xs, [p["ours_vs_base"] for p in series], "o-", label="adapterhub gathered LoRA")
-        ax.plot(xs, [p["peft_vs_base"] for p in series], "s-", label="PEFT mixed batch (adapter_names)")
+        peft = [p for p in series if "peft_vs_base" in p]
+        ax.plot([p[key] for p in peft], [p["peft_vs_base"] for p in peft], "s-",
+                label="PEFT mixed batch (adapter_names)")
+        borrowed = [p for p in peft if "peft_source" in p]
+        ax.plot([p[key] for p in borrowed], [p["peft_vs_base"] for p in borrowed], "s", color="white",
+                markersize=4, label="PEFT figure from peft_baseline.py (same card)" if borrowed else None)
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel(label)
@@ -318,19 +350,31 @@ def main() -> None:
     ap.add_argument("--sweep-ranks", default="8,16,64")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the headline point")
     ap.add_argument("--sweep-rounds", type=int, default=3, help="interleaved rounds of each sweep point")
+    ap.add_argument("--peft-rounds", type=int, default=None,
+                    help="rounds PEFT joins at each point (default: all); 0 leaves PEFT out")
+    ap.add_argument("--peft-max-distinct", type=int, default=None,
+                    help="run PEFT in-process only at points with at most this many distinct adapters; the "
+                         "others take PEFT's figure from --peft-baseline (same card)")
+    ap.add_argument("--rank-sweep-adapters", type=int, default=None,
+                    help="distinct adapters in the rank sweep (default: --adapters)")
     ap.add_argument("--load-trials", type=int, default=16)
     ap.add_argument("--prefill-samples", type=int, default=5)
-    ap.add_argument("--step-samples", type=int, default=20)
+    ap.add_argument("--step-samples", type=int, default=20, help="0 skips the forward samples")
     ap.add_argument("--samples-only", action="store_true", help="only the interleaved forward samples of the headline")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--headline-only", action="store_true", help="skip the sweeps")
     ap.add_argument("--peft-baseline", default=None, help="path of peft_baseline.py to run first on this machine")
     ap.add_argument("--plot", default=None, help="PNG path for the throughput plot")
     ap.add_argument("--save", default=None, help="write the summary document to this JSON file")
-    ap.add_argument("--replot", default=None, help="draw --plot from a saved summary instead of measuring")
+    ap.add_argument("--replot", default=None,
+                    help="draw --plot (and rewrite --save) from a saved summary instead of measuring")
     args = ap.parse_args()
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
+        for point in saved["points"]:
+            peft_from_baseline(point, saved.get("peft_baseline_script", []), saved["config"]["batch"])
+        if args.save:
+            Path(args.save).write_text(json.dumps(saved, indent=2) + "\n")
         plot(saved["points"], saved["config"], Path(args.plot))
         return
 
@@ -342,17 +386,22 @@ def main() -> None:
     emit(what="config", **{k: v for k, v in vars(args).items()}, torch=torch.__version__,
          device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     summary: dict = {"config": vars(args)}
-    if args.peft_baseline:
-        summary["peft_baseline_script"] = run_peft_baseline(args.peft_baseline, args)
 
     distinct = sorted({n for n in map(int, args.sweep_distinct.split(",")) if n <= args.batch} | {args.adapters})
     ranks = sorted({args.rank} | (set() if args.headline_only else set(map(int, args.sweep_ranks.split(",")))))
-    count = max(distinct)
+    rank_distinct = args.rank_sweep_adapters or args.adapters
+    counts = {r: max(distinct) if r == args.rank else rank_distinct for r in ranks}
+
+    def peft_rounds(n: int, rounds: int) -> int:
+        if args.peft_max_distinct is not None and n > args.peft_max_distinct:
+            return 0
+        return rounds if args.peft_rounds is None else min(rounds, args.peft_rounds)
+
     with tempfile.TemporaryDirectory(prefix="hetero-bench-") as tmp:
         work = Path(tmp)
         base = work / "base"
         build_base(base, args.shape, device, dtype)
-        adapters = make_adapters(base, work / "adapters", ranks, count, device, dtype)
+        adapters = make_adapters(base, work / "adapters", counts, device, dtype)
         registry = LocalRegistry(work / "registry", durable=False)
         refs = {}
         for paths in adapters.values():
@@ -367,21 +416,33 @@ def main() -> None:
         with c.batcher.rows(c.ours_rows([refs[adapters[args.rank][0]]] * 2)):
             generate(c.loaded.model, ids[:2], 2, device)
 
-        summary["headline_forward_samples"] = measure_steps(c, ids, args.new, args.rank, args.adapters, adapters, refs,
-                                                            args.prefill_samples, args.step_samples)
+        if args.step_samples:
+            summary["headline_forward_samples"] = measure_steps(c, ids, args.new, args.rank, args.adapters, adapters,
+                                                                refs, args.prefill_samples, args.step_samples)
         if args.samples_only:
             print(json.dumps({"what": "summary", **summary}, indent=2), flush=True)
             return
-        summary["headline"] = measure_config(c, ids, args.new, args.rank, args.adapters, adapters, refs, args.rounds)
+        summary["headline"] = measure_config(c, ids, args.new, args.rank, args.adapters, adapters, refs, args.rounds,
+                                             peft_rounds(args.adapters, args.rounds))
         summary["adapter_load"] = measure_loads(c, adapters[args.rank], refs, args.load_trials)
         points = [summary["headline"]]
         if not args.headline_only:
-            points += [measure_config(c, ids, args.new, args.rank, n, adapters, refs, args.sweep_rounds)
+            points += [measure_config(c, ids, args.new, args.rank, n, adapters, refs, args.sweep_rounds,
+                                      peft_rounds(n, args.sweep_rounds))
                        for n in distinct if n != args.adapters]
-            points += [measure_config(c, ids, args.new, r, args.adapters, adapters, refs, args.sweep_rounds)
+            points += [measure_config(c, ids, args.new, r, rank_distinct, adapters, refs, args.sweep_rounds,
+                                      peft_rounds(rank_distinct, args.sweep_rounds))
                        for r in ranks if r != args.rank]
         summary["points"] = points
         summary["slot_stats"] = c.slots.stats.to_dict()
+        del c  # free the card for the baseline script
+    if args.peft_baseline:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        summary["peft_baseline_script"] = run_peft_baseline(args.peft_baseline, args)
+        for point in points:
+            peft_from_baseline(point, summary["peft_baseline_script"], args.batch)
     if args.plot and len(points) > 1:
         plot(points, vars(args), Path(args.plot))
     if args.save:

@@ -56,12 +56,12 @@ def start_test_engine(base: Path, workdir: Path) -> tuple[Any, Any, dict[str, Pa
 
 
 @functools.lru_cache(maxsize=16)
-def _model(base: str, adapter: str | None, quantize: str) -> Any:
+def _model(base: str, adapter: str | None, quantize: str, device: str) -> Any:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "device_map": {"": "cpu"}}
+    kwargs: dict[str, Any] = {"dtype": torch.float32, "device_map": {"": device}}
     if quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
@@ -74,13 +74,13 @@ def _model(base: str, adapter: str | None, quantize: str) -> Any:
 
 
 def peft_greedy(base: Path, adapter: Path | None, prompt_ids: list[int], max_new_tokens: int,
-                quantize: str = "none") -> list[int]:
+                quantize: str = "none", device: str = "cpu") -> list[int]:
     """The tokens PEFT generates greedily (stopping at EOS like the server)."""
     import torch
 
-    model = _model(str(base), None if adapter is None else str(adapter), quantize)
+    model = _model(str(base), None if adapter is None else str(adapter), quantize, device)
     is_prompt = adapter is not None and model.peft_config["default"].peft_type == "PROMPT_TUNING"
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=device)
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=256, use_cache=not is_prompt)

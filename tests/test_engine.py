@@ -223,18 +223,29 @@ def test_adapter_cache_evicts_least_recently_used(tiny_base, tmp_path):
         assert engine.soft_prompts.stats.evictions == 1
 
 
-@pytest.mark.parametrize("quantize", ["nf4", "int8"])
-def test_quantized_base_mixed_batch_matches_peft_on_the_same_quantization(tiny_base, tmp_path, quantize):
+def _quantized_engine_matches_peft(tiny_base, tmp_path, quantize: str, device: str) -> None:
     registry = LocalRegistry(tmp_path / "reg")
     folders = push_serving_adapters(registry, tiny_base, tmp_path / "adapters")
-    loaded = load_base_model(str(tiny_base), quantize=quantize, device="cpu")
+    loaded = load_base_model(str(tiny_base), quantize=quantize, device=device, dtype="float32")
     with create_engine(loaded, registry, max_batch_size=8, max_loaded_adapters=4) as engine:
         cases = [(None, "quantized base", 12), ("lora-all", "quantized lora", 12), ("prompt-7", "prompt", 12),
                  ("lora-qv", "q", 8)]
         running = [(m, *_run(engine, m, t, n, **GREEDY), n) for m, t, n in cases]
         for model, ids, request, n in running:
             got, _ = _tokens(request)
-            assert got == peft_greedy(tiny_base, folders.get(model), ids, n, quantize=quantize), model
+            assert got == peft_greedy(tiny_base, folders.get(model), ids, n, quantize=quantize, device=device), model
+
+
+@pytest.mark.parametrize("quantize", ["nf4", "int8"])
+def test_quantized_base_mixed_batch_matches_peft_on_the_same_quantization(tiny_base, tmp_path, quantize):
+    _quantized_engine_matches_peft(tiny_base, tmp_path, quantize, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantize", ["none", "nf4", "int8"])
+def test_engine_on_cuda_matches_peft_on_the_same_quantization(tiny_base, tmp_path, quantize):
+    """The whole engine (LoRA slots, soft prompts, base rows, continuous batching) on a CUDA base."""
+    _quantized_engine_matches_peft(tiny_base, tmp_path, quantize, "cuda")
 
 
 def test_a_failing_step_fails_only_its_requests_and_the_engine_keeps_serving(served):
