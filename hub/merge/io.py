@@ -16,39 +16,21 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
+
+import numpy as np
 
 from ..base_model import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, base_weight_files
 from ..errors import IncompatibleBase, MergeError
 from ..safetensors_header import SafetensorsFormatError, TensorInfo, read_safetensors_header
+from .dtypes import DTYPE_BYTES, from_float32, numpy_dtype, to_float32
 
-if TYPE_CHECKING:
-    import torch
-
-__all__ = ["ShardedReader", "ShardedWriter", "TensorSpec", "torch_dtype", "DTYPE_BYTES"]
+__all__ = ["ShardedReader", "ShardedWriter", "TensorSpec"]
 
 log = logging.getLogger(__name__)
 
-# Every dtype the format defines: tensors of any of them pass through a merge as raw bytes, even
-# those torch cannot compute with (only edited tensors need a torch dtype).
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "U16": 2, "U32": 4, "U64": 8, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1}
 _CHUNK_BYTES = 16 * 1024 * 1024
 _WRITE_BYTES = 8 * 1024 * 1024
-
-
-def torch_dtype(code: str) -> "torch.dtype":
-    """The torch dtype of a safetensors dtype code (``F32``, ``BF16``, ...)."""
-    import torch
-
-    table = {
-        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-        "BOOL": torch.bool,
-    }
-    if code not in table:
-        raise MergeError(f"tensors of dtype {code} cannot be merged")
-    return table[code]
 
 
 @dataclass(frozen=True)
@@ -128,19 +110,22 @@ class ShardedReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def get(self, name: str, buffer: "torch.Tensor | None" = None) -> "torch.Tensor":
-        """The whole tensor, in its stored dtype; read into the front of ``buffer`` (uint8) when given."""
-        import torch
-
+    def get(self, name: str, buffer: np.ndarray | None = None) -> np.ndarray:
+        """The whole tensor as stored (``numpy_dtype`` of its code); read into the front of ``buffer``
+        (uint8) when given, so the result is a view of it."""
         loc = self._where[name]
         start, end = loc.info.offsets
-        buf = torch.empty(end - start, dtype=torch.uint8) if buffer is None else buffer[: end - start]
+        buf = np.empty(end - start, dtype=np.uint8) if buffer is None else buffer[: end - start]
         if end > start:
             fh = self._handle(loc.file)
             fh.seek(loc.data_start + start)
-            if fh.readinto(buf.numpy()) != end - start:
+            if fh.readinto(buf) != end - start:
                 raise IncompatibleBase(f"base {self.folder}: {loc.file.name} is truncated at {name}")
-        return buf.view(torch_dtype(loc.info.dtype)).reshape(loc.info.shape)
+        return buf.view(numpy_dtype(loc.info.dtype)).reshape(loc.info.shape)
+
+    def get_float32(self, name: str, buffer: np.ndarray | None = None) -> np.ndarray:
+        """The tensor's values as float32 (F32: a view of ``buffer`` when given, else a fresh array)."""
+        return to_float32(self.get(name, buffer), self.info(name).dtype)
 
     def byte_range(self, name: str) -> tuple[Path, int, int]:
         """(file, absolute offset, length) of a tensor's bytes, for an in-kernel copy."""
@@ -150,8 +135,6 @@ class ShardedReader:
 
     def iter_chunks(self, name: str, dtype: str | None = None) -> Iterator[memoryview]:
         """The tensor's bytes in bounded chunks, converted to ``dtype`` chunk by chunk when it differs."""
-        import torch
-
         loc = self._where[name]
         src = loc.info.dtype
         width = DTYPE_BYTES[src]
@@ -162,12 +145,12 @@ class ShardedReader:
         while pos < end:
             n = min(step, end - pos)
             fh.seek(loc.data_start + pos)
-            buf = torch.empty(n, dtype=torch.uint8)
-            if fh.readinto(buf.numpy()) != n:
+            buf = np.empty(n, dtype=np.uint8)
+            if fh.readinto(buf) != n:
                 raise IncompatibleBase(f"base {self.folder}: {loc.file.name} is truncated at {name}")
             if dtype is not None and dtype != src:
-                buf = buf.view(torch_dtype(src)).to(torch_dtype(dtype)).view(torch.uint8)
-            yield memoryview(buf.numpy())
+                buf = from_float32(to_float32(buf.view(numpy_dtype(src)), src), dtype)
+            yield memoryview(buf).cast("B")
             pos += n
 
 
@@ -240,16 +223,13 @@ class ShardedWriter:
         self._next += 1
         return self._fh[1], spec
 
-    def write_tensor(self, name: str, tensor: "torch.Tensor") -> None:
-        """Write the next planned tensor; its dtype and shape must be the planned ones."""
+    def write_tensor(self, name: str, array: np.ndarray) -> None:
+        """Write the next planned tensor from an array of its planned shape and ``numpy_dtype``."""
         fh, spec = self._begin(name)
-        if tuple(tensor.shape) != spec.shape or tensor.dtype != torch_dtype(spec.dtype):
-            raise MergeError(f"internal: {name} is {tensor.dtype} {list(tensor.shape)}, planned {spec.dtype} {list(spec.shape)}")
-        import torch
-
-        flat = tensor.contiguous().reshape(-1)
-        if flat.numel():
-            _write_all(fh, memoryview(flat.view(torch.uint8).numpy()))
+        if tuple(array.shape) != spec.shape or array.dtype != numpy_dtype(spec.dtype):
+            raise MergeError(f"internal: {name} is {array.dtype} {list(array.shape)}, planned {spec.dtype} {list(spec.shape)}")
+        if array.size:
+            _write_all(fh, memoryview(np.ascontiguousarray(array)).cast("B"))
 
     def write_chunks(self, name: str, chunks: Iterator[memoryview]) -> None:
         """Write the next planned tensor from raw little-endian bytes (a pass-through copy)."""

@@ -1,7 +1,8 @@
 """Per-module LoRA math: what one adapter adds to one base weight, exactly as PEFT computes it.
 
-Every function returns tensors in the base checkpoint's own layout (GPT-2's ``Conv1D`` stores
-``in x out``), in float32, so the caller only ever adds or combines same-shaped deltas.
+Every function returns float32 numpy arrays in the base checkpoint's own layout (GPT-2's
+``Conv1D`` stores ``in x out``), so the caller only ever adds or combines same-shaped deltas.
+Adapter files are read without torch (see ``dtypes``).
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
 
 from ..adapter_folder import ADAPTER_WEIGHTS, AdapterFolder
 from ..errors import MergeError, UnsupportedAdapter
-
-if TYPE_CHECKING:
-    import torch
+from ..safetensors_header import read_safetensors_header
+from .dtypes import numpy_dtype, to_float32
 
 __all__ = ["LoraModule", "SavedTensor", "AdapterTensors", "load_adapter_tensors", "lora_scale", "apply_dora"]
 
@@ -45,13 +48,13 @@ class LoraModule:
     """One LoRA pair of an adapter, with its scale and optional DoRA magnitude / LoRA bias."""
 
     module: str
-    A: "torch.Tensor"  # r x in (embeddings: r x num_embeddings)
-    B: "torch.Tensor"  # out x r (embeddings: dim x r)
+    A: np.ndarray  # r x in (embeddings: r x num_embeddings), float32
+    B: np.ndarray  # out x r (embeddings: dim x r), float32
     scale: float
     embedding: bool
     fan_in_fan_out: bool
-    bias: "torch.Tensor | None" = None
-    magnitude: "torch.Tensor | None" = None
+    bias: np.ndarray | None = None
+    magnitude: np.ndarray | None = None
 
     @property
     def rank(self) -> int:
@@ -63,21 +66,30 @@ class LoraModule:
         out_in = (self.B.shape[0], self.A.shape[1])
         return out_in[::-1] if (self.embedding or self.fan_in_fan_out) else out_in
 
-    def delta(self) -> "torch.Tensor":
-        """``scale * B @ A`` in the base checkpoint's layout (float32)."""
-        d = (self.B.float() @ self.A.float()) * self.scale
-        return d.T if (self.embedding or self.fan_in_fan_out) else d
+    @property
+    def _transposed(self) -> bool:
+        return self.embedding or self.fan_in_fan_out
 
-    def add_to(self, weight: "torch.Tensor") -> "torch.Tensor":
-        """``weight += scale * B @ A`` in place (one fused matmul-add, no delta-sized temporary)."""
-        a, b = self.A.float(), self.B.float()
-        if self.embedding or self.fan_in_fan_out:
-            return weight.addmm_(a.T, b.T, alpha=self.scale)
-        return weight.addmm_(b, a, alpha=self.scale)
+    def delta(self, out: np.ndarray | None = None) -> np.ndarray:
+        """``(B @ A) * scale`` in the base checkpoint's layout, PEFT's order of operations; written
+        into ``out`` (a float32 array of the weight's shape) when given."""
+        if self._transposed:
+            d = np.matmul(self.A.T, self.B.T, out=out)
+        else:
+            d = np.matmul(self.B, self.A, out=out)
+        d *= np.float32(self.scale)
+        return d
 
-    def bias_delta(self) -> "torch.Tensor | None":
+    def add_to(self, weight: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+        """``weight += delta`` in place; ``scratch`` (float32, at least the weight's size) spares a
+        fresh delta-sized allocation per call."""
+        out = None if scratch is None else scratch[: weight.size].reshape(weight.shape)
+        weight += self.delta(out)
+        return weight
+
+    def bias_delta(self) -> np.ndarray | None:
         """What ``lora_bias=True`` adds to the base layer's bias: ``scale * lora_B.bias``."""
-        return None if self.bias is None else self.bias.float() * self.scale
+        return None if self.bias is None else self.bias * np.float32(self.scale)
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,7 @@ class SavedTensor:
     """A full tensor the adapter carries (``modules_to_save``, trainable biases): it replaces the base's."""
 
     name: str  # checkpoint-style name, e.g. ``lm_head.weight``
-    tensor: "torch.Tensor"
+    tensor: np.ndarray  # float32
     raw_name: str  # as PEFT saved it (``...embed_tokens.base_layer.weight`` for a saved embedding base layer)
 
 
@@ -104,10 +116,10 @@ class AdapterTensors:
         """Refuse NaN or infinite adapter values before anything is written (they would poison the model)."""
         for m in self.loras:
             for part, t in (("A", m.A), ("B", m.B), ("bias", m.bias), ("magnitude", m.magnitude)):
-                if t is not None and not bool(t.isfinite().all()):
+                if t is not None and not bool(np.isfinite(t).all()):
                     raise MergeError(f"{label}: {m.module} lora {part} holds non-finite values (NaN or inf)")
         for saved in self.saved:
-            if saved.tensor.is_floating_point() and not bool(saved.tensor.isfinite().all()):
+            if not bool(np.isfinite(saved.tensor).all()):
                 raise MergeError(f"{label}: saved tensor {saved.name} holds non-finite values (NaN or inf)")
 
 
@@ -137,14 +149,27 @@ def check_mergeable(adapter: AdapterFolder) -> None:
             raise UnsupportedAdapter(f"{adapter.path}: cannot merge, {key} is set: {why}")
 
 
+def _read_float32(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as float32 (the file was validated when the adapter was read)."""
+    header = read_safetensors_header(path)
+    data = np.fromfile(path, dtype=np.uint8)
+    start = 8 + int.from_bytes(data[:8].tobytes(), "little")
+    out = {}
+    for name, info in header.items():
+        raw = data[start + info.offsets[0] : start + info.offsets[1]].view(numpy_dtype(info.dtype))
+        try:
+            out[name] = np.array(to_float32(raw, info.dtype), dtype=np.float32).reshape(info.shape)
+        except MergeError as e:
+            raise MergeError(f"{path}: {name}: {e}") from None
+    return out
+
+
 def load_adapter_tensors(adapter: AdapterFolder) -> AdapterTensors:
     """Load a (validated) LoRA adapter's tensors and attach PEFT's per-module scale to each pair."""
-    from safetensors.torch import load_file
-
     check_mergeable(adapter)
-    raw = load_file(str(adapter.path / ADAPTER_WEIGHTS))
+    raw = _read_float32(adapter.path / ADAPTER_WEIGHTS)
     fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out"))
-    parts: dict[str, dict[str, "torch.Tensor"]] = {}
+    parts: dict[str, dict[str, np.ndarray]] = {}
     saved: list[SavedTensor] = []
     for key, tensor in raw.items():
         name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
@@ -169,13 +194,13 @@ def load_adapter_tensors(adapter: AdapterFolder) -> AdapterTensors:
     return AdapterTensors(tuple(loras), tuple(saved))
 
 
-def apply_dora(weight: "torch.Tensor", lora: LoraModule) -> "torch.Tensor":
+def apply_dora(weight: np.ndarray, lora: LoraModule) -> np.ndarray:
     """The merged DoRA weight: ``m / ||W + dW||_row * (W + dW)``, norms taken per output feature.
 
     This is PEFT's ``merge`` for DoRA linears; computed in float32 in the checkpoint layout.
     """
-    w = weight.float() + lora.delta()
+    w = weight + lora.delta()
     w_out_in = w.T if lora.fan_in_fan_out else w
-    factor = lora.magnitude.float() / w_out_in.norm(p=2, dim=1)
-    merged = factor.view(-1, 1) * w_out_in
+    factor = lora.magnitude / np.linalg.norm(w_out_in, axis=1)
+    merged = factor.reshape(-1, 1) * w_out_in
     return merged.T if lora.fan_in_fan_out else merged

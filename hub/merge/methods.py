@@ -7,7 +7,9 @@ and ``linear`` is the exact weighted sum ``sum_i w_i * dW_i``. ``cat`` folds to 
 it concatenates the factors (rank = sum of ranks, lossless) instead of taking a truncated SVD.
 ``ties``, ``dare_linear`` and ``dare_ties`` follow ``peft.utils.merge_utils`` (the functions PEFT's
 ``*_svd`` combination types apply to dense deltas); DARE's random drop uses a generator seeded per
-weight, so a merge is reproducible whatever order weights are processed in.
+weight, so a merge is reproducible whatever order weights are processed in. The pruning methods
+compute with torch (``topk``, seeded ``bernoulli``); ``linear`` is plain arithmetic on whatever
+arrays it is given, so a fold that only sums never imports torch.
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ def _stack_weighted(deltas: Sequence["torch.Tensor"], weights: Sequence[float]) 
 
 
 def _linear(deltas, weights, density=None, generator=None):
-    return _stack_weighted(deltas, weights).sum(dim=0)
+    """Weighted sum; plain arithmetic, so it takes numpy arrays (the fold) as well as torch tensors."""
+    total = deltas[0] * weights[0]
+    for d, w in zip(deltas[1:], weights[1:]):
+        total += d * w
+    return total
 
 
 def _trim_by_magnitude(t: "torch.Tensor", density: float) -> "torch.Tensor":

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from ..errors import IncompatibleBase, MergeError
 from ..refs import validate_name
 from .export import copy_model_files, staged_output, write_model_card
-from .fold import fold_into, one_thread
+from .fold import fold_into
 from .plan import MergeOptions, MergePlan, plan_merge
 from .sources import AdapterSource, open_sources
 from .svd import write_adapter
@@ -70,14 +70,12 @@ def _fold(sources: Sequence[AdapterSource], base: str, out: str | os.PathLike, o
     base_dir = resolve_base(base)
     if Path(out).exists() and not force:
         raise MergeError(f"{out} already exists (pass --force to replace it)")
-    with one_thread():
-        plan = plan_merge(base_dir, sources, options)
+    plan = plan_merge(base_dir, sources, options)
     if verify:
         check_verifiable(plan.sources, plan.adapters, plan.weights, options.method)
     report = None
     with staged_output(out, force=force) as tmp:
-        with one_thread():
-            files = fold_into(plan, tmp)
+        files = fold_into(plan, tmp)
         copy_model_files(base_dir, tmp, untied=plan.untied, dtype=options.dtype)
         write_model_card(tmp, base=base, adapters=_lineage(plan), method=options.method, density=options.density,
                          seed=options.seed, dtype=options.dtype, untied=plan.untied)

@@ -16,19 +16,19 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..base_model import BaseInfo
 from ..errors import IncompatibleBase, MergeError
+from .dtypes import FLOAT_CODES
 from .io import ShardedReader, TensorSpec
 from .lora_delta import AdapterTensors, LoraModule, apply_dora, load_adapter_tensors
 from .methods import get_method
 from .sources import AdapterSource
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
 
 __all__ = ["MergeOptions", "MergePlan", "OutputTensor", "SourceEdit", "plan_merge", "DTYPES", "weight_seed"]
 
 # --dtype choices -> safetensors dtype codes.
 DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
-_FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
 
 
 @dataclass(frozen=True)
@@ -86,26 +86,24 @@ class SourceEdit:
     """What one adapter does to one output tensor: replace it, add LoRA deltas, or both (in that order)."""
 
     source: int
-    saved: "torch.Tensor | None" = None
+    saved: "np.ndarray | None" = None
     loras: list[LoraModule] = field(default_factory=list)
     bias_loras: list[LoraModule] = field(default_factory=list)
 
-    def apply(self, weight: "torch.Tensor") -> "torch.Tensor":
+    def apply(self, weight: "np.ndarray", scratch: "np.ndarray | None" = None) -> "np.ndarray":
         """The tensor this adapter alone makes of ``weight`` (float32), as PEFT's merge would.
 
-        ``weight`` is updated in place where possible (the caller hands over a buffer it owns), so
-        folding a large matrix needs no second matrix-sized temporary.
+        ``weight`` is updated in place where possible (the caller hands over a buffer it owns), and
+        deltas are formed in ``scratch`` when given, so folding a large matrix allocates nothing.
         """
-        import torch
-
-        w = self.saved.to(torch.float32, copy=True) if self.saved is not None else weight
+        w = self.saved.copy() if self.saved is not None else weight
         for lora in self.loras:
-            w = apply_dora(w, lora) if lora.magnitude is not None else lora.add_to(w)
+            w = apply_dora(w, lora) if lora.magnitude is not None else lora.add_to(w, scratch)
         for lora in self.bias_loras:
-            w = w.add_(lora.bias_delta())
+            w += lora.bias_delta()
         return w
 
-    def delta(self, weight: "torch.Tensor") -> "torch.Tensor":
+    def delta(self, weight: "np.ndarray | None") -> "np.ndarray":
         """The change this adapter makes: exact ``scale * B @ A`` when it only adds LoRA deltas."""
         if self.saved is None and all(m.magnitude is None for m in self.loras):
             parts = [m.delta() for m in self.loras] + [m.bias_delta() for m in self.bias_loras]
@@ -113,7 +111,7 @@ class SourceEdit:
             for p in parts[1:]:
                 total = total + p
             return total
-        return self.apply(weight.clone()) - weight
+        return self.apply(weight.copy()) - weight
 
 
 @dataclass
@@ -280,7 +278,7 @@ def plan_merge(base_dir: str | Path, sources: Sequence[AdapterSource], options: 
     if options.dtype is not None:
         code = DTYPES[options.dtype]
         for o in outputs:
-            if o.spec.dtype in _FLOAT_CODES:
+            if o.spec.dtype in FLOAT_CODES:
                 o.spec = TensorSpec(o.spec.name, code, o.spec.shape)
     budget = options.max_shard_bytes or max(reader.shard_sizes().values())
     return MergePlan(base_dir, reader, list(sources), adapters, options, weights, outputs, untied, budget)

@@ -54,8 +54,8 @@ def _pair_of(plan: MergePlan, out: OutputTensor) -> list[tuple[LoraModule, float
 def _concat(pairs: list[tuple[LoraModule, float]]) -> tuple["torch.Tensor", "torch.Tensor", float]:
     import torch
 
-    a = torch.cat([m.A.float() * (w * m.scale) for m, w in pairs], dim=0)
-    b = torch.cat([m.B.float() for m, _ in pairs], dim=1)
+    a = torch.cat([torch.from_numpy(m.A) * (w * m.scale) for m, w in pairs], dim=0)
+    b = torch.cat([torch.from_numpy(m.B) for m, _ in pairs], dim=1)
     return a, b, 0.0
 
 
@@ -75,6 +75,7 @@ def _truncate(delta_peft_layout: "torch.Tensor", rank: int) -> tuple["torch.Tens
 
 def write_adapter(plan: MergePlan, out_dir: Path, *, rank: int | None, base_name: str) -> AdapterExport:
     """Write the combined adapter (PEFT folder) into ``out_dir``; ``rank`` is required unless ``cat``."""
+    import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
 
@@ -93,7 +94,7 @@ def write_adapter(plan: MergePlan, out_dir: Path, *, rank: int | None, base_name
         if is_cat:
             a, b, error = _concat(pairs)
         else:
-            delta = combined_delta(plan, out, None)
+            delta = torch.from_numpy(combined_delta(plan, out, None))
             a, b, error = _truncate(delta.T if (first.embedding or first.fan_in_fan_out) else delta, rank)
         worst = max(worst, error)
         fan_in_fan_out = fan_in_fan_out or first.fan_in_fan_out
