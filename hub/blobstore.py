@@ -7,9 +7,10 @@ wrong object. Readers re-hash what they copy out, so a corrupted object is caugh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import mmap
 import os
+import queue
 import re
 import tempfile
 import threading
@@ -19,10 +20,17 @@ from typing import BinaryIO, Iterator
 
 from .errors import DigestMismatch, ObjectMissing
 
-__all__ = ["BlobStore", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
+__all__ = ["BlobStore", "StagedFile", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
 
 CHUNK = 4 * 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    tmp: Path | None  # None: the file is one of the store's own objects already
+    digest: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -55,67 +63,143 @@ def sha256_file(path: str | os.PathLike) -> str:
         return copy_hashing(f, None)[0]
 
 
-def _kernel_copy(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy ``size`` bytes in the kernel (no trip through Python buffers), as ``cp`` does."""
-    offset = 0
-    try:
-        while offset < size:
-            n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
-            if n == 0:
-                break
-            offset += n
-    except OSError:  # file systems without copy_file_range: fall back to plain reads and writes
-        pass
-    while offset < size:
-        chunk = os.pread(src_fd, min(CHUNK, size - offset), offset)
-        if not chunk:
-            break
-        os.pwrite(dst_fd, chunk, offset)
-        offset += len(chunk)
-    if offset != size:
-        raise OSError(f"short copy: {offset} of {size} bytes")
+_PIECE = 512 * 1024
+_PIECES = 4
 
 
-def _sha256_mapped(f: BinaryIO, size: int) -> str:
-    """sha256 of an open file through a memory map: no Python-side copies, GIL released."""
-    if size == 0:
-        return hashlib.sha256(b"").hexdigest()
-    with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
-        return hashlib.sha256(mm).hexdigest()
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data.nbytes:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+class _FlushBehind:
+    """Flushes a file being written to disk in the background (``fdatasync`` once another 8 MiB
+    is written), so the final ``fsync`` of a durable copy has only the tail left: measured on the
+    2-core VM for 100 MB, a durable push in 68-70 ms against 96 ms with one fsync at the end."""
+
+    _EVERY = 8 * 1024 * 1024
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._written = 0
+        self._done = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="flush", daemon=True)
+        self._thread.start()
+
+    def wrote(self, n: int) -> None:
+        with self._cond:
+            self._written += n
+            if self._written % self._EVERY < n:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        flushed = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._done or self._written - flushed >= self._EVERY)
+                if self._done:
+                    return
+                target = self._written
+            try:
+                os.fdatasync(self._fd)
+            except OSError:  # the final fsync reports it
+                return
+            flushed = target
+
+    def finish(self) -> None:
+        """Stop flushing and fsync the whole file (the data and its metadata)."""
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        self._thread.join()
+        os.fsync(self._fd)
 
 
 def copy_file_hashing(src: str | os.PathLike, dst_fd: int, *, fsync: bool = False) -> tuple[str, int]:
     """Copy a file into ``dst_fd`` (and fsync it if asked) while hashing it; returns (sha256, size).
 
-    The kernel copy (and its fsync) runs on a second thread while this one hashes the source
-    through a memory map, so storing a file costs about as much as hashing it (~2 GB/s with
-    SHA extensions). The source is checked to be unchanged afterwards, so the digest describes
-    the bytes that were copied.
+    A second thread reads the source in 512 KiB pieces and writes each one out; this thread
+    hashes each piece as soon as it is read, while it is still in the CPU cache, so storing a file
+    costs about what hashing it does (SHA-256 at ~2 GB/s with SHA extensions). Measured on the
+    2-core VM for 100 MB: 56 ms, against 66 ms hashing through a memory map while the kernel
+    copied. The source is checked to be unchanged afterwards, so the digest describes the bytes
+    that were copied.
     """
     with open(src, "rb") as f:
-        before = os.fstat(f.fileno())
-        errors: list[BaseException] = []
-
-        def copy_it() -> None:
-            try:
-                _kernel_copy(f.fileno(), dst_fd, before.st_size)
-                if fsync:
-                    os.fsync(dst_fd)
-            except BaseException as e:  # surfaced on the calling thread
-                errors.append(e)
-
-        worker = threading.Thread(target=copy_it, name="copy")
-        worker.start()
-        try:
-            digest = _sha256_mapped(f, before.st_size)
-        finally:
-            worker.join()
-        if errors:
-            raise errors[0]
-        after = os.fstat(f.fileno())
+        fd = f.fileno()
+        before = os.fstat(fd)
+        copy = _copy_small if before.st_size <= _PIECE else _copy_pipelined
+        digest = copy(fd, dst_fd, before.st_size, fsync)
+        after = os.fstat(fd)
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise OSError(f"{src} changed while it was being copied")
     return digest, before.st_size
+
+
+def _copy_small(fd: int, dst_fd: int, size: int, fsync: bool) -> str:
+    """A file of one piece (a config): no thread is worth starting."""
+    data = os.pread(fd, size, 0)
+    if len(data) != size:
+        raise OSError("the file shrank while it was being copied")
+    _pwrite_all(dst_fd, memoryview(data), 0)
+    if fsync:
+        os.fsync(dst_fd)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _copy_pipelined(fd: int, dst_fd: int, size: int, fsync: bool) -> str:
+    """Read and write on a second thread, hash here; a piece's buffer is refilled only once it has
+    been hashed (and, the copying thread being sequential, written)."""
+    pieces = [bytearray(_PIECE) for _ in range(_PIECES)]
+    free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    for i in range(_PIECES):
+        free.put(i)
+    ready: queue.SimpleQueue[tuple[int, int] | BaseException | None] = queue.SimpleQueue()
+
+    def read_and_write() -> None:
+        flusher = _FlushBehind(dst_fd) if fsync else None
+        try:
+            offset = 0
+            while offset < size:
+                k = free.get()
+                if k is None:  # the hashing side stopped
+                    return
+                view = memoryview(pieces[k])[: min(_PIECE, size - offset)]
+                n = os.preadv(fd, [view], offset)
+                if n == 0:
+                    raise OSError("the file shrank while it was being copied")
+                ready.put((k, n))
+                _pwrite_all(dst_fd, view[:n], offset)
+                offset += n
+                if flusher is not None:
+                    flusher.wrote(n)
+            if flusher is not None:
+                flusher, finishing = None, flusher
+                finishing.finish()
+            ready.put(None)
+        except BaseException as e:  # surfaced on the calling thread
+            ready.put(e)
+        finally:
+            if flusher is not None:
+                with contextlib.suppress(OSError):
+                    flusher.finish()
+
+    worker = threading.Thread(target=read_and_write, name="copy")
+    worker.start()
+    h = hashlib.sha256()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            k, n = item
+            h.update(memoryview(pieces[k])[:n])
+            free.put(k)
+    finally:
+        free.put(None)
+        worker.join()
+    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -176,16 +260,37 @@ class BlobStore:
         return None
 
     def put_file(self, path: str | os.PathLike) -> StoredObject:
+        staged = self.stage_file(path)
+        try:
+            return self.commit(staged)
+        finally:
+            self.discard(staged)
+
+    def stage_file(self, path: str | os.PathLike) -> "StagedFile":
+        """Copy a file into a temporary of the store, hashed; ``commit`` makes it an object,
+        ``discard`` drops it (a push that fails a later check leaves the store as it was)."""
         own = self._own_object(path)
         if own is not None:
-            return StoredObject(own, self.path(own).stat().st_size, reused=True)
+            return StagedFile(None, own, self.path(own).stat().st_size)
         f, tmp = self._tmp()
         try:
             with f:
                 digest, size = copy_file_hashing(path, f.fileno(), fsync=self.durable)
-            return self._commit(tmp, digest, size)
-        finally:
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
+        return StagedFile(tmp, digest, size)
+
+    def commit(self, staged: "StagedFile") -> StoredObject:
+        if staged.tmp is None:
+            return StoredObject(staged.digest, staged.size, reused=True)
+        return self._commit(staged.tmp, staged.digest, staged.size)
+
+    @staticmethod
+    def discard(staged: "StagedFile") -> None:
+        """Remove a staged temporary (nothing happens once it was committed)."""
+        if staged.tmp is not None:
+            staged.tmp.unlink(missing_ok=True)
 
     def _commit(self, tmp: Path, digest: str, size: int) -> StoredObject:
         final = self.path(digest)
