@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import traceback
 from typing import Any, Iterable, Sequence
 
@@ -121,6 +122,11 @@ def quiet_ml_libraries() -> None:
     import warnings
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Libraries imported already (by a host program, a test session) read that variable at import.
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     for name in ("bitsandbytes", "transformers", "peft", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for module in ("transformers", "peft", "torch", "bitsandbytes", "accelerate"):
