@@ -20,17 +20,10 @@ from typing import BinaryIO, Iterator
 
 from .errors import DigestMismatch, ObjectMissing
 
-__all__ = ["BlobStore", "StagedFile", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
+__all__ = ["BlobStore", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
 
 CHUNK = 4 * 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class StagedFile:
-    tmp: Path | None  # None: the file is one of the store's own objects already
-    digest: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -84,6 +77,7 @@ class _FlushBehind:
         self._fd = fd
         self._written = 0
         self._done = False
+        self._error: OSError | None = None
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="flush", daemon=True)
         self._thread.start()
@@ -104,17 +98,22 @@ class _FlushBehind:
                 target = self._written
             try:
                 os.fdatasync(self._fd)
-            except OSError:  # the final fsync reports it
+            except OSError as e:  # kept for finish(): the kernel reports a writeback error only once
+                self._error = e
                 return
             flushed = target
 
-    def finish(self) -> None:
-        """Stop flushing and fsync the whole file (the data and its metadata)."""
+    def finish(self, *, sync: bool = True) -> None:
+        """Stop flushing and (``sync``) fsync the whole file, its data and metadata; raises the
+        error a background flush met, if any."""
         with self._cond:
             self._done = True
             self._cond.notify()
         self._thread.join()
-        os.fsync(self._fd)
+        if self._error is not None:
+            raise self._error
+        if sync:
+            os.fsync(self._fd)
 
 
 def copy_file_hashing(src: str | os.PathLike, dst_fd: int, *, fsync: bool = False) -> tuple[str, int]:
@@ -159,8 +158,9 @@ def _copy_pipelined(fd: int, dst_fd: int, size: int, fsync: bool) -> str:
     ready: queue.SimpleQueue[tuple[int, int] | BaseException | None] = queue.SimpleQueue()
 
     def read_and_write() -> None:
-        flusher = _FlushBehind(dst_fd) if fsync else None
+        flusher = None
         try:
+            flusher = _FlushBehind(dst_fd) if fsync else None
             offset = 0
             while offset < size:
                 k = free.get()
@@ -182,9 +182,9 @@ def _copy_pipelined(fd: int, dst_fd: int, size: int, fsync: bool) -> str:
         except BaseException as e:  # surfaced on the calling thread
             ready.put(e)
         finally:
-            if flusher is not None:
+            if flusher is not None:  # the copy failed: stop flushing a file that will be dropped
                 with contextlib.suppress(OSError):
-                    flusher.finish()
+                    flusher.finish(sync=False)
 
     worker = threading.Thread(target=read_and_write, name="copy")
     worker.start()
@@ -260,37 +260,16 @@ class BlobStore:
         return None
 
     def put_file(self, path: str | os.PathLike) -> StoredObject:
-        staged = self.stage_file(path)
-        try:
-            return self.commit(staged)
-        finally:
-            self.discard(staged)
-
-    def stage_file(self, path: str | os.PathLike) -> "StagedFile":
-        """Copy a file into a temporary of the store, hashed; ``commit`` makes it an object,
-        ``discard`` drops it (a push that fails a later check leaves the store as it was)."""
         own = self._own_object(path)
         if own is not None:
-            return StagedFile(None, own, self.path(own).stat().st_size)
+            return StoredObject(own, self.path(own).stat().st_size, reused=True)
         f, tmp = self._tmp()
         try:
             with f:
                 digest, size = copy_file_hashing(path, f.fileno(), fsync=self.durable)
-        except BaseException:
+            return self._commit(tmp, digest, size)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
-        return StagedFile(tmp, digest, size)
-
-    def commit(self, staged: "StagedFile") -> StoredObject:
-        if staged.tmp is None:
-            return StoredObject(staged.digest, staged.size, reused=True)
-        return self._commit(staged.tmp, staged.digest, staged.size)
-
-    @staticmethod
-    def discard(staged: "StagedFile") -> None:
-        """Remove a staged temporary (nothing happens once it was committed)."""
-        if staged.tmp is not None:
-            staged.tmp.unlink(missing_ok=True)
 
     def _commit(self, tmp: Path, digest: str, size: int) -> StoredObject:
         final = self.path(digest)

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from .adapter_folder import AdapterFolder, read_adapter_folder
 from .atomic_file import write_json_atomic
 from .base_model import check_adapter_fits, load_base_info
-from .blobstore import BlobStore, StagedFile, StoredObject, sha256_file
+from .blobstore import BlobStore, StoredObject, sha256_file
 from .errors import (
     AdapterNotFound,
     InvalidAdapter,
@@ -375,9 +374,10 @@ class LocalRegistry:
         metrics = _check_metrics(metrics)
         self._read_index()  # an unreadable index fails the push before any object is stored
         adapter = read_adapter_folder(folder)
+        base_record = self._base_record(adapter, base)
         with self._flock("objects.lock", SHARED):  # keeps gc away from objects not yet indexed
-            stored, base_record = self._store_checked(adapter, base)
-            files = tuple(FileEntry(p, o.digest, o.size) for p, o in zip(adapter.files, stored))
+            stored = [(p, self.store.put_file(adapter.path / p)) for p in adapter.files]
+            files = tuple(FileEntry(p, o.digest, o.size) for p, o in stored)
             record = AdapterVersion(
                 name=name,
                 version=0,
@@ -402,24 +402,6 @@ class LocalRegistry:
                 for t in tags:
                     entry["tags"][t] = version
         return replace(record, tags=tuple(sorted({LATEST, *tags})))
-
-    def _store_checked(self, adapter: AdapterFolder, base: str | None) -> tuple[list[StoredObject], dict[str, Any]]:
-        """Store the adapter's files if it fits its base; returns the objects and the base record.
-
-        The base check (a Hub base's headers may take a network round trip) runs while the files
-        are copied and hashed into temporaries, which become objects only once it has passed.
-        """
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-check") as pool:
-            base_check = pool.submit(self._base_record, adapter, base)
-            staged: list[StagedFile] = []
-            try:
-                for p in adapter.files:
-                    staged.append(self.store.stage_file(adapter.path / p))
-                base_record = base_check.result()
-                return [self.store.commit(s) for s in staged], base_record
-            finally:
-                for s in staged:
-                    self.store.discard(s)
 
     def _base_record(self, adapter: AdapterFolder, base: str | None) -> dict[str, Any]:
         base_name = base or adapter.base_model

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import threading
 
 import pytest
 
@@ -51,3 +53,67 @@ def test_copy_out_detects_corruption(tmp_path):
     with open(tmp_path / "out", "wb") as out, pytest.raises(DigestMismatch):
         store.copy_out(obj.digest, out)
     assert store.check(obj.digest) == "corrupted"
+
+
+def _source(tmp_path, megabytes: int = 20):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(megabytes * 1024 * 1024))
+    return src
+
+
+def _leftovers(store: BlobStore) -> list:
+    tmp = store.root / "tmp"
+    return list(tmp.iterdir()) if tmp.is_dir() else []
+
+
+def test_a_failed_background_flush_fails_the_durable_store(tmp_path, monkeypatch):
+    """The kernel reports a writeback error once: the flush that met it must fail the copy,
+    or the final fsync would succeed over pages that never reached the disk."""
+    def eio(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", eio)
+    store = BlobStore(tmp_path / "store", durable=True)
+    with pytest.raises(OSError, match="Input/output"):
+        store.put_file(_source(tmp_path))
+    assert not _leftovers(store) and not list(store.iter_digests())
+
+
+def test_a_flusher_that_cannot_start_fails_the_copy_without_hanging(tmp_path, monkeypatch):
+    import hub.blobstore as blobstore
+
+    def cannot_start(self, fd):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(blobstore._FlushBehind, "__init__", cannot_start)
+    store = BlobStore(tmp_path / "store", durable=True)
+    outcome: dict = {}
+
+    def push():
+        try:
+            store.put_file(_source(tmp_path))
+        except RuntimeError as e:
+            outcome["error"] = str(e)
+
+    worker = threading.Thread(target=push, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "put_file hung"
+    assert outcome == {"error": "can't start new thread"} and not _leftovers(store)
+
+
+def test_a_write_failing_midway_leaves_no_object_and_no_temporary(tmp_path, monkeypatch):
+    real, calls = os.pwrite, []
+
+    def full_disk(fd, data, offset):
+        calls.append(offset)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    store = BlobStore(tmp_path / "store", durable=False)
+    with pytest.raises(OSError, match="No space"):
+        store.put_file(_source(tmp_path))
+    assert not _leftovers(store) and not list(store.iter_digests())
+    assert {t.name for t in threading.enumerate()} & {"copy", "flush"} == set()
