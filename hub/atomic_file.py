@@ -24,14 +24,15 @@ def write_json_atomic(path: Path, doc: Any, *, mode: int = 0o644, durable: bool 
                       sort_keys: bool = False) -> None:
     """Write ``doc`` as compact JSON to ``path`` atomically, with permissions ``mode``.
 
-    Compact, because only then does ``json`` use its C encoder: a 10,000-version index (8 MB) is
-    written in 0.07 s instead of 0.36 s indented, and every push rewrites the index.
+    Compact and through ``json.dumps``, because only then does ``json`` use its C encoder (``dump``
+    never does): a 10,000-version index (8 MB) is written in 0.10 s instead of 0.49 s indented,
+    and every push rewrites the index.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, separators=(",", ":"), sort_keys=sort_keys)
+            f.write(json.dumps(doc, separators=(",", ":"), sort_keys=sort_keys))
             f.write("\n")
             f.flush()
             if durable:
