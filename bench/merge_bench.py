@@ -84,12 +84,16 @@ def compare(a: Path, b: Path) -> float:
     """Largest absolute difference between two merged models' tensors (read one at a time)."""
     import numpy as np
 
+    from hub.merge.dtypes import FLOAT_CODES
     from hub.merge.io import ShardedReader
 
     worst = 0.0
     with ShardedReader(a) as ra, ShardedReader(b) as rb:
         assert set(ra.names()) == set(rb.names())
         for name in ra.names():
+            if ra.info(name).dtype not in FLOAT_CODES:  # integer tensors must match exactly
+                worst = max(worst, 0.0 if np.array_equal(ra.get(name), rb.get(name)) else float("inf"))
+                continue
             worst = max(worst, float(np.abs(ra.get_float32(name) - rb.get_float32(name)).max()))
     return worst
 

@@ -353,3 +353,26 @@ def test_qlora_adapter_is_merged_onto_the_full_precision_base(tiny_base, tmp_pat
     out, _ = _fold(tmp_path, tiny_base, [tmp_path / "qlora"])
     assert {t.dtype for t in read_safetensors_header(out / "model.safetensors").values()} == {"F32"}
     print(f"qlora onto fp32: {_assert_exact(out, tiny_base, peft_logits(tiny_base, [tmp_path / 'qlora'])):.3g}")
+
+
+def test_an_integer_tensor_an_adapter_saves_replaces_the_base_one_unchanged(tmp_path):
+    """A saved module's integer buffer (``position_ids`` and the like) is not float arithmetic:
+    it replaces the base's as stored, and the float weights beside it still fold."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from hub.tinybase import build_tiny_base
+
+    base = build_tiny_base(tmp_path / "base")
+    weights = load_file(base / "model.safetensors")
+    weights["model.norm.position_ids"] = torch.arange(8)
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    adapter = save_lora(base, tmp_path / "adapter")
+    saved = load_file(adapter / "adapter_model.safetensors")
+    saved["base_model.model.model.norm.position_ids"] = torch.arange(8) + 2**40  # not exact in float32
+    save_file(saved, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
+    out, _ = _fold(tmp_path, base, [adapter])
+    merged = load_file(out / "model.safetensors")
+    assert torch.equal(merged["model.norm.position_ids"], torch.arange(8) + 2**40)
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
+                           weights["model.layers.0.self_attn.q_proj.weight"])

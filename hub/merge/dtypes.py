@@ -54,7 +54,8 @@ def from_float32(values: np.ndarray, code: str) -> np.ndarray:
     if code == "F32":
         return values
     if code != "BF16":
-        return values.astype(_NUMPY[code])
+        with np.errstate(over="ignore"):  # beyond float16's range is inf, as torch gives, silently
+            return values.astype(_NUMPY[code])
     bits = values.view(np.uint32)
     lsb = (bits >> 16) & 1
     rounded = ((bits + (0x7FFF + lsb)) >> 16).astype(np.uint16)

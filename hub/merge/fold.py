@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .dtypes import from_float32
+from .dtypes import from_float32, numpy_dtype
 from .io import ShardedWriter
 from .methods import get_method
 from .plan import MergePlan, OutputTensor, weight_seed
@@ -80,6 +80,18 @@ def merged_tensor(plan: MergePlan, out: OutputTensor, weight: np.ndarray,
     return weight
 
 
+def _saved_as_stored(out: OutputTensor) -> np.ndarray | None:
+    """A non-float tensor one adapter saves whole (a ``modules_to_save`` integer buffer): it
+    replaces the base's as is, with no float arithmetic to round it."""
+    if len(out.edits) != 1:
+        return None
+    edit = out.edits[0]
+    saved = edit.saved
+    if saved is None or saved.dtype == np.float32 or edit.loras or edit.bias_loras:
+        return None
+    return saved
+
+
 class _WriteBehind:
     """The writer's calls run in order on one background thread while the caller reads and folds
     the next tensor: the fold's arithmetic and the kernel's copies into the page cache each take a
@@ -113,8 +125,11 @@ class _WriteBehind:
         self._pending.append(future)
         return future
 
-    def write_tensor(self, slot: int, name: str, array: np.ndarray) -> None:
-        self._busy[slot] = self._submit(self.writer.write_tensor, name, array)
+    def write_tensor(self, slot: int | None, name: str, array: np.ndarray) -> None:
+        """Queue a write of ``array``; ``slot``: the read buffer it lives in (None: its own memory)."""
+        future = self._submit(self.writer.write_tensor, name, array)
+        if slot is not None:
+            self._busy[slot] = future
 
     def copy_range(self, name: str, *where) -> None:
         self._submit(self.writer.copy_range, name, *where)
@@ -141,7 +156,10 @@ def fold_into(plan: MergePlan, out_dir: Path) -> list[str]:
         behind = _WriteBehind(writer, largest)
         try:
             for out in plan.outputs:
-                if out.edits:
+                whole = _saved_as_stored(out)
+                if whole is not None:
+                    behind.write_tensor(None, out.name, whole.astype(numpy_dtype(out.spec.dtype), copy=False))
+                elif out.edits:
                     slot, buffer = behind.buffer()
                     weight = reader.get_float32(out.read_from, buffer)
                     merged = merged_tensor(plan, out, weight, scratch)

@@ -18,7 +18,7 @@ import numpy as np
 from ..adapter_folder import ADAPTER_WEIGHTS, AdapterFolder
 from ..errors import MergeError, UnsupportedAdapter
 from ..safetensors_header import read_safetensors_header
-from .dtypes import numpy_dtype, to_float32
+from .dtypes import FLOAT_CODES, numpy_dtype, to_float32
 
 __all__ = ["LoraModule", "SavedTensor", "AdapterTensors", "load_adapter_tensors", "lora_scale", "apply_dora"]
 
@@ -97,7 +97,7 @@ class SavedTensor:
     """A full tensor the adapter carries (``modules_to_save``, trainable biases): it replaces the base's."""
 
     name: str  # checkpoint-style name, e.g. ``lm_head.weight``
-    tensor: np.ndarray  # float32
+    tensor: np.ndarray  # float32, or as stored for a non-float tensor (written back unchanged)
     raw_name: str  # as PEFT saved it (``...embed_tokens.base_layer.weight`` for a saved embedding base layer)
 
 
@@ -119,7 +119,7 @@ class AdapterTensors:
                 if t is not None and not bool(np.isfinite(t).all()):
                     raise MergeError(f"{label}: {m.module} lora {part} holds non-finite values (NaN or inf)")
         for saved in self.saved:
-            if not bool(np.isfinite(saved.tensor).all()):
+            if saved.tensor.dtype == np.float32 and not bool(np.isfinite(saved.tensor).all()):
                 raise MergeError(f"{label}: saved tensor {saved.name} holds non-finite values (NaN or inf)")
 
 
@@ -149,25 +149,25 @@ def check_mergeable(adapter: AdapterFolder) -> None:
             raise UnsupportedAdapter(f"{adapter.path}: cannot merge, {key} is set: {why}")
 
 
-def _read_float32(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a safetensors file as float32 (the file was validated when the adapter was read)."""
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file: float ones as float32, others (a saved module's integer
+    buffers) as stored. The file was validated when the adapter was read."""
     header = read_safetensors_header(path)
-    data = np.fromfile(path, dtype=np.uint8)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
     start = 8 + int.from_bytes(data[:8].tobytes(), "little")
     out = {}
     for name, info in header.items():
         raw = data[start + info.offsets[0] : start + info.offsets[1]].view(numpy_dtype(info.dtype))
-        try:
-            out[name] = np.array(to_float32(raw, info.dtype), dtype=np.float32).reshape(info.shape)
-        except MergeError as e:
-            raise MergeError(f"{path}: {name}: {e}") from None
+        values = to_float32(raw, info.dtype) if info.dtype in FLOAT_CODES else raw
+        out[name] = np.array(values, dtype=values.dtype).reshape(info.shape)  # a copy: the map closes
+    del data
     return out
 
 
 def load_adapter_tensors(adapter: AdapterFolder) -> AdapterTensors:
     """Load a (validated) LoRA adapter's tensors and attach PEFT's per-module scale to each pair."""
     check_mergeable(adapter)
-    raw = _read_float32(adapter.path / ADAPTER_WEIGHTS)
+    raw = _read_tensors(adapter.path / ADAPTER_WEIGHTS)
     fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out"))
     parts: dict[str, dict[str, np.ndarray]] = {}
     saved: list[SavedTensor] = []
