@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .errors import DigestMismatch, ObjectMissing
+from .waiting import wait_through_interrupts
 
 __all__ = ["BlobStore", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
 
@@ -198,7 +199,7 @@ def _copy_pipelined(fd: int, dst_fd: int, size: int, fsync: bool) -> str:
             free.put(k)
     finally:
         free.put(None)
-        worker.join()
+        wait_through_interrupts(worker.join)
     return h.hexdigest()
 
 

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 
 import pytest
 
@@ -117,3 +118,46 @@ def test_a_write_failing_midway_leaves_no_object_and_no_temporary(tmp_path, monk
         store.put_file(_source(tmp_path))
     assert not _leftovers(store) and not list(store.iter_digests())
     assert {t.name for t in threading.enumerate()} & {"copy", "flush"} == set()
+
+
+def test_a_second_ctrl_c_still_waits_for_the_copy_thread(tmp_path, monkeypatch):
+    """The caller closes the files once the copy thread is done; a Ctrl-C that lands while it
+    waits for the thread (after a first one stopped the hashing) must not let it close descriptors
+    the thread still reads and writes through."""
+    import hub.blobstore as blobstore
+
+    real_sha256 = hashlib.sha256
+
+    class InterruptedHash:
+        def __init__(self):
+            self.h, self.calls = real_sha256(), 0
+
+        def update(self, data):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt  # the first Ctrl-C, in the middle of the copy
+            self.h.update(data)
+
+    real_join, alive_when_interrupted = threading.Thread.join, []
+
+    def join(self, timeout=None):
+        if self.name == "copy" and not alive_when_interrupted:
+            alive_when_interrupted.append(self.is_alive())
+            raise KeyboardInterrupt  # the second one, while waiting for the thread
+        return real_join(self, timeout)
+
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(fd, data, offset):  # keeps the copy thread busy after the hashing stops
+        time.sleep(0.02)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(blobstore.hashlib, "sha256", InterruptedHash)
+    monkeypatch.setattr(threading.Thread, "join", join)
+    monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    store = BlobStore(tmp_path / "store", durable=False)
+    with pytest.raises(KeyboardInterrupt):
+        store.put_file(_source(tmp_path, megabytes=50))
+    assert alive_when_interrupted == [True]
+    assert "copy" not in {t.name for t in threading.enumerate()}
+    assert not _leftovers(store) and not list(store.iter_digests())

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..waiting import wait_through_interrupts
 from .dtypes import from_float32, numpy_dtype
 from .io import ShardedWriter
 from .lora_delta import DELTA_BLOCK
@@ -140,7 +141,9 @@ class _WriteBehind:
             self._pending.popleft().result()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Cancel queued writes and wait for the one in progress (through Ctrl-C: the writer's
+        files are closed after this)."""
+        wait_through_interrupts(lambda: self._pool.shutdown(wait=True, cancel_futures=True))
 
 
 def fold_into(plan: MergePlan, out_dir: Path) -> list[str]:
