@@ -22,7 +22,7 @@ from .dtypes import from_float32, numpy_dtype
 from .io import ShardedWriter
 from .lora_delta import DELTA_BLOCK
 from .methods import get_method
-from .plan import MergePlan, OutputTensor, weight_seed
+from .plan import MergePlan, OutputTensor, SourceEdit, weight_seed
 
 __all__ = ["fold_into", "combined_delta", "merged_tensor"]
 
@@ -66,6 +66,14 @@ def combined_delta(plan: MergePlan, out: OutputTensor, weight: np.ndarray | None
     return combined.numpy()
 
 
+def _applied_alone(plan: MergePlan, out: OutputTensor) -> SourceEdit | None:
+    """The one edit of ``out`` when it applies exactly as PEFT merges one adapter (weight 1,
+    ``linear``/``cat``), else ``None``."""
+    if len(out.edits) == 1 and plan.weights[out.edits[0].source] == 1.0 and plan.options.method in _EXACT_ALONE:
+        return out.edits[0]
+    return None
+
+
 def merged_tensor(plan: MergePlan, out: OutputTensor, weight: np.ndarray,
                   scratch: np.ndarray | None = None) -> np.ndarray:
     """The merged values of one edited tensor (float32). ``weight`` may be updated in place, and
@@ -74,23 +82,30 @@ def merged_tensor(plan: MergePlan, out: OutputTensor, weight: np.ndarray,
     Adapters were checked finite when planned; the result is not re-scanned (a pass over every
     edited weight for an overflow finite inputs practically never reach).
     """
-    alone = len(out.edits) == 1 and plan.weights[out.edits[0].source] == 1.0
-    if alone and plan.options.method in _EXACT_ALONE:
-        return out.edits[0].apply(weight, scratch)  # what PEFT's merge computes
+    edit = _applied_alone(plan, out)
+    if edit is not None:
+        return edit.apply(weight, scratch)  # what PEFT's merge computes
     weight += combined_delta(plan, out, weight)
     return weight
 
 
-def _saved_as_stored(out: OutputTensor) -> np.ndarray | None:
-    """A non-float tensor one adapter saves whole (a ``modules_to_save`` integer buffer): it
-    replaces the base's as is, with no float arithmetic to round it."""
+def _replacement(plan: MergePlan, out: OutputTensor) -> np.ndarray | None:
+    """The tensor one adapter saves whole (``modules_to_save``) with nothing added on top: it
+    replaces the base's, so the base tensor is never read. A non-float one (an integer buffer) is
+    taken as stored whatever the weights and method: there is nothing to scale or combine."""
     if len(out.edits) != 1:
         return None
     edit = out.edits[0]
-    saved = edit.saved
-    if saved is None or saved.dtype == np.float32 or edit.loras or edit.bias_loras:
+    if edit.saved is None or edit.loras or edit.bias_loras:
         return None
-    return saved
+    if edit.saved.dtype == np.float32 and _applied_alone(plan, out) is None:
+        return None
+    return edit.saved
+
+
+def _stored_as(values: np.ndarray, code: str) -> np.ndarray:
+    """``values`` in the output dtype: float32 rounded like torch, anything else cast as is."""
+    return from_float32(values, code) if values.dtype == np.float32 else values.astype(numpy_dtype(code), copy=False)
 
 
 class _WriteBehind:
@@ -158,9 +173,9 @@ def fold_into(plan: MergePlan, out_dir: Path) -> list[str]:
         behind = _WriteBehind(writer, largest)
         try:
             for out in plan.outputs:
-                whole = _saved_as_stored(out)
+                whole = _replacement(plan, out)
                 if whole is not None:
-                    behind.write_tensor(None, out.name, whole.astype(numpy_dtype(out.spec.dtype), copy=False))
+                    behind.write_tensor(None, out.name, _stored_as(whole, out.spec.dtype))
                 elif out.edits:
                     slot, buffer = behind.buffer()
                     weight = reader.get_float32(out.read_from, buffer)
