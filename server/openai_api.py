@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
@@ -270,15 +270,29 @@ def completions():
              **({"token_ids": c.token_ids} if want_ids else {})}
             for i, c in enumerate(choices)], "usage": _usage(choices, n)})
 
+    return _stream(choices, label, metrics, meta, n, want_ids=want_ids, want_usage=want_usage,
+                   choice_of=lambda i, c, text: {"index": i, "text": text, "logprobs": None,
+                                                 "finish_reason": c.finish_reason})
+
+
+def _stream(choices: list[_Choice], label: str, metrics: ServerMetrics, head: dict[str, Any], n: int, *,
+            want_ids: bool, want_usage: bool, choice_of: Callable[[int, _Choice, str], dict[str, Any]],
+            opening: Callable[[int], dict[str, Any]] | None = None) -> Response:
+    """The SSE response both endpoints stream: per choice an optional opening chunk, then one
+    chunk per token event (``choice_of`` shapes it; token ids added when asked), and a last
+    usage chunk when asked."""
+
     def chunks() -> Iterator[dict[str, Any]]:
         for i, c in enumerate(choices):
+            if opening is not None:
+                yield {**head, "choices": [opening(i)]}
             for text, token in _events(c, label, metrics):
-                choice = {"index": i, "text": text, "logprobs": None, "finish_reason": c.finish_reason}
+                choice = choice_of(i, c, text)
                 if want_ids:
                     choice["token_ids"] = [] if token is None else [token]
-                yield {**meta, "choices": [choice]}
+                yield {**head, "choices": [choice]}
         if want_usage:
-            yield {**meta, "choices": [], "usage": _usage(choices, n)}
+            yield {**head, "choices": [], "usage": _usage(choices, n)}
 
     return _sse(chunks(), choices)
 
@@ -339,21 +353,12 @@ def chat_completions():
              "finish_reason": c.finish_reason, **({"token_ids": c.token_ids} if want_ids else {})}
             for i, c in enumerate(choices)], "usage": _usage(choices, n)})
 
-    def chunks() -> Iterator[dict[str, Any]]:
-        base = {**meta, "object": "chat.completion.chunk"}
-        for i, c in enumerate(choices):
-            yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None}]}
-            for text, token in _events(c, label, metrics):
-                choice = {"index": i, "delta": {"content": text} if text else {}, "logprobs": None,
-                          "finish_reason": c.finish_reason}
-                if want_ids:
-                    choice["token_ids"] = [] if token is None else [token]
-                yield {**base, "choices": [choice]}
-        if want_usage:
-            yield {**base, "choices": [], "usage": _usage(choices, n)}
-
-    return _sse(chunks(), choices)
+    return _stream(choices, label, metrics, {**meta, "object": "chat.completion.chunk"}, n, want_ids=want_ids,
+                   want_usage=want_usage,
+                   choice_of=lambda i, c, text: {"index": i, "delta": {"content": text} if text else {},
+                                                 "logprobs": None, "finish_reason": c.finish_reason},
+                   opening=lambda i: {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                      "finish_reason": None})
 
 
 # --- /v1/models and adapter loading ----------------------------------------------------------------
