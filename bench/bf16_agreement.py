@@ -26,8 +26,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from hetero_lora_bench import SHAPES, build_base, make_adapters  # noqa: E402
-from server.engine.lora_batch import LoraBatcher  # noqa: E402
-from server.engine.model_loader import load_base_model  # noqa: E402
+from adapterhub.server.engine.lora_batch import LoraBatcher  # noqa: E402
+from adapterhub.server.engine.model_loader import load_base_model  # noqa: E402
 
 ADAPTERS = 8
 ALONE_ROWS = 4  # PEFT alone runs one row at a time: the first few are enough to compare

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from hub.registry import LocalRegistry  # noqa: E402
-from server.engine.adapter_slots import AdapterSlots  # noqa: E402
-from server.engine.lora_batch import LoraBatcher  # noqa: E402
-from server.engine.model_loader import load_base_model, resolve_dtype  # noqa: E402
+from adapterhub.registry import LocalRegistry  # noqa: E402
+from adapterhub.server.engine.adapter_slots import AdapterSlots  # noqa: E402
+from adapterhub.server.engine.lora_batch import LoraBatcher  # noqa: E402
+from adapterhub.server.engine.model_loader import load_base_model, resolve_dtype  # noqa: E402
 
 SHAPES = {
     "smol135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

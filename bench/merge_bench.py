@@ -84,8 +84,8 @@ def compare(a: Path, b: Path) -> float:
     """Largest absolute difference between two merged models' tensors (read one at a time)."""
     import numpy as np
 
-    from hub.merge.dtypes import FLOAT_CODES
-    from hub.merge.io import ShardedReader
+    from adapterhub.merge.dtypes import FLOAT_CODES
+    from adapterhub.merge.io import ShardedReader
 
     worst = 0.0
     with ShardedReader(a) as ra, ShardedReader(b) as rb:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hub.registry import LocalRegistry  # noqa: E402
+from adapterhub.registry import LocalRegistry  # noqa: E402
 from tests.test_registry_concurrency import big_lora  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def bench_list(work: Path, versions: int, rounds: int) -> dict:
         index["adapters"][name] = entry
     del index["adapters"]["seed"]
     (root / "registry.json").write_text(json.dumps(index, indent=1, sort_keys=True))
-    cmd = [sys.executable, "-m", "cli", "list", "--registry", str(root)]
+    cmd = [sys.executable, "-m", "adapterhub.cli", "list", "--registry", str(root)]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     table = [timed(lambda: subprocess.run(cmd, check=True, capture_output=True, env=env)) for _ in range(rounds)]
     as_json = [timed(lambda: subprocess.run(cmd + ["--json"], check=True, capture_output=True, env=env))

@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["HF_HUB_OFFLINE"] = "1"  # the adapter's base is not on this machine: do not look for it online
 
-from hub.blobstore import sha256_file  # noqa: E402
-from hub.registry import LocalRegistry  # noqa: E402
-from hub.remote import RemoteRegistry  # noqa: E402
-from hub.tokens import TokenStore  # noqa: E402
+from adapterhub.blobstore import sha256_file  # noqa: E402
+from adapterhub.registry import LocalRegistry  # noqa: E402
+from adapterhub.remote import RemoteRegistry  # noqa: E402
+from adapterhub.tokens import TokenStore  # noqa: E402
 from tests.test_registry_concurrency import big_lora  # noqa: E402
 
 ADAPTERHUB = str(Path(sys.executable).parent / "adapterhub")

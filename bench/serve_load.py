@@ -2,7 +2,7 @@
 
 Same base, same adapters, same request stream for all three:
 
-* ``adapterhub``: the real server (``python -m cli serve`` in a subprocess), reached over HTTP on
+* ``adapterhub``: the real server (``python -m adapterhub.cli serve`` in a subprocess), reached over HTTP on
   loopback by ``--clients`` client threads; one engine thread, continuous batching, LoRA and soft
   prompts in one batch.
 * ``peft_set_adapter``: one request at a time behind a lock, ``set_adapter`` then ``generate``
@@ -68,8 +68,8 @@ def build(workdir: Path, shape: str) -> tuple[Path, Path, dict[str, Path]]:
     from peft import LoraConfig, PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from hub.registry import LocalRegistry
-    from hub.tinybase import TinyBaseSpec, build_tiny_base
+    from adapterhub.registry import LocalRegistry
+    from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
 
     base = build_tiny_base(workdir / "base", TinyBaseSpec(**SHAPES[shape]))
     registry = LocalRegistry(workdir / "registry")
@@ -166,7 +166,7 @@ def drive(call: Callable[[str, list[int], int], int], clients: int, duration: fl
 
 def run_adapterhub(base: Path, registry: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ, ADAPTERHUB_REGISTRY=str(registry))
-    cmd = [sys.executable, "-m", "cli", "serve", "--base", str(base), "--quantize", args.quantize, "--port", "0",
+    cmd = [sys.executable, "-m", "adapterhub.cli", "serve", "--base", str(base), "--quantize", args.quantize, "--port", "0",
            "--max-batch-size", str(args.clients), "--max-loaded-adapters", str(args.max_loaded),
            "--max-lora-rank", "16", "--threads", str(args.clients + 8)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)

@@ -51,9 +51,9 @@ def _lora_config():
 
 
 def _rows(base: str, max_length: int = 512):
-    from hub.datasets.demo import make_rows
-    from hub.train.data import Example, encode_examples
-    from hub.train.trainer import load_tokenizer
+    from adapterhub.datasets.demo import make_rows
+    from adapterhub.train.data import Example, encode_examples
+    from adapterhub.train.trainer import load_tokenizer
 
     tokenizer = load_tokenizer(base)
     train, _ = make_rows("uppercase")
@@ -71,7 +71,7 @@ def _peft_model(base: str, device: str):
 
 
 def _ours(base, tokenizer, rows, cfg, device, workdir) -> float:
-    from hub.train.trainer import fit
+    from adapterhub.train.trainer import fit
 
     model = _peft_model(base, device)
     t = time.perf_counter()
@@ -95,7 +95,7 @@ def _plain(base, tokenizer, rows, cfg, device, workdir) -> float:
 
 
 def throughput(base: str, repeats: int, epochs: float, device: str) -> dict:
-    from hub.train.config import TrainConfig
+    from adapterhub.train.config import TrainConfig
 
     tokenizer, rows = _rows(base)
     cfg = TrainConfig(batch_size=16, lr=1e-3, epochs=epochs, seed=0, save_steps=10_000)
@@ -131,13 +131,13 @@ def memory_child(base: str, method: str, device: str, steps: int, batch: tuple[i
     import torch
     from peft import get_peft_model
 
-    from hub.train.data import IGNORE_INDEX
+    from adapterhub.train.data import IGNORE_INDEX
 
     import psutil
 
     current0 = psutil.Process().memory_info().rss
     if method == "qlora":
-        from hub.train.qlora import load_4bit_base
+        from adapterhub.train.qlora import load_4bit_base
 
         model = load_4bit_base(base, device, gradient_checkpointing=checkpointing)
     else:
@@ -206,7 +206,7 @@ def _shape_base(shape: str, folder: Path) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from hub.tinybase import build_tiny_base
+    from adapterhub.tinybase import build_tiny_base
 
     tiny = build_tiny_base(folder / "tiny")
     torch.manual_seed(0)
@@ -243,7 +243,7 @@ def main() -> None:
         memory_child(a.base, a.memory_child, device, a.steps, (a.memory_batch, a.memory_seq),
                      a.gradient_checkpointing)
         return
-    from hub.tinybase import build_tiny_base
+    from adapterhub.tinybase import build_tiny_base
 
     summary = {"device": device, "torch_threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:

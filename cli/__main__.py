@@ -1,4 +1,4 @@
-"""``python -m cli`` runs the ``adapterhub`` command (handy where the console script is not on PATH)."""
+"""``python -m adapterhub.cli`` runs the ``adapterhub`` command (handy where the console script is not on PATH)."""
 
 from .main import cli
 

@@ -21,8 +21,8 @@ def base() -> None:
 @json_option
 def build_tiny(out_dir, seed, force, json_output):
     """Write the tiny Llama base model (HF format, byte-level tokenizer) to OUT_DIR."""
-    from hub.base_model import load_base_info
-    from hub.tinybase import TinyBaseSpec, build_tiny_base
+    from adapterhub.base_model import load_base_info
+    from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
 
     path = build_tiny_base(out_dir, TinyBaseSpec(seed=seed), force=force)
     info = load_base_info(str(path))

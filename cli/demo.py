@@ -59,15 +59,15 @@ def _prompt_of(row: dict[str, Any]) -> str:
               help="How the served base is quantized.")
 def demo(workdir, quantize):
     """Run the main job on the embedded tiny base model (no network needed)."""
-    from hub.merge.pipeline import merge_model
-    from hub.merge.plan import MergeOptions
-    from hub.registry import LocalRegistry
-    from hub.tinybase import build_tiny_base
-    from hub.train.demo import DEMO_ADAPTERS, train_demo_adapters
-    from server.app import create_app
-    from server.engine.engine import create_engine
-    from server.engine.model_loader import load_base_model
-    from server.wsgi import start_in_thread
+    from adapterhub.merge.pipeline import merge_model
+    from adapterhub.merge.plan import MergeOptions
+    from adapterhub.registry import LocalRegistry
+    from adapterhub.tinybase import build_tiny_base
+    from adapterhub.train.demo import DEMO_ADAPTERS, train_demo_adapters
+    from adapterhub.server.app import create_app
+    from adapterhub.server.engine.engine import create_engine
+    from adapterhub.server.engine.model_loader import load_base_model
+    from adapterhub.server.wsgi import start_in_thread
 
     started = time.perf_counter()
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="adapterhub-demo-"))

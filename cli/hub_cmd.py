@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from hub.errors import InvalidName
-from hub.location import default_location, is_remote
+from adapterhub.errors import InvalidName
+from adapterhub.location import default_location, is_remote
 
 from .output import emit_json, json_option, registry_option, render_table
 
@@ -36,11 +36,11 @@ def hub() -> None:
               help="Accept pushes whose base is a folder path, read on this machine (one-machine setups).")
 def serve(registry, host, port, threads, read_token_required, max_object_bytes, allow_local_bases):
     """Serve the registry folder: push/pull API at /api, HF Hub protocol, web page at /."""
-    from hub.registry import LocalRegistry
-    from server.app import create_app
-    from server.auth import READ_TOKEN_REQUIRED
-    from server.registry_api import ALLOW_LOCAL_BASES, MAX_OBJECT_BYTES
-    from server.wsgi import run
+    from adapterhub.registry import LocalRegistry
+    from adapterhub.server.app import create_app
+    from adapterhub.server.auth import READ_TOKEN_REQUIRED
+    from adapterhub.server.registry_api import ALLOW_LOCAL_BASES, MAX_OBJECT_BYTES
+    from adapterhub.server.wsgi import run
 
     root = _local_root(registry)
     app = create_app(
@@ -71,7 +71,7 @@ def token() -> None:
 @json_option
 def token_create(scope, name, registry, json_output):
     """Create a token; it is printed once and only its hash is kept."""
-    from hub.tokens import TokenStore
+    from adapterhub.tokens import TokenStore
 
     secret, record = TokenStore(_local_root(registry)).create(scope, name)
     if json_output:
@@ -87,7 +87,7 @@ def token_create(scope, name, registry, json_output):
 @json_option
 def token_list(registry, json_output):
     """List tokens (ids, names, scopes; never the tokens)."""
-    from hub.tokens import TokenStore
+    from adapterhub.tokens import TokenStore
 
     records = TokenStore(_local_root(registry)).records()
     if json_output:
@@ -102,7 +102,7 @@ def token_list(registry, json_output):
 @json_option
 def token_revoke(token_id, registry, json_output):
     """Revoke a token by id; a running hub refuses it from its next request."""
-    from hub.tokens import TokenStore
+    from adapterhub.tokens import TokenStore
 
     record = TokenStore(_local_root(registry)).revoke(token_id)
     if json_output:

@@ -15,13 +15,13 @@ from .output import HubGroup, quiet_ml_libraries
 quiet_ml_libraries()
 
 _COMMAND_MODULES = (
-    "cli.registry_cmds",
-    "cli.base_cmds",
-    "cli.demo",
-    "cli.hub_cmd",
-    "cli.merge_cmd",
-    "cli.serve_cmd",
-    "cli.train_cmd",
+    ".registry_cmds",
+    ".base_cmds",
+    ".demo",
+    ".hub_cmd",
+    ".merge_cmd",
+    ".serve_cmd",
+    ".train_cmd",
 )
 
 
@@ -32,5 +32,5 @@ def cli() -> None:
 
 
 for _module in _COMMAND_MODULES:
-    for _command in importlib.import_module(_module).COMMANDS:
+    for _command in importlib.import_module(_module, __package__).COMMANDS:
         cli.add_command(_command)

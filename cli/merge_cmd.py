@@ -64,7 +64,7 @@ def merge(refs, base, out, weights, method, density, seed, dtype, max_shard_size
     pushed to the registry as a new adapter instead (lineage recorded), and no model is written.
     """
     quiet_ml_libraries()
-    from hub.merge import MergeOptions, merge_adapter, merge_model
+    from adapterhub.merge import MergeOptions, merge_adapter, merge_model
 
     if as_adapter:
         if not name:

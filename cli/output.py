@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import click
 
-from hub.errors import AdapterHubError
+from adapterhub.errors import AdapterHubError
 
 __all__ = ["HubGroup", "emit_json", "render_table", "human_size", "registry_option", "json_option", "warn", "quiet_ml_libraries"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from hub.location import open_registry
-from hub.registry import AdapterVersion
+from adapterhub.location import open_registry
+from adapterhub.registry import AdapterVersion
 
 from .output import emit_json, human_size, json_option, registry_option, render_table
 
@@ -53,7 +53,7 @@ def pull(ref, out, force, registry, json_output):
     huggingface.co) into the registry first."""
     reg = open_registry(registry)
     if ref.startswith("hf://"):
-        from hub.hf_import import import_from_hub
+        from adapterhub.hf_import import import_from_hub
 
         ref = import_from_hub(ref, reg).ref
     v = reg.pull(ref, out, force=force)

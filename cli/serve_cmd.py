@@ -38,7 +38,7 @@ def default_base_dir() -> Path:
 
 
 def _tiny_base() -> str:
-    from hub.tinybase import build_tiny_base
+    from adapterhub.tinybase import build_tiny_base
 
     folder = default_base_dir()
     if not (folder / "config.json").is_file():
@@ -76,11 +76,11 @@ def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter
     One engine thread owns the model and batches requests for different LoRA adapters, soft prompts
     and the base together; adapters load from the registry on first use.
     """
-    from hub.location import open_registry
-    from server.app import create_app
-    from server.engine.engine import create_engine
-    from server.engine.model_loader import load_base_model
-    from server.wsgi import run
+    from adapterhub.location import open_registry
+    from adapterhub.server.app import create_app
+    from adapterhub.server.engine.engine import create_engine
+    from adapterhub.server.engine.model_loader import load_base_model
+    from adapterhub.server.wsgi import run
 
     base = base or _tiny_base()
     store = open_registry(registry)

@@ -54,10 +54,10 @@ def train(base, data, eval_data, method, name, task, r, alpha, dropout, target_m
     """
     from pathlib import Path
 
-    from hub.refs import validate_name
-    from hub.train.config import TrainConfig
-    from hub.train.register import open_target_registry, push_trained
-    from hub.train.trainer import train_adapter
+    from adapterhub.refs import validate_name
+    from adapterhub.train.config import TrainConfig
+    from adapterhub.train.register import open_target_registry, push_trained
+    from adapterhub.train.trainer import train_adapter
 
     validate_name(name)
     config = TrainConfig(

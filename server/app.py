@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from hub.registry import LocalRegistry
+from adapterhub.registry import LocalRegistry
 
 from . import auth, hf_compat, registry_api, web
 from .errors import install_error_handlers

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app, request
 
-from hub.tokens import READ, WRITE, TokenRecord, TokenStore
+from adapterhub.tokens import READ, WRITE, TokenRecord, TokenStore
 
 from .errors import ApiError
 

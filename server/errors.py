@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from hub import errors as hub_errors
+from adapterhub import errors as hub_errors
 
 __all__ = ["ApiError", "install_error_handlers", "STATUS_FOR"]
 

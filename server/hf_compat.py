@@ -19,9 +19,9 @@ from typing import Any, Iterator
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from hub.errors import AdapterNotFound, AdapterHubError
-from hub.refs import LATEST, Reference, validate_name, validate_tag
-from hub.registry import AdapterVersion, FileEntry, LocalRegistry
+from adapterhub.errors import AdapterNotFound, AdapterHubError
+from adapterhub.refs import LATEST, Reference, validate_name, validate_tag
+from adapterhub.registry import AdapterVersion, FileEntry, LocalRegistry
 
 from .auth import READ, authorize
 from .errors import ApiError

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from hub.errors import IncompatibleBase
+from adapterhub.errors import IncompatibleBase
 
 from .app import EXTENSION
 from .engine.engine import ContextTooLong, EngineStopped, check_compatible

@@ -26,11 +26,11 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
-from hub.adapter_folder import read_adapter_folder
-from hub.errors import InvalidAdapter, InvalidName
-from hub.refs import validate_name
-from hub.registry import AdapterVersion, LocalRegistry
-from hub.remote import check_file_name
+from adapterhub.adapter_folder import read_adapter_folder
+from adapterhub.errors import InvalidAdapter, InvalidName
+from adapterhub.refs import validate_name
+from adapterhub.registry import AdapterVersion, LocalRegistry
+from adapterhub.remote import check_file_name
 
 from .auth import READ, WRITE, authorize
 from .errors import ApiError

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, render_template, request
 
-from hub.registry import AdapterVersion
+from adapterhub.registry import AdapterVersion
 
 from .auth import READ, authorize
 

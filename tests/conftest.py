@@ -36,7 +36,7 @@ def _private_registry(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
-    from hub.tinybase import build_tiny_base
+    from adapterhub.tinybase import build_tiny_base
 
     return build_tiny_base(tmp_path_factory.mktemp("bases") / "tiny-llama")
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from hub.registry import LocalRegistry
-from hub.tokens import TokenStore
-from server.app import create_app
-from server.registry_api import ALLOW_LOCAL_BASES
-from server.wsgi import ServerHandle, start_in_thread
+from adapterhub.registry import LocalRegistry
+from adapterhub.tokens import TokenStore
+from adapterhub.server.app import create_app
+from adapterhub.server.registry_api import ALLOW_LOCAL_BASES
+from adapterhub.server.wsgi import ServerHandle, start_in_thread
 
 
 class ByteCounter:

@@ -44,9 +44,9 @@ def push_serving_adapters(registry: Any, base: Path, workdir: Path) -> dict[str,
 def start_test_engine(base: Path, workdir: Path) -> tuple[Any, Any, dict[str, Path]]:
     """A registry holding the ``ADAPTER_SPECS`` adapters and a started engine on ``base`` (fp32, CPU):
     returns (registry, engine, name -> PEFT folder); the caller stops the engine."""
-    from hub.registry import LocalRegistry
-    from server.engine.engine import create_engine
-    from server.engine.model_loader import load_base_model
+    from adapterhub.registry import LocalRegistry
+    from adapterhub.server.engine.engine import create_engine
+    from adapterhub.server.engine.model_loader import load_base_model
 
     registry = LocalRegistry(workdir / "registry")
     folders = push_serving_adapters(registry, base, workdir / "adapters")

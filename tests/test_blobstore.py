@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from hub.blobstore import BlobStore
-from hub.errors import DigestMismatch
+from adapterhub.blobstore import BlobStore
+from adapterhub.errors import DigestMismatch
 
 
 def test_put_names_by_sha256_and_stores_once(tmp_path):
@@ -81,7 +81,7 @@ def test_a_failed_background_flush_fails_the_durable_store(tmp_path, monkeypatch
 
 
 def test_a_flusher_that_cannot_start_fails_the_copy_without_hanging(tmp_path, monkeypatch):
-    import hub.blobstore as blobstore
+    import adapterhub.blobstore as blobstore
 
     def cannot_start(self, fd):
         raise RuntimeError("can't start new thread")
@@ -124,7 +124,7 @@ def test_a_second_ctrl_c_still_waits_for_the_copy_thread(tmp_path, monkeypatch):
     """The caller closes the files once the copy thread is done; a Ctrl-C that lands while it
     waits for the thread (after a first one stopped the hashing) must not let it close descriptors
     the thread still reads and writes through."""
-    import hub.blobstore as blobstore
+    import adapterhub.blobstore as blobstore
 
     real_sha256 = hashlib.sha256
 

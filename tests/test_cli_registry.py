@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from cli.main import cli
+from adapterhub.cli.main import cli
 
 
 def run(*args: str, ok: bool = True):

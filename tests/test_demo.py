@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from hub.registry import LocalRegistry
+from adapterhub.cli.main import cli
+from adapterhub.registry import LocalRegistry
 
 
 @pytest.mark.slow

@@ -13,12 +13,12 @@ import weakref
 
 import pytest
 
-from hub.errors import AdapterNotFound, IncompatibleBase
-from hub.registry import LocalRegistry
-from hub.tinybase import TinyBaseSpec, build_tiny_base
-from server.engine.engine import ContextTooLong, create_engine
-from server.engine.model_loader import load_base_model
-from server.engine.requests import SamplingParams, StopText
+from adapterhub.errors import AdapterNotFound, IncompatibleBase
+from adapterhub.registry import LocalRegistry
+from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
+from adapterhub.server.engine.engine import ContextTooLong, create_engine
+from adapterhub.server.engine.model_loader import load_base_model
+from adapterhub.server.engine.requests import SamplingParams, StopText
 from serving_helpers import peft_greedy, push_serving_adapters, start_test_engine
 
 GREEDY = dict(temperature=0)

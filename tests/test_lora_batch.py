@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import save_lora
-from hub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
-from hub.tinybase import TinyBaseSpec, build_tiny_base
-from server.engine.lora_batch import LoraBatcher
-from server.engine.model_loader import load_base_model
+from adapterhub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
+from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
+from adapterhub.server.engine.lora_batch import LoraBatcher
+from adapterhub.server.engine.model_loader import load_base_model
 
 # Each config exercises one thing PEFT's scaling or targeting does differently.
 CONFIGS = {

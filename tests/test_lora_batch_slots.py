@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import save_lora
-from hub.errors import AdapterBusy, AdapterNotFound, IncompatibleBase, UnsupportedAdapter
-from hub.location import open_registry
-from hub.tinybase import TinyBaseSpec, build_tiny_base
-from server.engine.adapter_slots import AdapterSlots
-from server.engine.lora_batch import LoraBatcher
-from server.engine.model_loader import load_base_model
+from adapterhub.errors import AdapterBusy, AdapterNotFound, IncompatibleBase, UnsupportedAdapter
+from adapterhub.location import open_registry
+from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
+from adapterhub.server.engine.adapter_slots import AdapterSlots
+from adapterhub.server.engine.lora_batch import LoraBatcher
+from adapterhub.server.engine.model_loader import load_base_model
 
 
 @pytest.fixture

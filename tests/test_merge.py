@@ -8,9 +8,9 @@ import pytest
 from conftest import save_lora, save_prompt_tuning
 from merge_fixtures import base_logits, gpt2_base, max_diff, merged_logits, peft_logits, qwen2_base, sharded_base  # noqa: F401
 
-from hub.errors import IncompatibleBase, MergeError, UnsupportedAdapter
-from hub.merge import MergeOptions, merge_adapter, merge_model
-from hub.safetensors_header import read_safetensors_header
+from adapterhub.errors import IncompatibleBase, MergeError, UnsupportedAdapter
+from adapterhub.merge import MergeOptions, merge_adapter, merge_model
+from adapterhub.safetensors_header import read_safetensors_header
 
 TOL = 1e-4
 
@@ -188,7 +188,7 @@ def test_dare_is_reproducible_by_seed(method, two_loras, tiny_base, tmp_path):
 
 
 def test_as_adapter_cat_is_lossless_and_has_lineage(two_loras, tiny_base, tmp_path):
-    from hub.location import open_registry
+    from adapterhub.location import open_registry
 
     result = merge_adapter([str(p) for p in two_loras], str(tiny_base), MergeOptions(method="cat", weights=(0.7, 0.3)),
                            name="combo", rank=None)
@@ -202,7 +202,7 @@ def test_as_adapter_cat_is_lossless_and_has_lineage(two_loras, tiny_base, tmp_pa
 
 
 def test_as_adapter_svd_full_rank_is_exact_and_low_rank_reports_error(two_loras, tiny_base, tmp_path):
-    from hub.location import open_registry
+    from adapterhub.location import open_registry
 
     full = merge_adapter([str(p) for p in two_loras], str(tiny_base), MergeOptions(weights=(0.7, 0.3)),
                          name="full", rank=12)
@@ -224,7 +224,7 @@ def _nothing_written(tmp_path):
 
 
 def test_adapter_for_another_base_is_refused(tiny_base, tmp_path):
-    from hub.tinybase import TinyBaseSpec, build_tiny_base
+    from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
 
     other = build_tiny_base(tmp_path / "other", TinyBaseSpec(hidden_size=64, intermediate_size=128))
     adapter = save_lora(other, tmp_path / "a")
@@ -304,7 +304,7 @@ def test_non_finite_adapter_is_refused(tiny_base, tmp_path):
 
 def test_crash_while_writing_leaves_no_half_model(tiny_base, tmp_path, monkeypatch):
     """A fault injected after some tensors are on disk (a full disk, a kill): no --out, no temporaries."""
-    from hub.merge.io import ShardedWriter
+    from adapterhub.merge.io import ShardedWriter
 
     adapter = save_lora(tiny_base, tmp_path / "a")
     real = ShardedWriter.write_tensor
@@ -361,7 +361,7 @@ def test_an_integer_tensor_an_adapter_saves_replaces_the_base_one_unchanged(tmp_
     import torch
     from safetensors.torch import load_file, save_file
 
-    from hub.tinybase import build_tiny_base
+    from adapterhub.tinybase import build_tiny_base
 
     base = build_tiny_base(tmp_path / "base")
     weights = load_file(base / "model.safetensors")

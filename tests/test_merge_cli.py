@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 from merge_fixtures import max_diff, merged_logits, peft_logits
 
-from cli.main import cli
+from adapterhub.cli.main import cli
 
 
 def run(*args, ok: bool = True):

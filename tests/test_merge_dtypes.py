@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hub.errors import MergeError
-from hub.merge.dtypes import from_float32, numpy_dtype, to_float32
+from adapterhub.errors import MergeError
+from adapterhub.merge.dtypes import from_float32, numpy_dtype, to_float32
 
 
 def _awkward_float32() -> torch.Tensor:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from peft.utils import merge_utils
 
-from hub.errors import MergeError
-from hub.merge.io import ShardedReader, ShardedWriter, TensorSpec
-from hub.merge.methods import METHODS, get_method
-from hub.safetensors_header import read_safetensors_header
+from adapterhub.errors import MergeError
+from adapterhub.merge.io import ShardedReader, ShardedWriter, TensorSpec
+from adapterhub.merge.methods import METHODS, get_method
+from adapterhub.safetensors_header import read_safetensors_header
 
 
 def _deltas(n=3, shape=(48, 32), seed=0):
@@ -63,7 +63,7 @@ def _write(folder, specs, tensors, budget):
 
 
 def test_writer_shards_by_budget_and_reader_round_trips(tmp_path, monkeypatch):
-    import hub.merge.io as io
+    import adapterhub.merge.io as io
 
     tensors = {f"t{i}": torch.randn(100, 10 + i) for i in range(6)}
     tensors["ids"] = torch.arange(7)

@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from hub.registry import LocalRegistry
-from hub.tinybase import TinyBaseSpec, build_tiny_base
-from server.app import create_app
-from server.engine.model_loader import load_base_model
-from server.wsgi import start_in_thread
+from adapterhub.registry import LocalRegistry
+from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
+from adapterhub.server.app import create_app
+from adapterhub.server.engine.model_loader import load_base_model
+from adapterhub.server.wsgi import start_in_thread
 from serving_helpers import peft_greedy, start_test_engine
 
 
@@ -298,7 +298,7 @@ def test_client_going_away_cancels_its_request(stack):
 
 
 def test_an_engine_that_is_not_running_answers_503(tiny_base, tmp_path):
-    from server.engine.engine import Engine
+    from adapterhub.server.engine.engine import Engine
 
     registry = LocalRegistry(tmp_path / "reg")
     stopped = Engine(load_base_model(str(tiny_base), quantize="none", device="cpu"), registry)

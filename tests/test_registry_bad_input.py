@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from adapterhub.cli.main import cli
 from conftest import snapshot
-from hub.registry import LocalRegistry
+from adapterhub.registry import LocalRegistry
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_pickle_only_adapter_is_never_unpickled(seeded, make_lora, tmp_path):
 
 
 def test_shapes_that_do_not_fit_the_base(seeded, tmp_path, tiny_base):
-    from hub.tinybase import TinyBaseSpec, build_tiny_base
+    from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
     from tests.conftest import save_lora
 
     other_base = build_tiny_base(tmp_path / "wide", TinyBaseSpec(hidden_size=96, num_attention_heads=4))

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from hub.registry import LocalRegistry
+from adapterhub.registry import LocalRegistry
 
-ADAPTERHUB = [sys.executable, "-m", "cli"]
+ADAPTERHUB = [sys.executable, "-m", "adapterhub.cli"]
 
 
 def big_lora(folder: Path, megabytes: int, seed: int) -> Path:

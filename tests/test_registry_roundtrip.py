@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from hub.registry import LocalRegistry
+from adapterhub.registry import LocalRegistry
 
 PROMPTS = torch.tensor([[104, 101, 108, 108, 111, 32, 119], [257, 116, 105, 110, 121, 33, 10]])
 

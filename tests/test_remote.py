@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from cli.main import cli
-from hub.errors import DigestMismatch, RemoteError
-from hub.registry import LocalRegistry
-from hub.remote import RemoteRegistry
+from adapterhub.cli.main import cli
+from adapterhub.errors import DigestMismatch, RemoteError
+from adapterhub.registry import LocalRegistry
+from adapterhub.remote import RemoteRegistry
 
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -182,7 +182,7 @@ def test_hub_killed_during_an_upload_leaves_a_registry_that_verifies(tmp_path, l
 
     import httpx2
 
-    from hub.tokens import TokenStore
+    from adapterhub.tokens import TokenStore
 
     root = tmp_path / "hub"
     token, _ = TokenStore(root).create("write")
@@ -298,7 +298,7 @@ def test_failed_pull_into_a_new_folder_leaves_nothing(hub, lora, tmp_path):
 
 def test_an_app_in_front_of_a_remote_hub_does_not_re_serve_it(hub):
     """`adapterhub serve --registry http://hub` builds its app on a RemoteRegistry: no hub routes there."""
-    from server.app import create_app
+    from adapterhub.server.app import create_app
 
     client = create_app(RemoteRegistry(hub.url)).test_client()
     assert client.get("/api/versions").status_code == 404

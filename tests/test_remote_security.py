@@ -10,13 +10,13 @@ import json
 import httpx2
 import pytest
 
-from hub.errors import AuthError, InvalidName, PermissionDenied, RemoteError
-from hub.remote import RemoteRegistry
-from hub.tokens import TokenStore
+from adapterhub.errors import AuthError, InvalidName, PermissionDenied, RemoteError
+from adapterhub.remote import RemoteRegistry
+from adapterhub.tokens import TokenStore
 from conftest import snapshot
 from remote_helpers import start_hub
-from server.auth import READ_TOKEN_REQUIRED
-from server.registry_api import ALLOW_LOCAL_BASES, MAX_JSON_BYTES, MAX_OBJECT_BYTES
+from adapterhub.server.auth import READ_TOKEN_REQUIRED
+from adapterhub.server.registry_api import ALLOW_LOCAL_BASES, MAX_JSON_BYTES, MAX_OBJECT_BYTES
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_malformed_requests_get_json_errors_not_500(hub):
 def test_token_cli_creates_lists_and_revokes(tmp_path):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from adapterhub.cli.main import cli
 
     runner = CliRunner()
     root = str(tmp_path / "reg")

@@ -14,13 +14,13 @@ import urllib.request
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from adapterhub.cli.main import cli
 from conftest import save_lora, save_prompt_tuning
-from hub.location import open_registry
+from adapterhub.location import open_registry
 
 
 def _start(args, env):
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", "0", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli", "serve", "--port", "0", *args], env=env,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     lines = []

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hub.remote import RemoteRegistry
+from adapterhub.remote import RemoteRegistry
 from remote_helpers import start_hub
-from server.engine.engine import create_engine
-from server.engine.model_loader import load_base_model
-from server.engine.requests import SamplingParams
+from adapterhub.server.engine.engine import create_engine
+from adapterhub.server.engine.model_loader import load_base_model
+from adapterhub.server.engine.requests import SamplingParams
 from serving_helpers import peft_greedy, push_serving_adapters
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from hub.tokens import TokenStore
+from adapterhub.tokens import TokenStore
 
 
 def test_concurrent_token_creates_all_land(tmp_path):
-    code = "import sys; from hub.tokens import TokenStore; TokenStore(sys.argv[1]).create('read', sys.argv[2])"
+    code = "import sys; from adapterhub.tokens import TokenStore; TokenStore(sys.argv[1]).create('read', sys.argv[2])"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), f"client-{i}"]) for i in range(8)]
     assert all(p.wait(timeout=60) == 0 for p in procs)
     store = TokenStore(tmp_path)

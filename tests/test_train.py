@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from hub.datasets.demo import make_rows
-from hub.registry import LocalRegistry
-from hub.train.data import data_digest
+from adapterhub.cli.main import cli
+from adapterhub.datasets.demo import make_rows
+from adapterhub.registry import LocalRegistry
+from adapterhub.train.data import data_digest
 
 FAST = ["--max-steps", "4", "--batch-size", "4", "--lr", "1e-3", "--threads", "1", "--no-progress"]
 
@@ -62,9 +62,9 @@ def test_reported_metrics_match_peft_reloading_the_saved_adapter(tiny_base, data
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from hub.train.data import encode_examples, load_examples
-    from hub.train.evaluate import evaluate_model
-    from hub.train.trainer import load_tokenizer
+    from adapterhub.train.data import encode_examples, load_examples
+    from adapterhub.train.evaluate import evaluate_model
+    from adapterhub.train.trainer import load_tokenizer
 
     result = _train(tiny_base, data, tmp_path / "run", "--target-modules", "all-linear")
     assert result.exit_code == 0, result.output
@@ -91,7 +91,7 @@ def test_same_seed_same_adapter_bytes_other_seed_differs(tiny_base, data, tmp_pa
 def test_qlora_trains_on_an_nf4_base(tiny_base, data, tmp_path, _private_registry):
     import bitsandbytes as bnb
 
-    from hub.train.qlora import load_4bit_base
+    from adapterhub.train.qlora import load_4bit_base
 
     model = load_4bit_base(str(tiny_base), "cpu")
     assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
@@ -158,7 +158,7 @@ def _peft_forward_greedy(model, tokenizer, messages, max_new_tokens):
     """The oracle: greedy decoding by calling PeftModel's own forward on the whole sequence each step."""
     import torch
 
-    from hub.train.data import encode_prompt
+    from adapterhub.train.data import encode_prompt
 
     ids = torch.tensor([encode_prompt(tokenizer, messages)])
     start = ids.size(1)
@@ -176,8 +176,8 @@ def test_soft_prompt_generation_matches_peft_forward_greedy(tiny_base, make_prom
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from hub.train.evaluate import greedy_answers
-    from hub.train.trainer import load_tokenizer
+    from adapterhub.train.evaluate import greedy_answers
+    from adapterhub.train.trainer import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_base))
     base_model = AutoModelForCausalLM.from_pretrained(tiny_base)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from hub.datasets.demo import DEMO_TASKS, REFUSAL, make_rows, write_demo_datasets
-from hub.errors import TrainingDataError
-from hub.train.data import IGNORE_INDEX, data_digest, encode_examples, encode_prompt, load_examples, render_prompt
+from adapterhub.datasets.demo import DEMO_TASKS, REFUSAL, make_rows, write_demo_datasets
+from adapterhub.errors import TrainingDataError
+from adapterhub.train.data import IGNORE_INDEX, data_digest, encode_examples, encode_prompt, load_examples, render_prompt
 
 
 def _write(path, lines):
@@ -19,7 +19,7 @@ def _write(path, lines):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_base):
-    from hub.train.trainer import load_tokenizer
+    from adapterhub.train.trainer import load_tokenizer
 
     return load_tokenizer(str(tiny_base))
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from hub.registry import LocalRegistry
+from adapterhub.registry import LocalRegistry
 
 
 @pytest.mark.slow
 def test_demo_adapters_reach_their_targets(tiny_base, tmp_path):
-    from hub.train.demo import INSTRUCT_BASE_DIR, train_demo_adapters
+    from adapterhub.train.demo import INSTRUCT_BASE_DIR, train_demo_adapters
 
     versions = train_demo_adapters(tiny_base, tmp_path / "work", tmp_path / "registry", progress=False)
     by_name = {v.name: v for v in versions}

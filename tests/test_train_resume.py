@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.datasets.demo import make_rows
-from hub.train.checkpoint import last_checkpoint
+from adapterhub.datasets.demo import make_rows
+from adapterhub.train.checkpoint import last_checkpoint
 
 
 def _jsonl(path: Path, rows) -> Path:
@@ -27,7 +27,7 @@ def train_file(tmp_path):
 
 
 def _args(tiny_base, train_file, out, max_steps, save_steps):
-    return [sys.executable, "-m", "cli", "train", "--base", str(tiny_base), "--data", str(train_file),
+    return [sys.executable, "-m", "adapterhub.cli", "train", "--base", str(tiny_base), "--data", str(train_file),
             "--name", "up", "--task", "uppercase", "--output", str(out), "--max-steps", str(max_steps),
             "--save-steps", str(save_steps), "--batch-size", "4", "--lr", "1e-3", "--threads", "1", "--json"]
 
@@ -106,9 +106,9 @@ def test_sigkill_loses_at_most_save_steps_and_resume_matches_an_uninterrupted_ru
 
 
 def test_resume_refuses_changed_settings_and_missing_runs(tiny_base, train_file, tmp_path):
-    from hub.errors import TrainingConfigError
-    from hub.train.checkpoint import prepare_output, run_record
-    from hub.train.config import TrainConfig
+    from adapterhub.errors import TrainingConfigError
+    from adapterhub.train.checkpoint import prepare_output, run_record
+    from adapterhub.train.config import TrainConfig
 
     out = tmp_path / "run"
     with pytest.raises(TrainingConfigError, match="nothing to resume"):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.registry import LocalRegistry
-from server.app import create_app
-from server.wsgi import start_in_thread
+from adapterhub.registry import LocalRegistry
+from adapterhub.server.app import create_app
+from adapterhub.server.wsgi import start_in_thread
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WINDOW = (1200, 900)

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.adapter_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from hub.errors import AdapterBusy, AdapterNotFound, IncompatibleBase, UnsupportedAdapter
+from adapterhub.adapter_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from adapterhub.errors import AdapterBusy, AdapterNotFound, IncompatibleBase, UnsupportedAdapter
 
 from .cache_stats import CacheStats
 from .lora_batch import LoraBatcher

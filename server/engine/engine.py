@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from hub.errors import AdapterNotFound, IncompatibleBase, InvalidReference, UnsupportedAdapter
+from adapterhub.errors import AdapterNotFound, IncompatibleBase, InvalidReference, UnsupportedAdapter
 
 from .requests import GenerationRequest, SamplingParams, StopText, TokenEvent
 from .soft_prompts import SoftPrompt, SoftPromptCache

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
-from hub.safetensors_header import SafetensorsFormatError, TensorInfo, read_safetensors_header
+from adapterhub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
+from adapterhub.safetensors_header import SafetensorsFormatError, TensorInfo, read_safetensors_header
 
 from .model_loader import LoadedBase
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from hub.base_model import BaseInfo, load_base_info
-from hub.errors import IncompatibleBase
+from adapterhub.base_model import BaseInfo, load_base_info
+from adapterhub.errors import IncompatibleBase
 
 __all__ = ["LoadedBase", "load_base_model", "QUANTIZE_MODES", "resolve_device", "resolve_dtype"]
 

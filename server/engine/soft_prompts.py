@@ -17,8 +17,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from hub.adapter_folder import ADAPTER_WEIGHTS
-from hub.errors import AdapterBusy, InvalidAdapter
+from adapterhub.adapter_folder import ADAPTER_WEIGHTS
+from adapterhub.errors import AdapterBusy, InvalidAdapter
 
 from .cache_stats import CacheStats
 
