@@ -24,7 +24,7 @@ from .waiting import wait_through_interrupts
 __all__ = ["BlobStore", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
 
 CHUNK = 4 * 1024 * 1024
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ class BlobStore:
         except OSError:
             return None
         name = real.name
-        if real.parent.parent == objects and real.parent.name == name[:2] and _HEX64.match(name):
+        if real.parent.parent == objects and real.parent.name == name[:2] and _HEX64.fullmatch(name):
             return name
         return None
 

@@ -21,13 +21,16 @@ from .errors import InvalidName, InvalidReference
 __all__ = ["Reference", "parse_reference", "validate_name", "validate_tag", "LATEST"]
 
 LATEST = "latest"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:([0-9a-f]{6,64})$")
+# fullmatch, not match: "$" also matches before a trailing newline, which would let "name\n" in.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_DIGEST = re.compile(r"sha256:([0-9a-f]{6,64})")
+# ASCII digits only ("²".isdigit() is true), and few enough that int() is cheap and never refuses.
+_VERSION = re.compile(r"[0-9]{1,9}")
 
 
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a safe adapter name; raise ``InvalidName`` saying why not."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise InvalidName(
             f"invalid adapter name {name!r}: use letters, digits, '.', '_' and '-' (no '/', no '..'), "
             "starting with a letter or digit, at most 128 characters"
@@ -37,7 +40,7 @@ def validate_name(name: str) -> str:
 
 def validate_tag(tag: str) -> str:
     """Tags share the name alphabet, but may not look like a version number or a digest."""
-    if not isinstance(tag, str) or not _NAME.match(tag) or ".." in tag or tag.isdigit() or tag.startswith("sha256"):
+    if not isinstance(tag, str) or not _NAME.fullmatch(tag) or ".." in tag or tag.isdigit() or tag.startswith("sha256"):
         raise InvalidName(
             f"invalid tag {tag!r}: use letters, digits, '.', '_' and '-', not a bare number or 'sha256...'"
         )
@@ -72,12 +75,12 @@ def parse_reference(ref: str) -> Reference:
         if "@" in ref:
             name, _, rest = ref.partition("@")
             validate_name(name)
-            if rest.isdigit():
+            if _VERSION.fullmatch(rest):
                 version = int(rest)
                 if version < 1:
                     raise InvalidReference(f"invalid reference {ref!r}: versions start at 1")
                 return Reference(name, version=version)
-            m = _DIGEST.match(rest)
+            m = _DIGEST.fullmatch(rest)
             if m:
                 return Reference(name, digest=m.group(1))
             raise InvalidReference(
