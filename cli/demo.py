@@ -64,10 +64,7 @@ def demo(workdir, quantize):
     from adapterhub.registry import LocalRegistry
     from adapterhub.tinybase import build_tiny_base
     from adapterhub.train.demo import DEMO_ADAPTERS, train_demo_adapters
-    from adapterhub.server.app import create_app
-    from adapterhub.server.engine.engine import create_engine
-    from adapterhub.server.engine.model_loader import load_base_model
-    from adapterhub.server.wsgi import start_in_thread
+    from adapterhub.api import start_engine
 
     started = time.perf_counter()
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="adapterhub-demo-"))
@@ -104,20 +101,14 @@ def demo(workdir, quantize):
                    f"max |logit difference| vs PEFT: {merged.verify.max_abs_diff:.2e}")
 
         _step(f"serve the base ({quantize}) with every adapter at once; one request per adapter, concurrently")
-        loaded = load_base_model(instruct_base, quantize=quantize)
-        engine = create_engine(loaded, registry).start()
         data = work / "data"
         asks = [(spec.name, _first_eval_row(data / spec.task / "eval.jsonl")) for spec in DEMO_ADAPTERS]
         asks.append(("base", asks[0][1]))
-        try:
-            with start_in_thread(create_app(registry, engine=engine)) as server:
-                click.echo(f"OpenAI-compatible API at {server.url}/v1")
-                with ThreadPoolExecutor(len(asks)) as pool:
-                    answers = list(pool.map(
-                        lambda a: _chat(server.url, engine.base_name if a[0] == "base" else a[0], _prompt_of(a[1])),
-                        asks))
-        finally:
-            engine.stop()
+        with start_engine(instruct_base, registry=registry, quantize=quantize, http=True) as server:
+            click.echo(f"OpenAI-compatible API at {server.url}/v1")
+            with ThreadPoolExecutor(len(asks)) as pool:
+                answers = list(pool.map(
+                    lambda a: _chat(server.url, server.base if a[0] == "base" else a[0], _prompt_of(a[1])), asks))
         table = [(model, _prompt_of(row).replace("\n", " ")[:56], answer.strip()[:64],
                   "yes" if answer.strip() == row["output"].strip() else "no")
                  for (model, row), answer in zip(asks, answers)]

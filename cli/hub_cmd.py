@@ -37,10 +37,10 @@ def hub() -> None:
 def serve(registry, host, port, threads, read_token_required, max_object_bytes, allow_local_bases):
     """Serve the registry folder: push/pull API at /api, HF Hub protocol, web page at /."""
     from adapterhub.registry import LocalRegistry
-    from adapterhub.server.app import create_app
-    from adapterhub.server.auth import READ_TOKEN_REQUIRED
-    from adapterhub.server.registry_api import ALLOW_LOCAL_BASES, MAX_OBJECT_BYTES
-    from adapterhub.server.wsgi import run
+    from adapterhub.server.http.app import create_app
+    from adapterhub.server.http.auth import READ_TOKEN_REQUIRED
+    from adapterhub.server.http.registry_api import ALLOW_LOCAL_BASES, MAX_OBJECT_BYTES
+    from adapterhub.server.http.wsgi import run
 
     root = _local_root(registry)
     app = create_app(

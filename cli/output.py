@@ -84,7 +84,7 @@ def json_option(f):
 
 def emit_json(doc: Any) -> None:
     """One JSON document. A list prints one compact record per line: still one document, and
-    it keeps json's C encoder (indentation switches to the pure-Python one, 10x slower on the
+    it keeps json's C encoder (indentation switches to the pure-Python one, far slower on the
     thousands of records a big registry lists)."""
     if isinstance(doc, list):
         body = ",\n".join(json.dumps(item, sort_keys=True) for item in doc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+import adapterhub
 from adapterhub.location import open_registry
 from adapterhub.registry import AdapterVersion
 
@@ -35,7 +36,7 @@ def push(folder, name, task, base, tags, description, registry, json_output):
     reg = open_registry(registry)
     v = reg.push(folder, name=name, task=task, base=base, tags=tags, description=description)
     if json_output:
-        emit_json(v.to_dict() | {"tags": list(v.tags)})
+        emit_json(v.to_json())
     else:
         click.echo(f"pushed {_version_line(v)}")
 
@@ -51,14 +52,9 @@ def pull(ref, out, force, registry, json_output):
 
     REF may be hf://org/repo[@revision]: the adapter is imported from $HF_ENDPOINT (default
     huggingface.co) into the registry first."""
-    reg = open_registry(registry)
-    if ref.startswith("hf://"):
-        from adapterhub.hf_import import import_from_hub
-
-        ref = import_from_hub(ref, reg).ref
-    v = reg.pull(ref, out, force=force)
+    v = adapterhub.pull(ref, out, force=force, registry=registry)
     if json_output:
-        emit_json(v.to_dict() | {"tags": list(v.tags), "output": str(out)})
+        emit_json(v.to_json() | {"output": str(out)})
     else:
         click.echo(f"pulled {_version_line(v)} -> {out}")
 
@@ -75,7 +71,7 @@ def list_(base, task, adapter_type, name, registry, json_output):
     reg = open_registry(registry)
     versions = reg.list(base=base, task=task, adapter_type=adapter_type, name=name)
     if json_output:
-        emit_json([v.to_dict() | {"tags": list(v.tags)} for v in versions])
+        emit_json([v.to_json() for v in versions])
         return
     if not versions:
         click.echo("no adapters")
@@ -114,7 +110,7 @@ def show(ref, registry, json_output):
     """Show everything recorded about adapter REF."""
     v = open_registry(registry).resolve(ref)
     if json_output:
-        emit_json(v.to_dict() | {"tags": list(v.tags)})
+        emit_json(v.to_json())
         return
     lines = [
         f"{v.ref}  sha256:{v.digest}",
@@ -147,7 +143,7 @@ def tag(ref, tag, registry, json_output):
     """Point TAG at the version REF resolves to."""
     v = open_registry(registry).tag(ref, tag)
     if json_output:
-        emit_json(v.to_dict() | {"tags": list(v.tags)})
+        emit_json(v.to_json())
     else:
         click.echo(f"{v.name}:{tag} -> {v.ref}")
 

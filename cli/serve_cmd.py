@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import click
 
 from .output import registry_option
 
-__all__ = ["COMMANDS", "default_base_dir"]
+__all__ = ["COMMANDS"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
@@ -29,24 +27,6 @@ class ByteSize(click.ParamType):
         if m is None or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
             self.fail(f"{value!r} is not a byte size (e.g. 1073741824, 512MB, 1GiB)", param, ctx)
         return int(float(m.group(1)) * _UNITS[unit])
-
-
-def default_base_dir() -> Path:
-    """Where the tiny default base is built once: ``$XDG_CACHE_HOME/adapterhub/tiny-llama``."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "adapterhub" / "tiny-llama"
-
-
-def _tiny_base() -> str:
-    from adapterhub.tinybase import build_tiny_base
-
-    folder = default_base_dir()
-    if not (folder / "config.json").is_file():
-        try:
-            build_tiny_base(folder)
-        except FileExistsError:  # another process built it meanwhile
-            pass
-    return str(folder)
 
 
 @click.command()
@@ -76,30 +56,21 @@ def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter
     One engine thread owns the model and batches requests for different LoRA adapters, soft prompts
     and the base together; adapters load from the registry on first use.
     """
-    from adapterhub.location import open_registry
-    from adapterhub.server.app import create_app
-    from adapterhub.server.engine.engine import create_engine
-    from adapterhub.server.engine.model_loader import load_base_model
-    from adapterhub.server.wsgi import run
+    from adapterhub.api import start_engine
+    from adapterhub.server.http.app import create_app
+    from adapterhub.server.http.wsgi import run
 
-    base = base or _tiny_base()
-    store = open_registry(registry)
-    loaded = load_base_model(base, quantize=quantize, device=device)
-    engine = create_engine(loaded, store, max_batch_size=max_batch_size, max_loaded_adapters=max_loaded_adapters,
-                           max_adapter_bytes=max_adapter_memory, max_lora_rank=max_lora_rank).start()
-    try:
-        for ref in preload:
-            engine.load_adapter(engine.resolve(ref))
-        app = create_app(store, engine=engine)
+    with start_engine(base, registry=registry, quantize=quantize, device=device, max_batch_size=max_batch_size,
+                      max_loaded_adapters=max_loaded_adapters, max_adapter_bytes=max_adapter_memory,
+                      max_lora_rank=max_lora_rank, preload=preload) as handle:
+        loaded = handle.engine.loaded
 
         def ready(url: str) -> None:
             click.echo(f"serving {loaded.name} ({quantize}, {loaded.device}) on {url}: OpenAI API at {url}/v1",
                        err=True)
 
         # send_bytes=1: hand every server-sent event to the socket at once (streaming is token by token).
-        run(app, host, port, threads, ready=ready, send_bytes=1)
-    finally:
-        engine.stop()
+        run(create_app(handle.registry, engine=handle.engine), host, port, threads, ready=ready, send_bytes=1)
 
 
 COMMANDS = [serve]

@@ -52,25 +52,19 @@ def train(base, data, eval_data, method, name, task, r, alpha, dropout, target_m
     greedy answers, also for the bare base); --push stores it with those metrics, the settings and
     the sha256 of the data. Ctrl-C saves a checkpoint; --resume continues from the last one.
     """
-    from pathlib import Path
-
-    from adapterhub.refs import validate_name
     from adapterhub.train.config import TrainConfig
-    from adapterhub.train.register import open_target_registry, push_trained
-    from adapterhub.train.trainer import train_adapter
+    from adapterhub.train.run import run_training
 
-    validate_name(name)
     config = TrainConfig(
         method=method, r=r, alpha=alpha, dropout=dropout, target_modules=_modules(target_modules),
         num_virtual_tokens=num_virtual_tokens, prompt_init_text=prompt_init_text, epochs=epochs,
         max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
         seed=seed, save_steps=save_steps,
     )
-    target = open_target_registry(registry, name) if push else None
-    out_dir = Path(output) if output else Path("runs") / name
-    result = train_adapter(base, data, out_dir, config, eval_file=eval_data, resume=resume,
-                           progress=not no_progress and not json_output, threads=threads)
-    pushed = push_trained(result, name=name, task=task, registry=target, tags=tags) if push else None
+    run = run_training(base, data, config, name=name, task=task, eval_data=eval_data, output=output, push=push,
+                       registry=registry, tags=tags, resume=resume, progress=not no_progress and not json_output,
+                       threads=threads)
+    result, pushed = run.result, run.pushed
     if json_output:
         emit_json({"adapter_dir": str(result.adapter_dir), "metrics": result.metrics,
                    "training": result.training, "pushed": pushed.to_dict() if pushed else None})

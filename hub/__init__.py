@@ -1,10 +1,66 @@
-"""adapterhub's library: the registry, adapter validation, base fingerprints, merging and training.
+"""adapterhub: keep, share, merge, train and serve PEFT adapters for one base model.
 
-Front ends (``cli/``, ``server/``) import from here; nothing here imports click or flask.
+The public Python API (``docs/python-api.md``)::
+
+    import adapterhub
+    v = adapterhub.push("my-lora", name="support", task="support")
+    with adapterhub.start_engine(base, quantize="none") as engine:
+        engine.generate("Hello", adapter="support")
+
+This package is also the library the front ends (``adapterhub.cli``, ``adapterhub.server``) call;
+nothing here imports click or flask. Importing it loads no torch, transformers, peft or numpy
+(the CLI starts in a fraction of a second): the types below that live with heavy modules load on
+first access.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import api
+from .api import *  # noqa: F403 (the functions and types listed in api.__all__)
 from .errors import AdapterHubError
-from .location import open_registry
 from .registry import AdapterVersion, LocalRegistry
 
-__all__ = ["AdapterHubError", "AdapterVersion", "LocalRegistry", "open_registry"]
+if TYPE_CHECKING:
+    from .merge import MergeOptions, MergeResult
+    from .remote import RemoteRegistry
+    from .tinybase import build_tiny_base
+    from .train.config import TrainConfig
+    from .train.run import TrainRun
+
+__all__ = [
+    *api.__all__,
+    "build_tiny_base",
+    "LocalRegistry",
+    "RemoteRegistry",
+    "AdapterVersion",
+    "AdapterHubError",
+    "MergeOptions",
+    "MergeResult",
+    "TrainConfig",
+    "TrainRun",
+]
+
+# Public names whose modules import numpy or an HTTP client: loaded on first access (PEP 562).
+_LAZY = {
+    "MergeOptions": ".merge",
+    "MergeResult": ".merge",
+    "RemoteRegistry": ".remote",
+    "build_tiny_base": ".tinybase",
+    "TrainConfig": ".train.config",
+    "TrainRun": ".train.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

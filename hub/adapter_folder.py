@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidAdapter, UnsupportedAdapter
-from .safetensors_header import SafetensorsFormatError, TensorInfo, read_safetensors_header
+from .peft_format import (
+    PROMPT_MODULE,
+    TensorInfo,
+    group_adapter_tensors,
+    implied_weight_shape,
+    lora_pair,
+    read_safetensors_header,
+)
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -33,12 +39,6 @@ _OPTIONAL_FILES = ("README.md",)
 
 # peft_type -> the adapter type the registry records.
 ADAPTER_TYPES = {"LORA": "lora", "PROMPT_TUNING": "prompt_tuning"}
-
-_PREFIX = "base_model.model."
-_LORA_KEY = re.compile(
-    r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
-    r"(?:\.[^.]+)?(?:\.(?P<kind>weight|bias))?$"
-)
 
 
 @dataclass(frozen=True)
@@ -114,34 +114,15 @@ def _adapter_type(config: dict[str, Any], where: Path) -> str:
 def _module_uses(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> tuple[ModuleUse, ...]:
     """Derive, per touched base module, the weight shape the adapter's tensors imply."""
     fan_in_fan_out = bool(config.get("fan_in_fan_out"))
-    parts: dict[str, dict[str, TensorInfo]] = {}
-    saved: list[ModuleUse] = []
-    for key, info in tensors.items():
-        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-        m = _LORA_KEY.match(name)
-        if m is None:
-            # A full tensor PEFT saved as-is: modules_to_save, trainable biases, embedding base layers.
-            saved.append(ModuleUse(name, "saved", info.shape, 0))
-            continue
-        if m.group("kind") == "bias" or m.group("part") == "lora_magnitude_vector":
-            continue
-        parts.setdefault(m.group("module"), {})[m.group("part")] = info
+    grouped = group_adapter_tensors(tensors)
     uses: list[ModuleUse] = []
-    for module, p in sorted(parts.items()):
-        if "lora_A" in p and "lora_B" in p:
-            a, b = p["lora_A"].shape, p["lora_B"].shape
-            if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
-                raise InvalidAdapter(f"{module}: lora_A {list(a)} and lora_B {list(b)} do not form a low-rank pair")
-            shape = (a[1], b[0]) if fan_in_fan_out else (b[0], a[1])
-            uses.append(ModuleUse(module, "linear", shape, a[0]))
-        elif "lora_embedding_A" in p and "lora_embedding_B" in p:
-            a, b = p["lora_embedding_A"].shape, p["lora_embedding_B"].shape
-            if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
-                raise InvalidAdapter(f"{module}: embedding A {list(a)} and B {list(b)} do not form a low-rank pair")
-            uses.append(ModuleUse(module, "embedding", (a[1], b[0]), a[0]))
-        else:
-            raise InvalidAdapter(f"{module}: has only half of a LoRA pair ({', '.join(sorted(p))})")
-    return tuple(uses + saved)
+    for module, parts in sorted(grouped.lora.items()):
+        a, b, embedding = lora_pair(module, parts)
+        shape = implied_weight_shape(a.shape, b.shape, transposed=embedding or fan_in_fan_out)
+        uses.append(ModuleUse(module, "embedding" if embedding else "linear", shape, a.shape[0]))
+    # Full tensors PEFT saved as-is: modules_to_save, trainable biases, embedding base layers.
+    uses += [ModuleUse(name, "saved", info.shape, 0) for name, info in grouped.saved.items()]
+    return tuple(uses)
 
 
 def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
@@ -159,10 +140,7 @@ def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
                 "Re-save with PeftModel.save_pretrained(..., safe_serialization=True)"
             )
         raise InvalidAdapter(f"{folder}: no {ADAPTER_WEIGHTS}")
-    try:
-        tensors = read_safetensors_header(weights)
-    except SafetensorsFormatError as e:
-        raise InvalidAdapter(f"{folder}: {e}") from e
+    tensors = read_safetensors_header(weights)
     if not tensors:
         raise InvalidAdapter(f"{folder}: {ADAPTER_WEIGHTS} holds no tensors")
     if kind == "lora":
@@ -181,6 +159,6 @@ def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
             raise InvalidAdapter(
                 f"{folder}: prompt_embeddings has {prompt.shape[0]} rows, config says {n} virtual tokens"
             )
-        modules = (ModuleUse("prompt_embeddings", "prompt", (prompt.shape[1],), 0),)
+        modules = (ModuleUse(PROMPT_MODULE, "prompt", (prompt.shape[1],), 0),)
     files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS] + [f for f in _OPTIONAL_FILES if (folder / f).is_file()]
     return AdapterFolder(folder, config, kind, tensors, tuple(files), modules)

@@ -18,9 +18,10 @@ from typing import Any
 
 from .adapter_folder import AdapterFolder
 from .errors import IncompatibleBase
-from .safetensors_header import SafetensorsFormatError, read_safetensors_header
+from .peft_format import SafetensorsFormatError, TensorInfo, base_weight_name, check_shapes_fit, read_safetensors_header
 
-__all__ = ["BaseInfo", "load_base_info", "check_adapter_fits", "SAFETENSORS_INDEX", "base_weight_files"]
+__all__ = ["BaseInfo", "load_base_info", "check_adapter_fits", "SAFETENSORS_INDEX", "base_weight_files",
+           "read_base_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +47,8 @@ class BaseInfo:
         return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
 
     def find_weight(self, module_or_tensor: str) -> str | None:
-        """The checkpoint name for a module path as PEFT sees it (``model.layers.0.q_proj``).
-
-        Checkpoints differ in whether they keep the model's top-level prefix (GPT-2's
-        ``transformer.`` is sometimes absent), so the name is tried as given, then without its
-        first component.
-        """
-        name = module_or_tensor.replace(".base_layer", "")
-        candidates = [name, name + ".weight"]
-        if "." in name:
-            rest = name.split(".", 1)[1]
-            candidates += [rest, rest + ".weight"]
-        for c in candidates:
-            if c in self.weights:
-                return c
-        return None
+        """The checkpoint name for a module path as PEFT sees it (see ``peft_format.base_weight_name``)."""
+        return base_weight_name(self.weights, module_or_tensor)
 
 
 def base_weight_files(folder: Path) -> list[Path]:
@@ -71,6 +59,17 @@ def base_weight_files(folder: Path) -> list[Path]:
         return [folder / f for f in sorted(set(weight_map.values()))]
     single = folder / SAFETENSORS_SINGLE
     return [single] if single.is_file() else []
+
+
+def read_base_headers(name: str, files: list[Path]) -> dict[Path, dict[str, TensorInfo]]:
+    """Each weight file's safetensors header; an unreadable one makes the base unusable, not the adapter."""
+    headers = {}
+    for f in files:
+        try:
+            headers[f] = read_safetensors_header(f)
+        except (OSError, SafetensorsFormatError) as e:
+            raise IncompatibleBase(f"base {name}: cannot read {f.name}: {e}") from e
+    return headers
 
 
 def _config_fields(config: dict[str, Any]) -> tuple[str | None, int | None]:
@@ -86,12 +85,7 @@ def _from_folder(folder: Path, name: str) -> BaseInfo | None:
     if not cfg.is_file() or not files:
         return None
     model_type, hidden = _config_fields(json.loads(cfg.read_text()))
-    weights: dict[str, tuple[int, ...]] = {}
-    for f in files:
-        try:
-            weights.update({k: v.shape for k, v in read_safetensors_header(f).items()})
-        except (OSError, SafetensorsFormatError) as e:
-            raise IncompatibleBase(f"base {name}: cannot read {f.name}: {e}") from e
+    weights = {k: v.shape for header in read_base_headers(name, files).values() for k, v in header.items()}
     return BaseInfo(name, model_type, hidden, weights)
 
 
@@ -125,19 +119,5 @@ def load_base_info(base: str, revision: str | None = None) -> BaseInfo | None:
 
 def check_adapter_fits(adapter: AdapterFolder, base: BaseInfo) -> None:
     """Raise ``IncompatibleBase`` naming the first tensor that does not fit a module of ``base``."""
-    for use in adapter.modules:
-        if use.kind == "prompt":
-            if base.hidden_size is not None and use.weight_shape[0] != base.hidden_size:
-                raise IncompatibleBase(
-                    f"prompt embeddings have width {use.weight_shape[0]}, base {base.name} has hidden size "
-                    f"{base.hidden_size}"
-                )
-            continue
-        weight = base.find_weight(use.module)
-        if weight is None:
-            raise IncompatibleBase(f"adapter touches {use.module}, which base {base.name} does not have")
-        have = base.weights[weight]
-        if tuple(have) != tuple(use.weight_shape):
-            raise IncompatibleBase(
-                f"{use.module}: adapter implies shape {list(use.weight_shape)}, base {base.name} has {list(have)}"
-            )
+    shapes = {use.module: use.weight_shape for use in adapter.modules}
+    check_shapes_fit(shapes, base.weights, base=base.name, hidden_size=base.hidden_size)

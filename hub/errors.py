@@ -1,10 +1,15 @@
-"""Every failure the hub reports, so callers (CLI, HTTP server) can map each to a message or status.
+"""Every failure the hub reports, and ``ERROR_TABLE``: each class's wire code and HTTP status.
 
 The classes also inherit from the matching builtin (``KeyError``, ``ValueError``, ...) so code that
-does not know about adapterhub can still catch them sensibly.
+does not know about adapterhub can still catch them sensibly. The HTTP server answers an error with
+its row of the table (``wire_code``) and the remote client turns the row back into the same class
+(``error_from_wire``), as ``huggingface_hub`` does in ``hf_raise_for_status``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
 
 __all__ = [
     "AdapterBusy",
@@ -26,11 +31,21 @@ __all__ = [
     "TrainingDataError",
     "TrainingInterrupted",
     "UnsupportedAdapter",
+    "ERROR_TABLE",
+    "WireCode",
+    "error_from_wire",
+    "wire_code",
 ]
 
 
 class AdapterHubError(Exception):
-    """Root of every error raised on purpose by adapterhub; its message is one line for a person."""
+    """Root of every error raised on purpose by adapterhub; its message is one line for a person.
+
+    ``status`` is the HTTP status of the answer when a remote hub raised the error (``None`` when
+    it was raised in this process).
+    """
+
+    status: int | None = None
 
 
 # --- input -----------------------------------------------------------------------------------
@@ -42,6 +57,10 @@ class InvalidAdapter(AdapterHubError, ValueError):
 
 class UnsupportedAdapter(InvalidAdapter):
     """The adapter is valid PEFT but of a kind adapterhub does not store (e.g. ``peft_type: IA3``)."""
+
+
+class SafetensorsFormatError(InvalidAdapter):
+    """A ``.safetensors`` file is malformed (truncated, bad header, byte ranges outside the file)."""
 
 
 class InvalidName(AdapterHubError, ValueError):
@@ -134,3 +153,56 @@ class AuthError(RemoteError, PermissionError):
 
 class PermissionDenied(RemoteError, PermissionError):
     """Valid credentials without the scope the operation needs (HTTP 403)."""
+
+
+# --- the wire --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WireCode:
+    """How an error travels over HTTP: the ``error.code`` string of the JSON body and the status."""
+
+    code: str
+    http_status: int
+
+
+# Every class, once: the hub answers with its row and the remote client raises the row's class
+# back, so a caller catches the same exception whether the registry is local or remote.
+ERROR_TABLE: Mapping[type[AdapterHubError], WireCode] = {
+    AdapterHubError: WireCode("invalid_request", 400),
+    InvalidAdapter: WireCode("invalid_adapter", 400),
+    UnsupportedAdapter: WireCode("unsupported_adapter", 400),
+    SafetensorsFormatError: WireCode("invalid_safetensors", 400),
+    InvalidName: WireCode("invalid_name", 400),
+    InvalidReference: WireCode("invalid_reference", 400),
+    IncompatibleBase: WireCode("incompatible_base", 409),
+    TrainingDataError: WireCode("invalid_training_data", 400),
+    TrainingConfigError: WireCode("invalid_training_config", 400),
+    TrainingInterrupted: WireCode("training_interrupted", 503),
+    MergeError: WireCode("invalid_merge", 400),
+    AdapterNotFound: WireCode("not_found", 404),
+    DigestMismatch: WireCode("digest_mismatch", 400),
+    ObjectMissing: WireCode("object_missing", 404),
+    RegistryCorrupt: WireCode("registry_corrupt", 500),
+    ConcurrentModification: WireCode("busy", 503),
+    AdapterBusy: WireCode("adapter_busy", 503),
+    RemoteError: WireCode("remote_error", 502),
+    AuthError: WireCode("unauthorized", 401),
+    PermissionDenied: WireCode("forbidden", 403),
+}
+
+_CLASS_FOR_CODE: Mapping[str, type[AdapterHubError]] = {wire.code: cls for cls, wire in ERROR_TABLE.items()}
+
+
+def wire_code(error: AdapterHubError) -> WireCode:
+    """The row of the error's most specific class in ``ERROR_TABLE`` (what a hub answers with)."""
+    return next(ERROR_TABLE[cls] for cls in type(error).__mro__ if cls in ERROR_TABLE)
+
+
+def error_from_wire(code: str | None, message: str, *, status: int) -> AdapterHubError:
+    """The exception a hub's error answer stands for: the class ``code`` names in ``ERROR_TABLE``,
+    or a ``RemoteError`` for codes of the HTTP layer itself (a malformed request, an oversized body)."""
+    cls = _CLASS_FOR_CODE.get(code or "", RemoteError)
+    error = cls(message)
+    error.status = status
+    return error

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
 
 from .registry import INDEX_NAME, LocalRegistry
-
-if TYPE_CHECKING:
-    from .remote import RemoteRegistry
+from .registry_protocol import Registry
 
 __all__ = ["ENV_REGISTRY", "default_location", "open_registry", "is_remote"]
 
 ENV_REGISTRY = "ADAPTERHUB_REGISTRY"
-
-Registry = Union[LocalRegistry, "RemoteRegistry"]
 
 
 def is_remote(location: str) -> bool:

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from .adapter_folder import AdapterFolder, read_adapter_folder
 from .atomic_file import write_json_atomic
 from .base_model import check_adapter_fits, load_base_info
-from .blobstore import BlobStore, StoredObject, sha256_file
+from .blobstore import BlobStore, StoredObject
 from .errors import (
     AdapterNotFound,
     InvalidAdapter,
@@ -39,6 +39,7 @@ from .errors import (
     RegistryCorrupt,
 )
 from .file_lock import EXCLUSIVE, SHARED, file_lock
+from .pull_folder import open_pull_folder
 from .refs import LATEST, Reference, parse_reference, validate_name, validate_tag
 
 __all__ = [
@@ -126,6 +127,15 @@ class AdapterVersion:
             d["training"] = self.training
         return d
 
+    def to_json(self) -> dict[str, Any]:
+        """The record with its tags: what the hub API answers and ``--json`` prints."""
+        return self.to_dict() | {"tags": list(self.tags)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "AdapterVersion":
+        """The version ``to_json`` wrote (a hub's answer)."""
+        return cls.from_dict(d, tuple(d.get("tags", ())))
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], tags: tuple[str, ...] = ()) -> "AdapterVersion":
         return cls(
@@ -209,7 +219,7 @@ def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 class LocalRegistry:
-    """A registry in a local folder (created on first write)."""
+    """A registry in a local folder (created on first write); implements ``Registry``."""
 
     def __init__(self, root: str | os.PathLike, *, durable: bool | None = None) -> None:
         """``durable`` (default: on unless ``$ADAPTERHUB_FSYNC`` is ``0``) fsyncs every object
@@ -482,15 +492,7 @@ class LocalRegistry:
         Existing different files are kept unless ``force``.
         """
         target = self.resolve(ref)
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise InvalidName(f"{out} exists and is not a folder")
-        if not force:
-            clashes = [f.path for f in target.files if (out / f.path).exists() and not _same_file(out / f.path, f)]
-            if clashes:
-                raise InvalidName(f"{out} already has {', '.join(clashes)} (use --force to overwrite)")
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
+        out, created = open_pull_folder(out_dir, target.files, force=force)
         temps: list[tuple[Path, Path]] = []
         try:
             for f in target.files:
@@ -510,7 +512,7 @@ class LocalRegistry:
         return target
 
     def object_path(self, digest: str) -> Path:
-        """Where an object lives (for servers that stream files without copying them)."""
+        """Where an object lives (servers stream and load files from it without copying them)."""
         path = self.store.path(digest)
         if not path.is_file():
             raise ObjectMissing(f"object sha256:{digest} is missing from the store")
@@ -574,11 +576,6 @@ class LocalRegistry:
                 tmp.unlink()
                 report.removed_temporaries += 1
         return report
-
-
-def _same_file(path: Path, entry: FileEntry) -> bool:
-    """Whether an existing file already holds exactly this entry's bytes (re-pulls are no-ops)."""
-    return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
 
 
 def _span(versions: Mapping[str, Any]) -> str:

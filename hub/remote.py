@@ -5,7 +5,8 @@ commits the manifest (the hub validates and records it atomically). Pull downloa
 ``.<file>.<digest>.part`` in the output folder, hashing as it goes; an interrupted pull leaves the
 part file, and the next pull asks for the rest with ``Range`` and verifies the whole. Files are
 renamed into place only when every one verified. The token comes from ``token=`` or
-``$ADAPTERHUB_TOKEN`` and travels as ``Authorization: Bearer``.
+``$ADAPTERHUB_TOKEN`` and travels as ``Authorization: Bearer``. A refusal of the hub comes back as
+the exception class the hub raised (``raise_for_status`` reads ``adapterhub.errors.ERROR_TABLE``).
 """
 
 from __future__ import annotations
@@ -25,21 +26,12 @@ import httpx2
 from .adapter_folder import read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
 from .blobstore import CHUNK, sha256_file
-from .errors import (
-    AdapterHubError,
-    AdapterNotFound,
-    AuthError,
-    DigestMismatch,
-    IncompatibleBase,
-    InvalidName,
-    ObjectMissing,
-    PermissionDenied,
-    RemoteError,
-)
+from .errors import DigestMismatch, InvalidName, RemoteError, error_from_wire
+from .pull_folder import open_pull_folder
 from .refs import validate_name
-from .registry import AdapterVersion, FileEntry, VerifyReport
+from .registry import AdapterVersion, FileEntry, GcReport, VerifyReport
 
-__all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN", "check_file_name"]
+__all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN", "check_file_name", "raise_for_status"]
 
 ENV_TOKEN = "ADAPTERHUB_TOKEN"
 _PROGRESS_MIN_BYTES = 8 << 20
@@ -69,39 +61,23 @@ class TransferStats:
     resumed_bytes: int = 0
 
 
-_ERRORS_BY_CODE = {
-    "digest_mismatch": DigestMismatch,
-    "object_missing": ObjectMissing,
-    "incompatible_base": IncompatibleBase,
-}
-
-
-def _error_from(response: httpx2.Response, what: str) -> AdapterHubError:
-    """The hub error a response carries, as the matching adapterhub exception."""
+def raise_for_status(response: httpx2.Response, what: str) -> None:
+    """Raise the exception an error answer of the hub stands for: the class its ``error.code`` names
+    in ``ERROR_TABLE``, so callers catch what a local registry would raise. ``what`` names the call
+    in the message when the answer carries no hub error (a proxy's page, a cut connection)."""
+    if response.status_code < 400:
+        return
+    response.read()
     try:
         err = response.json()["error"]
         message, code = str(err["message"]), err.get("code")
-    except Exception:
+    except (ValueError, KeyError, TypeError, AttributeError):
         message, code = f"{what}: HTTP {response.status_code} {response.reason_phrase}", None
-    status = response.status_code
-    if status == 401:
-        return AuthError(message, status=status)
-    if status == 403:
-        return PermissionDenied(message, status=status)
-    if code in _ERRORS_BY_CODE:
-        cls = _ERRORS_BY_CODE[code]
-        exc = cls(message)
-        exc.status = status
-        return exc
-    if status == 404:
-        exc = AdapterNotFound(message)
-        exc.status = status
-        return exc
-    return RemoteError(message, status=status)
+    raise error_from_wire(code if isinstance(code, str) else None, message, status=response.status_code)
 
 
 class RemoteRegistry:
-    """A hub at ``url`` (``http://host:port``)."""
+    """A hub at ``url`` (``http://host:port``); implements ``Registry``."""
 
     def __init__(
         self,
@@ -143,8 +119,7 @@ class RemoteRegistry:
             response = self._client.request(method, path, **kw)
         except httpx2.HTTPError as e:
             raise RemoteError(f"cannot reach the hub at {self.url}: {e}") from e
-        if response.status_code >= 400:
-            raise _error_from(response, f"{method} {path}")
+        raise_for_status(response, f"{method} {path}")
         return response
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -171,7 +146,7 @@ class RemoteRegistry:
 
     def resolve(self, ref: str) -> AdapterVersion:
         d = self._json("GET", f"/api/versions/{self._ref_path(ref)}")
-        return AdapterVersion.from_dict(d, tuple(d.get("tags", ())))
+        return AdapterVersion.from_json(d)
 
     def list(
         self,
@@ -183,7 +158,7 @@ class RemoteRegistry:
     ) -> list[AdapterVersion]:
         params = {k: v for k, v in {"base": base, "task": task, "type": adapter_type, "name": name}.items() if v}
         doc = self._json("GET", "/api/versions", params=params)
-        return [AdapterVersion.from_dict(d, tuple(d.get("tags", ()))) for d in doc["versions"]]
+        return [AdapterVersion.from_json(d) for d in doc["versions"]]
 
     def verify(self) -> VerifyReport:
         d = self._json("GET", "/api/verify")
@@ -244,7 +219,7 @@ class RemoteRegistry:
             "training": dict(training) if training is not None else None,
         }
         d = self._json("POST", f"/api/adapters/{name}/versions", json=body)
-        return AdapterVersion.from_dict(d, tuple(d.get("tags", ())))
+        return AdapterVersion.from_json(d)
 
     # --- pull ----------------------------------------------------------------------------------
 
@@ -253,15 +228,7 @@ class RemoteRegistry:
         target = self.resolve(ref)
         for f in target.files:
             check_file_name(f.path)
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise InvalidName(f"{out} exists and is not a folder")
-        if not force:
-            clashes = [f.path for f in target.files if (out / f.path).exists() and not _holds(out / f.path, f)]
-            if clashes:
-                raise InvalidName(f"{out} already has {', '.join(clashes)} (use --force to overwrite)")
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
+        out, created = open_pull_folder(out_dir, target.files, force=force)
         stats = TransferStats()
         parts: list[tuple[Path, Path]] = []
         try:
@@ -297,9 +264,7 @@ class RemoteRegistry:
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
                 with self._client.stream("GET", f"/api/objects/sha256/{entry.sha256}", headers=headers) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        raise _error_from(r, f"download {entry.path}")
+                    raise_for_status(r, f"download {entry.path}")
                     if have and r.status_code != 206:  # the hub ignored the range: start over
                         h, have = hashlib.sha256(), 0
                     with open(part, "ab" if have else "wb") as dst:
@@ -329,19 +294,23 @@ class RemoteRegistry:
 
     def tag(self, ref: str, tag: str) -> AdapterVersion:
         d = self._json("POST", "/api/tags", json={"ref": ref, "tag": tag})
-        return AdapterVersion.from_dict(d, tuple(d.get("tags", ())))
+        return AdapterVersion.from_json(d)
 
     def set_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterVersion:
         d = self._json("PATCH", f"/api/versions/{self._ref_path(ref)}/metrics", json=dict(metrics))
-        return AdapterVersion.from_dict(d, tuple(d.get("tags", ())))
+        return AdapterVersion.from_json(d)
 
     def remove(self, ref: str, *, all_versions: bool = False) -> list[AdapterVersion]:
         params = {"all": "true"} if all_versions else {}
         doc = self._json("DELETE", f"/api/versions/{self._ref_path(ref)}", params=params)
-        return [AdapterVersion.from_dict(d, tuple(d.get("tags", ()))) for d in doc["removed"]]
+        return [AdapterVersion.from_json(d) for d in doc["removed"]]
 
-    def gc(self) -> Any:
+    def gc(self) -> GcReport:
         raise RemoteError(f"gc runs where the registry folder is: on the hub's machine, not through {self.url}")
+
+    def object_path(self, digest: str) -> None:
+        """``None``: the hub's objects live on its machine, and ``pull`` brings a version here."""
+        return None
 
 
 def _chunks(src: BinaryIO, bar: Any) -> Iterator[bytes]:
@@ -349,6 +318,3 @@ def _chunks(src: BinaryIO, bar: Any) -> Iterator[bytes]:
         bar.update(len(chunk))
         yield chunk
 
-
-def _holds(path: Path, entry: FileEntry) -> bool:
-    return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256

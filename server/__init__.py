@@ -1,0 +1,10 @@
+"""Serving adapters, in two parts that meet only through the engine's public calls.
+
+- ``engine/``: the inference library. It loads the base model, holds LoRA slots and soft prompts,
+  and schedules batched generation on its own thread. It imports no Flask, so a program can run
+  it in-process.
+- ``http/``: the Flask layer, and nothing but HTTP. The registry API, the Hugging Face download
+  protocol and the web page serve a ``LocalRegistry``; the OpenAI API, ``/health`` and
+  ``/metrics`` serve an engine. It also holds the waitress runner and the one table that maps
+  errors to status codes.
+"""

@@ -9,9 +9,9 @@ from typing import Any, Callable, Iterable
 
 from adapterhub.registry import LocalRegistry
 from adapterhub.tokens import TokenStore
-from adapterhub.server.app import create_app
-from adapterhub.server.registry_api import ALLOW_LOCAL_BASES
-from adapterhub.server.wsgi import ServerHandle, start_in_thread
+from adapterhub.server.http.app import create_app
+from adapterhub.server.http.registry_api import ALLOW_LOCAL_BASES
+from adapterhub.server.http.wsgi import ServerHandle, start_in_thread
 
 
 class ByteCounter:

@@ -18,7 +18,8 @@ from adapterhub.registry import LocalRegistry
 from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
 from adapterhub.server.engine.engine import ContextTooLong, create_engine
 from adapterhub.server.engine.model_loader import load_base_model
-from adapterhub.server.engine.requests import SamplingParams, StopText
+from adapterhub.server.engine.detokenizer import StopText
+from adapterhub.server.engine.request import SamplingParams
 from serving_helpers import peft_greedy, push_serving_adapters, start_test_engine
 
 GREEDY = dict(temperature=0)
@@ -160,12 +161,12 @@ def test_unload_frees_adapter_memory(served):
     lora = engine.resolve("lora-all")
     engine.load_adapter(lora)
     slot = next(a["slot"] for a in engine.loaded_adapters() if a["ref"] == lora.ref)
-    layer = next(iter(engine.lora_slots.batcher.modules.values()))
+    layer = next(iter(engine.lora_slots.bank.modules.values()))
     assert layer.lora_A[slot].abs().sum() > 0
     assert engine.unload_adapter(lora.ref)
-    assert not engine.lora_slots.batcher.occupied(slot)
+    assert not engine.lora_slots.bank.occupied(slot)
     assert all(m.lora_A[slot].abs().sum() == 0 and m.lora_B[slot].abs().sum() == 0
-               for m in engine.lora_slots.batcher.modules.values())
+               for m in engine.lora_slots.bank.modules.values())
     assert not engine.unload_adapter(lora.ref)
 
 

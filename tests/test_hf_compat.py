@@ -20,7 +20,7 @@ import torch
 from adapterhub.registry import LocalRegistry
 from adapterhub.remote import RemoteRegistry
 from remote_helpers import start_hub
-from adapterhub.server.auth import READ_TOKEN_REQUIRED
+from adapterhub.server.http.auth import READ_TOKEN_REQUIRED
 
 INPUT_IDS = [[257, 72, 101, 108, 108, 111, 33, 10]]
 
@@ -170,7 +170,7 @@ def lora_for_import(make_lora):
 def test_repo_info_and_tree_shapes(hub, make_lora):
     """What the client parses: siblings, sha, and the tree entries with their LFS sha256."""
     v = RemoteRegistry(hub.url, token=hub.write_token).push(make_lora("x"), name="sent", task="t")
-    from adapterhub.server.app import create_app
+    from adapterhub.server.http.app import create_app
 
     client = create_app(hub.registry).test_client()
     info = client.get("/api/models/sent/revision/main")

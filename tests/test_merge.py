@@ -10,7 +10,7 @@ from merge_fixtures import base_logits, gpt2_base, max_diff, merged_logits, peft
 
 from adapterhub.errors import IncompatibleBase, MergeError, UnsupportedAdapter
 from adapterhub.merge import MergeOptions, merge_adapter, merge_model
-from adapterhub.safetensors_header import read_safetensors_header
+from adapterhub.peft_format import read_safetensors_header
 
 TOL = 1e-4
 

@@ -11,7 +11,7 @@ from peft.utils import merge_utils
 from adapterhub.errors import MergeError
 from adapterhub.merge.io import ShardedReader, ShardedWriter, TensorSpec
 from adapterhub.merge.methods import METHODS, get_method
-from adapterhub.safetensors_header import read_safetensors_header
+from adapterhub.peft_format import read_safetensors_header
 
 
 def _deltas(n=3, shape=(48, 32), seed=0):

@@ -17,9 +17,9 @@ import pytest
 
 from adapterhub.registry import LocalRegistry
 from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
-from adapterhub.server.app import create_app
+from adapterhub.server.http.app import create_app
 from adapterhub.server.engine.model_loader import load_base_model
-from adapterhub.server.wsgi import start_in_thread
+from adapterhub.server.http.wsgi import start_in_thread
 from serving_helpers import peft_greedy, start_test_engine
 
 

@@ -298,7 +298,7 @@ def test_failed_pull_into_a_new_folder_leaves_nothing(hub, lora, tmp_path):
 
 def test_an_app_in_front_of_a_remote_hub_does_not_re_serve_it(hub):
     """`adapterhub serve --registry http://hub` builds its app on a RemoteRegistry: no hub routes there."""
-    from adapterhub.server.app import create_app
+    from adapterhub.server.http.app import create_app
 
     client = create_app(RemoteRegistry(hub.url)).test_client()
     assert client.get("/api/versions").status_code == 404

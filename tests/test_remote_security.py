@@ -15,8 +15,8 @@ from adapterhub.remote import RemoteRegistry
 from adapterhub.tokens import TokenStore
 from conftest import snapshot
 from remote_helpers import start_hub
-from adapterhub.server.auth import READ_TOKEN_REQUIRED
-from adapterhub.server.registry_api import ALLOW_LOCAL_BASES, MAX_JSON_BYTES, MAX_OBJECT_BYTES
+from adapterhub.server.http.auth import READ_TOKEN_REQUIRED
+from adapterhub.server.http.registry_api import ALLOW_LOCAL_BASES, MAX_JSON_BYTES, MAX_OBJECT_BYTES
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from adapterhub.remote import RemoteRegistry
 from remote_helpers import start_hub
 from adapterhub.server.engine.engine import create_engine
 from adapterhub.server.engine.model_loader import load_base_model
-from adapterhub.server.engine.requests import SamplingParams
+from adapterhub.server.engine.request import SamplingParams
 from serving_helpers import peft_greedy, push_serving_adapters
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from adapterhub.registry import LocalRegistry
-from adapterhub.server.app import create_app
-from adapterhub.server.wsgi import start_in_thread
+from adapterhub.server.http.app import create_app
+from adapterhub.server.http.wsgi import start_in_thread
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WINDOW = (1200, 900)

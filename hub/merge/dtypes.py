@@ -12,28 +12,21 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MergeError
+from ..peft_format import DTYPES, FLOAT_CODES
 
-__all__ = ["DTYPE_BYTES", "FLOAT_CODES", "numpy_dtype", "to_float32", "from_float32"]
+__all__ = ["FLOAT_CODES", "numpy_dtype", "to_float32", "from_float32"]
 
-# Every dtype the format defines: tensors of any of them pass through a merge as raw bytes; only
-# the float ones can be edited or converted.
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "U16": 2, "U32": 4, "U64": 8, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1}
-FLOAT_CODES = ("F64", "F32", "F16", "BF16")
-
-_NUMPY = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,  # BF16: the raw bit patterns
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-    "U16": np.uint16, "U32": np.uint32, "U64": np.uint64,
-}
+# Tensors of every dtype the format defines pass through a merge as raw bytes; only FLOAT_CODES
+# can be edited or converted.
 _BF16_QUIET_NAN = np.uint16(0x7FC0)
 
 
 def numpy_dtype(code: str) -> np.dtype:
     """The numpy dtype that holds a safetensors dtype's little-endian bytes (BF16: uint16 bits)."""
-    if code not in _NUMPY:
+    spec = DTYPES.get(code)
+    if spec is None or spec.numpy is None:
         raise MergeError(f"tensors of dtype {code} cannot be merged")
-    return np.dtype(_NUMPY[code]).newbyteorder("<")
+    return np.dtype(spec.numpy).newbyteorder("<")
 
 
 def to_float32(raw: np.ndarray, code: str) -> np.ndarray:
@@ -55,7 +48,7 @@ def from_float32(values: np.ndarray, code: str) -> np.ndarray:
         return values
     if code != "BF16":
         with np.errstate(over="ignore"):  # beyond float16's range is inf, as torch gives, silently
-            return values.astype(_NUMPY[code])
+            return values.astype(DTYPES[code].numpy)
     bits = values.view(np.uint32)
     lsb = (bits >> 16) & 1
     rounded = ((bits + (0x7FFF + lsb)) >> 16).astype(np.uint16)

@@ -20,10 +20,10 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
-from ..base_model import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, base_weight_files
+from ..base_model import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, base_weight_files, read_base_headers
 from ..errors import IncompatibleBase, MergeError
-from ..safetensors_header import SafetensorsFormatError, TensorInfo, read_safetensors_header
-from .dtypes import DTYPE_BYTES, from_float32, numpy_dtype, to_float32
+from ..peft_format import DTYPES, TensorInfo
+from .dtypes import from_float32, numpy_dtype, to_float32
 
 __all__ = ["ShardedReader", "ShardedWriter", "TensorSpec"]
 
@@ -43,7 +43,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_BYTES[self.dtype]
+        n = DTYPES[self.dtype].itemsize
         for d in self.shape:
             n *= d
         return n
@@ -52,7 +52,6 @@ class TensorSpec:
 @dataclass(frozen=True)
 class _Located:
     file: Path
-    data_start: int
     info: TensorInfo
 
 
@@ -69,18 +68,13 @@ class ShardedReader:
             raise IncompatibleBase(
                 f"base {self.folder}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} (merging needs safetensors weights)"
             )
-        self._where: dict[str, _Located] = {}
-        for f in files:
-            if not f.is_file():
-                raise IncompatibleBase(f"base {self.folder}: shard {f.name} named by the index is missing")
-            try:
-                header = read_safetensors_header(f)
-            except (OSError, SafetensorsFormatError) as e:
-                raise IncompatibleBase(f"base {self.folder}: cannot read {f.name}: {e}") from e
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-            for name, info in header.items():
-                self._where[name] = _Located(f, 8 + n, info)
+        missing = next((f for f in files if not f.is_file()), None)
+        if missing is not None:
+            raise IncompatibleBase(f"base {self.folder}: shard {missing.name} named by the index is missing")
+        self._where = {
+            name: _Located(f, info) for f, header in read_base_headers(str(self.folder), files).items()
+            for name, info in header.items()
+        }
         self._open: tuple[Path, BinaryIO] | None = None
 
     def names(self) -> list[str]:
@@ -114,11 +108,11 @@ class ShardedReader:
         """The whole tensor as stored (``numpy_dtype`` of its code); read into the front of ``buffer``
         (uint8) when given, so the result is a view of it."""
         loc = self._where[name]
-        start, end = loc.info.offsets
+        start, end = loc.info.file_range
         buf = np.empty(end - start, dtype=np.uint8) if buffer is None else buffer[: end - start]
         if end > start:
             fh = self._handle(loc.file)
-            fh.seek(loc.data_start + start)
+            fh.seek(start)
             if fh.readinto(buf) != end - start:
                 raise IncompatibleBase(f"base {self.folder}: {loc.file.name} is truncated at {name}")
         return buf.view(numpy_dtype(loc.info.dtype)).reshape(loc.info.shape)
@@ -130,21 +124,21 @@ class ShardedReader:
     def byte_range(self, name: str) -> tuple[Path, int, int]:
         """(file, absolute offset, length) of a tensor's bytes, for an in-kernel copy."""
         loc = self._where[name]
-        start, end = loc.info.offsets
-        return loc.file, loc.data_start + start, end - start
+        start, end = loc.info.file_range
+        return loc.file, start, end - start
 
     def iter_chunks(self, name: str, dtype: str | None = None) -> Iterator[memoryview]:
         """The tensor's bytes in bounded chunks, converted to ``dtype`` chunk by chunk when it differs."""
         loc = self._where[name]
         src = loc.info.dtype
-        width = DTYPE_BYTES[src]
-        start, end = loc.info.offsets
+        width = DTYPES[src].itemsize
+        start, end = loc.info.file_range
         step = _CHUNK_BYTES - _CHUNK_BYTES % width
         fh = self._handle(loc.file)
         pos = start
         while pos < end:
             n = min(step, end - pos)
-            fh.seek(loc.data_start + pos)
+            fh.seek(pos)
             buf = np.empty(n, dtype=np.uint8)
             if fh.readinto(buf) != n:
                 raise IncompatibleBase(f"base {self.folder}: {loc.file.name} is truncated at {name}")

@@ -7,41 +7,24 @@ Adapter files are read without torch (see ``dtypes``).
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 
 from ..adapter_folder import ADAPTER_WEIGHTS, AdapterFolder
 from ..errors import MergeError, UnsupportedAdapter
-from ..safetensors_header import read_safetensors_header
+from ..peft_format import (
+    check_mergeable,
+    group_adapter_tensors,
+    implied_weight_shape,
+    lora_pair,
+    lora_scale,
+    read_safetensors_header,
+)
 from .dtypes import FLOAT_CODES, numpy_dtype, to_float32
 
-__all__ = ["DELTA_BLOCK", "LoraModule", "SavedTensor", "AdapterTensors", "load_adapter_tensors", "lora_scale", "apply_dora"]
-
-_PREFIX = "base_model.model."
-_PAIR = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
-                   r"(?:\.(?P<kind>weight|bias))?$")
-
-# LoRA config switches that change the forward pass in ways a weight fold cannot reproduce (or that
-# adapterhub does not implement): refused with the switch named, never silently ignored.
-_UNMERGEABLE = {
-    "alora_invocation_tokens": "activated LoRA (aLoRA) only applies after its invocation tokens",
-    "use_qalora": "QA-LoRA pools its input and only folds into quantized group parameters",
-    "use_bdlora": "block-diagonal LoRA is not implemented by adapterhub's merger",
-    "monteclora_config": "MonteCLoRA is not implemented by adapterhub's merger",
-    "velora_config": "VeLoRA is not implemented by adapterhub's merger",
-    "kasa_config": "KaSA is not implemented by adapterhub's merger",
-    "arrow_config": "Arrow routing picks adapters per token and has no single merged weight",
-    "layer_replication": "layer replication changes the architecture",
-    "target_parameters": "LoRA on raw parameters (target_parameters) is not implemented by adapterhub's merger",
-    "trainable_token_indices": "trainable token rows are not implemented by adapterhub's merger",
-    "ensure_weight_tying": "adapters tied across input and output embeddings are not implemented by adapterhub's merger",
-}
-
+__all__ = ["DELTA_BLOCK", "LoraModule", "SavedTensor", "AdapterTensors", "load_adapter_tensors", "apply_dora"]
 
 DELTA_BLOCK = 256 * 1024  # float32 elements of delta formed at a time when folding (1 MiB)
 
@@ -66,8 +49,7 @@ class LoraModule:
     @property
     def weight_shape(self) -> tuple[int, int]:
         """Shape of the base weight this pair edits, in the checkpoint's layout."""
-        out_in = (self.B.shape[0], self.A.shape[1])
-        return out_in[::-1] if (self.embedding or self.fan_in_fan_out) else out_in
+        return implied_weight_shape(self.A.shape, self.B.shape, transposed=self._transposed)
 
     @property
     def _transposed(self) -> bool:
@@ -131,30 +113,14 @@ class AdapterTensors:
                 raise MergeError(f"{label}: saved tensor {saved.name} holds non-finite values (NaN or inf)")
 
 
-def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
-    """PEFT's ``get_pattern_key``: the first pattern that matches the end of the module path."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
-def lora_scale(config: Mapping[str, Any], module: str, rank: int) -> float:
-    """``alpha / r`` (or ``alpha / sqrt(r)`` with rsLoRA), with ``alpha_pattern`` applied per module."""
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-
-
-def check_mergeable(adapter: AdapterFolder) -> None:
+def _check_mergeable(adapter: AdapterFolder) -> None:
     """Refuse adapters whose effect is not a change of base weights, saying why."""
     if adapter.adapter_type == "prompt_tuning":
         raise UnsupportedAdapter(
             f"{adapter.path}: a prompt-tuning adapter prepends learned virtual tokens to every input; it changes "
             "no weight, so it cannot be folded into a model (serve it with the base instead)"
         )
-    for key, why in _UNMERGEABLE.items():
-        if adapter.config.get(key):
-            raise UnsupportedAdapter(f"{adapter.path}: cannot merge, {key} is set: {why}")
+    check_mergeable(adapter.config, group_adapter_tensors(adapter.tensors), str(adapter.path))
 
 
 def _read_tensors(path: Path) -> dict[str, np.ndarray]:
@@ -162,10 +128,10 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
     buffers) as stored. The file was validated when the adapter was read."""
     header = read_safetensors_header(path)
     data = np.memmap(path, dtype=np.uint8, mode="r")
-    start = 8 + int.from_bytes(data[:8].tobytes(), "little")
     out = {}
     for name, info in header.items():
-        raw = data[start + info.offsets[0] : start + info.offsets[1]].view(numpy_dtype(info.dtype))
+        start, end = info.file_range
+        raw = data[start:end].view(numpy_dtype(info.dtype))
         values = to_float32(raw, info.dtype) if info.dtype in FLOAT_CODES else raw
         out[name] = np.array(values, dtype=values.dtype).reshape(info.shape)  # a copy: the map closes
     del data
@@ -174,30 +140,17 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
 
 def load_adapter_tensors(adapter: AdapterFolder) -> AdapterTensors:
     """Load a (validated) LoRA adapter's tensors and attach PEFT's per-module scale to each pair."""
-    check_mergeable(adapter)
-    raw = _read_tensors(adapter.path / ADAPTER_WEIGHTS)
+    _check_mergeable(adapter)
+    grouped = group_adapter_tensors(_read_tensors(adapter.path / ADAPTER_WEIGHTS))
     fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out"))
-    parts: dict[str, dict[str, np.ndarray]] = {}
-    saved: list[SavedTensor] = []
-    for key, tensor in raw.items():
-        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-        m = _PAIR.match(name)
-        if m is None:
-            saved.append(SavedTensor(name.replace(".base_layer", ""), tensor, name))
-            continue
-        part = m.group("part") + (".bias" if m.group("kind") == "bias" else "")
-        parts.setdefault(m.group("module"), {})[part] = tensor
+    saved = [SavedTensor(name.replace(".base_layer", ""), tensor, name) for name, tensor in grouped.saved.items()]
     loras = []
-    for module, p in sorted(parts.items()):
-        embedding = "lora_embedding_A" in p
-        a = p["lora_embedding_A" if embedding else "lora_A"]
-        b = p["lora_embedding_B" if embedding else "lora_B"]
-        magnitude = p.get("lora_magnitude_vector")
-        if magnitude is not None and embedding:
-            raise UnsupportedAdapter(f"{adapter.path}: DoRA on the embedding {module} is not supported by the merger")
+    for module, p in sorted(grouped.lora.items()):
+        a, b, embedding = lora_pair(module, p)
         loras.append(LoraModule(
             module=module, A=a, B=b, scale=lora_scale(adapter.config, module, a.shape[0]), embedding=embedding,
-            fan_in_fan_out=fan_in_fan_out and not embedding, bias=p.get("lora_B.bias"), magnitude=magnitude,
+            fan_in_fan_out=fan_in_fan_out and not embedding, bias=p.get("lora_B.bias"),
+            magnitude=p.get("lora_magnitude_vector"),
         ))
     return AdapterTensors(tuple(loras), tuple(saved))
 

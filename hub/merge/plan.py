@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..base_model import BaseInfo
 from ..errors import IncompatibleBase, MergeError
-from .dtypes import FLOAT_CODES
+from ..peft_format import FLOAT_CODES, check_shape_fits, missing_module
 from .io import ShardedReader, TensorSpec
 from .lora_delta import AdapterTensors, LoraModule, apply_dora, load_adapter_tensors
 from .methods import get_method
@@ -202,7 +202,7 @@ class _Targets:
                     self.outputs[out] = OutputTensor(out, inp, TensorSpec(out, spec.dtype, spec.shape))
                 name = out
         if name is None:
-            raise IncompatibleBase(f"{label} touches {module_or_tensor}, which base {self.info.name} does not have")
+            raise missing_module(module_or_tensor, base=self.info.name, where=label)
         return self.outputs[name]
 
     def bias_of(self, module: str, label: str) -> OutputTensor:
@@ -223,27 +223,19 @@ def _edit(target: OutputTensor, source: int) -> SourceEdit:
     return target.edits[-1]
 
 
-def _check_shape(target: OutputTensor, shape: tuple[int, ...], what: str, label: str, base: str) -> None:
-    if tuple(shape) != target.spec.shape:
-        raise IncompatibleBase(
-            f"{label}: {what} implies shape {list(shape)} for {target.name}, base {base} has {list(target.spec.shape)} "
-            "(an adapter for another base?)"
-        )
-
-
 def _add_adapter(targets: _Targets, index: int, src: AdapterSource, tensors: AdapterTensors) -> None:
     base = targets.info.name
     for lora in tensors.loras:
         target = targets.lookup(lora.module, src.label)
-        _check_shape(target, lora.weight_shape, f"LoRA on {lora.module}", src.label, base)
+        check_shape_fits(target.name, lora.weight_shape, target.spec.shape, base=base, where=src.label)
         _edit(target, index).loras.append(lora)
         if lora.bias is not None:
             bias = targets.bias_of(lora.module, src.label)
-            _check_shape(bias, tuple(lora.bias.shape), f"LoRA bias on {lora.module}", src.label, base)
+            check_shape_fits(bias.name, lora.bias.shape, bias.spec.shape, base=base, where=src.label)
             _edit(bias, index).bias_loras.append(lora)
     for saved in tensors.saved:
         target = targets.lookup(saved.name, src.label)
-        _check_shape(target, tuple(saved.tensor.shape), f"saved tensor {saved.name}", src.label, base)
+        check_shape_fits(target.name, saved.tensor.shape, target.spec.shape, base=base, where=src.label)
         _edit(target, index).saved = saved.tensor
         # PEFT loads a saved embedding base layer into the parameter it shares with a tied output layer.
         if targets.tied is not None and ".base_layer" in saved.raw_name and target.name == targets.tied[0]:

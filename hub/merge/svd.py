@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..adapter_folder import ADAPTER_WEIGHTS
 from ..errors import MergeError
+from ..peft_format import LORA_PAIRS, adapter_key
 from .fold import combined_delta
 from .lora_delta import LoraModule
 from .plan import MergePlan, OutputTensor
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["AdapterExport", "write_adapter"]
-
-_PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
@@ -98,11 +97,9 @@ def write_adapter(plan: MergePlan, out_dir: Path, *, rank: int | None, base_name
             a, b, error = _truncate(delta.T if (first.embedding or first.fan_in_fan_out) else delta, rank)
         worst = max(worst, error)
         fan_in_fan_out = fan_in_fan_out or first.fan_in_fan_out
-        key = _PREFIX + first.module
-        if first.embedding:
-            tensors[key + ".lora_embedding_A"], tensors[key + ".lora_embedding_B"] = a.contiguous(), b.contiguous()
-        else:
-            tensors[key + ".lora_A.weight"], tensors[key + ".lora_B.weight"] = a.contiguous(), b.contiguous()
+        a_part, b_part = LORA_PAIRS[first.embedding]
+        tensors[adapter_key(first.module, a_part)] = a.contiguous()
+        tensors[adapter_key(first.module, b_part)] = b.contiguous()
         ranks[first.module] = a.shape[0]
     r = max(ranks.values())
     pattern = {m: k for m, k in ranks.items() if k != r}

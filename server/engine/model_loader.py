@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from adapterhub.base_model import BaseInfo, load_base_info
 from adapterhub.errors import IncompatibleBase
+
+if TYPE_CHECKING:
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["LoadedBase", "load_base_model", "QUANTIZE_MODES", "resolve_device", "resolve_dtype"]
 
@@ -42,8 +45,8 @@ class LoadedBase:
         footprint_bytes: parameter and buffer bytes the model holds.
     """
 
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     name: str
     quantize: str
     device: torch.device
@@ -74,7 +77,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(sorted(_DTYPES))})") from None
 
 
-def _quantization_config(quantize: str, dtype: torch.dtype):
+def _quantization_config(quantize: str, dtype: torch.dtype) -> BitsAndBytesConfig:
     from transformers import BitsAndBytesConfig
 
     if quantize == "nf4":

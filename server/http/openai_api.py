@@ -17,17 +17,22 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from adapterhub.errors import IncompatibleBase
+from adapterhub.server.engine.adapters.picker import check_compatible
+from adapterhub.server.engine.engine import ContextTooLong, EngineStopped
+from adapterhub.server.engine.request import GenerationRequest, SamplingParams
 
-from .app import EXTENSION
-from .engine.engine import ContextTooLong, EngineStopped, check_compatible
-from .engine.requests import GenerationRequest, SamplingParams
 from .errors import ApiError
 from .health import ServerMetrics
+from .state import app_state
+
+if TYPE_CHECKING:
+    from adapterhub.registry import AdapterVersion
+    from adapterhub.server.engine.engine import Engine
 
 __all__ = ["bp"]
 
@@ -43,15 +48,15 @@ _ROLES = ("system", "user", "assistant", "tool", "developer")
 # --- plumbing ------------------------------------------------------------------------------------
 
 
-def _engine() -> Any:
-    engine = current_app.extensions[EXTENSION].get("engine")
+def _engine() -> Engine:
+    engine = app_state().get("engine")
     if engine is None:
         raise ApiError(503, "this server holds no model (start it with `adapterhub serve`)", code="no_model")
     return engine
 
 
 def _metrics() -> ServerMetrics:
-    return current_app.extensions[EXTENSION].setdefault("metrics", ServerMetrics())
+    return app_state().setdefault("metrics", ServerMetrics())
 
 
 @bp.after_request
@@ -80,7 +85,7 @@ def _field(body: dict[str, Any], key: str, types: type | tuple[type, ...], what:
     return value
 
 
-def _resolve(engine: Any, body: dict[str, Any]) -> Any:
+def _resolve(engine: Engine, body: dict[str, Any]) -> AdapterVersion | None:
     model = _field(body, "model", str, "a string (an adapter reference or the base model's name)")
     version = engine.resolve(model)
     g.adapter_label = "base" if version is None else version.ref
@@ -148,7 +153,8 @@ class _Choice:
     completion_tokens: int = 0
 
 
-def _submit(engine: Any, version: Any, prompts: list[list[int]], params: SamplingParams, n: int) -> list[_Choice]:
+def _submit(engine: Engine, version: AdapterVersion | None, prompts: list[list[int]], params: SamplingParams,
+            n: int) -> list[_Choice]:
     """Queue ``n`` answers per prompt; all or nothing (a failure cancels those already queued)."""
     for ids in prompts:
         try:
@@ -229,6 +235,42 @@ def _want_usage(body: dict[str, Any]) -> bool:
     return bool(options.get("include_usage"))
 
 
+@dataclass
+class _Job:
+    """A checked request whose answers are queued: what both endpoints share between parsing the
+    prompt and shaping the response."""
+
+    choices: list[_Choice]
+    n: int
+    stream: bool
+    want_ids: bool
+    want_usage: bool
+    label: str
+    metrics: ServerMetrics
+    head: dict[str, Any]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def drain(self) -> None:
+        _drain(self.choices, self.label, self.metrics)
+
+    def usage(self) -> dict[str, int]:
+        return _usage(self.choices, self.n)
+
+
+def _start(engine: Engine, body: dict[str, Any], version: AdapterVersion | None, prompts: list[list[int]], *,
+           token_keys: tuple[str, ...], default_tokens: int | None) -> _Job:
+    """Read the sampling and response options both endpoints take, and queue the answers."""
+    room = engine.context_length - max(len(p) for p in prompts) - engine.virtual_tokens(version)
+    params = _sampling(body, max_tokens=_max_tokens(body, token_keys, default_tokens, room))
+    n = _n(body)
+    stream = _field(body, "stream", bool, "a boolean", False)
+    want_ids = _field(body, "return_token_ids", bool, "a boolean", False)
+    want_usage = _want_usage(body)
+    choices = _submit(engine, version, prompts, params, n)
+    return _Job(choices, n, stream, want_ids, want_usage, g.adapter_label, _metrics(),
+                {"created": int(time.time()), "model": body["model"]})
+
+
 # --- /v1/completions -----------------------------------------------------------------------------
 
 
@@ -252,52 +294,42 @@ def completions():
     body = _body()
     version = _resolve(engine, body)
     prompts = _completion_prompts(body, engine.tokenizer, engine.vocab_size)
-    room = engine.context_length - max(len(p) for p in prompts) - engine.virtual_tokens(version)
-    params = _sampling(body, max_tokens=_max_tokens(body, ("max_tokens",), DEFAULT_COMPLETION_TOKENS, room))
-    n = _n(body)
-    stream = _field(body, "stream", bool, "a boolean", False)
-    want_ids = _field(body, "return_token_ids", bool, "a boolean", False)
-    want_usage = _want_usage(body)
-    choices = _submit(engine, version, prompts, params, n)
-    label, model, metrics = g.adapter_label, body["model"], _metrics()
-    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": model}
+    job = _start(engine, body, version, prompts, token_keys=("max_tokens",), default_tokens=DEFAULT_COMPLETION_TOKENS)
+    head = {"id": f"cmpl-{job.id}", "object": "text_completion", **job.head}
 
-    if not stream:
-        _drain(choices, label, metrics)
-        return jsonify({**meta, "choices": [
+    if not job.stream:
+        job.drain()
+        return jsonify({**head, "choices": [
             {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason,
-             **({"token_ids": c.token_ids} if want_ids else {})}
-            for i, c in enumerate(choices)], "usage": _usage(choices, n)})
+             **({"token_ids": c.token_ids} if job.want_ids else {})}
+            for i, c in enumerate(job.choices)], "usage": job.usage()})
 
-    return _stream(choices, label, metrics, meta, n, want_ids=want_ids, want_usage=want_usage,
-                   choice_of=lambda i, c, text: {"index": i, "text": text, "logprobs": None,
-                                                 "finish_reason": c.finish_reason})
+    return _stream(job, head, choice_of=lambda i, c, text: {"index": i, "text": text, "logprobs": None,
+                                                            "finish_reason": c.finish_reason})
 
 
-def _stream(choices: list[_Choice], label: str, metrics: ServerMetrics, head: dict[str, Any], n: int, *,
-            want_ids: bool, want_usage: bool, choice_of: Callable[[int, _Choice, str], dict[str, Any]],
+def _stream(job: _Job, head: dict[str, Any], *, choice_of: Callable[[int, _Choice, str], dict[str, Any]],
             opening: Callable[[int], dict[str, Any]] | None = None) -> Response:
     """The SSE response both endpoints stream: per choice an optional opening chunk, then one
     chunk per token event (``choice_of`` shapes it; token ids added when asked), and a last
     usage chunk when asked."""
 
     def chunks() -> Iterator[dict[str, Any]]:
-        for i, c in enumerate(choices):
+        for i, c in enumerate(job.choices):
             if opening is not None:
                 yield {**head, "choices": [opening(i)]}
-            for text, token in _events(c, label, metrics):
+            for text, token in _events(c, job.label, job.metrics):
                 choice = choice_of(i, c, text)
-                if want_ids:
+                if job.want_ids:
                     choice["token_ids"] = [] if token is None else [token]
                 yield {**head, "choices": [choice]}
-        if want_usage:
-            yield {**head, "choices": [], "usage": _usage(choices, n)}
+        if job.want_usage:
+            yield {**head, "choices": [], "usage": job.usage()}
 
-    return _sse(chunks(), choices)
+    return _sse(chunks(), job.choices)
 
 
-def _drain(choices: list[Any], label: str, metrics: Any) -> None:
+def _drain(choices: list[_Choice], label: str, metrics: ServerMetrics) -> None:
     """Wait for every choice to finish, recording its tokens as a stream would."""
     for c in choices:
         for _ in _events(c, label, metrics):
@@ -336,25 +368,18 @@ def chat_completions():
     body = _body()
     version = _resolve(engine, body)
     prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size)
-    room = engine.context_length - len(prompt) - engine.virtual_tokens(version)
-    params = _sampling(body, max_tokens=_max_tokens(body, ("max_completion_tokens", "max_tokens"), None, room))
-    n = _n(body)
-    stream = _field(body, "stream", bool, "a boolean", False)
-    want_ids = _field(body, "return_token_ids", bool, "a boolean", False)
-    want_usage = _want_usage(body)
-    choices = _submit(engine, version, [prompt], params, n)
-    label, model, metrics = g.adapter_label, body["model"], _metrics()
-    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+    job = _start(engine, body, version, [prompt], token_keys=("max_completion_tokens", "max_tokens"),
+                 default_tokens=None)
+    head = {"id": f"chatcmpl-{job.id}", **job.head}
 
-    if not stream:
-        _drain(choices, label, metrics)
-        return jsonify({**meta, "object": "chat.completion", "choices": [
+    if not job.stream:
+        job.drain()
+        return jsonify({**head, "object": "chat.completion", "choices": [
             {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-             "finish_reason": c.finish_reason, **({"token_ids": c.token_ids} if want_ids else {})}
-            for i, c in enumerate(choices)], "usage": _usage(choices, n)})
+             "finish_reason": c.finish_reason, **({"token_ids": c.token_ids} if job.want_ids else {})}
+            for i, c in enumerate(job.choices)], "usage": job.usage()})
 
-    return _stream(choices, label, metrics, {**meta, "object": "chat.completion.chunk"}, n, want_ids=want_ids,
-                   want_usage=want_usage,
+    return _stream(job, {**head, "object": "chat.completion.chunk"},
                    choice_of=lambda i, c, text: {"index": i, "delta": {"content": text} if text else {},
                                                  "logprobs": None, "finish_reason": c.finish_reason},
                    opening=lambda i: {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -364,7 +389,7 @@ def chat_completions():
 # --- /v1/models and adapter loading ----------------------------------------------------------------
 
 
-def _created(version: Any) -> int:
+def _created(version: AdapterVersion) -> int:
     try:
         return int(datetime.fromisoformat(version.created.replace("Z", "+00:00")).timestamp())
     except (ValueError, AttributeError):
@@ -377,7 +402,7 @@ def models():
     g.adapter_label = "base"
     data = [{"id": engine.base_name, "object": "model", "created": 0, "owned_by": "adapterhub",
              "root": engine.base_name, "parent": None, "loaded": True, "quantization": engine.loaded.quantize}]
-    latest: dict[str, Any] = {}
+    latest: dict[str, AdapterVersion] = {}
     for version in engine.registry.list():
         if version.adapter_type in ("lora", "prompt_tuning") and (
                 version.name not in latest or "latest" in version.tags):
@@ -393,7 +418,7 @@ def models():
     return jsonify({"object": "list", "data": data})
 
 
-def _adapter_version(engine: Any) -> Any:
+def _adapter_version(engine: Engine) -> AdapterVersion:
     body = _body()
     if "model" not in body and "adapter" in body:
         body = {**body, "model": body["adapter"]}

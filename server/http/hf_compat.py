@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from adapterhub.errors import AdapterNotFound, AdapterHubError
 from adapterhub.refs import LATEST, Reference, validate_name, validate_tag
@@ -26,6 +26,7 @@ from adapterhub.registry import AdapterVersion, FileEntry, LocalRegistry
 from .auth import READ, authorize
 from .errors import ApiError
 from .registry_api import hide_registry_path
+from .state import app_state
 
 __all__ = ["bp", "commit_id"]
 
@@ -44,7 +45,7 @@ def commit_id(v: AdapterVersion) -> str:
 
 
 def _registry() -> LocalRegistry:
-    return current_app.extensions["adapterhub"]["registry"]
+    return app_state()["registry"]
 
 
 def _not_found(code: str, message: str) -> ApiError:

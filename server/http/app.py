@@ -7,27 +7,30 @@ the tiny base, and ``adapterhub serve`` / ``adapterhub hub serve`` build them fr
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from flask import Flask
 
 from adapterhub.registry import LocalRegistry
+from adapterhub.registry_protocol import Registry
 
 from . import auth, hf_compat, registry_api, web
 from .errors import install_error_handlers
+from .state import EXTENSION, app_state
 
-__all__ = ["create_app", "EXTENSION"]
+if TYPE_CHECKING:
+    from adapterhub.server.engine.engine import Engine
 
-EXTENSION = "adapterhub"
+__all__ = ["create_app"]
 
 
 def create_app(
-    registry: LocalRegistry,
+    registry: Registry,
     *,
-    engine: Any | None = None,
+    engine: Engine | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> Flask:
-    """Build the WSGI app. ``app.extensions["adapterhub"]`` holds the registry and the engine."""
+    """Build the WSGI app. ``app_state(app)`` holds the registry and the engine."""
     app = Flask("adapterhub")
     app.config.update(config or {})
     app.extensions[EXTENSION] = {"registry": registry, "engine": engine}
@@ -38,9 +41,9 @@ def create_app(
         app.register_blueprint(hf_compat.bp)
         app.register_blueprint(web.bp)
     if engine is not None:
-        from . import health, openai_api
+        from . import health, openai_api  # they import the engine's modules: only a serving app pays for them
 
-        app.extensions[EXTENSION]["metrics"] = health.ServerMetrics()
+        app_state(app)["metrics"] = health.ServerMetrics()
         app.register_blueprint(openai_api.bp)
         app.register_blueprint(health.bp)
     return app

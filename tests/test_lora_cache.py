@@ -1,4 +1,4 @@
-"""Registry -> slot loading (AdapterSlots) and the base loader, on the tiny base and a real registry."""
+"""Registry -> slot loading (LoraCache) and the base loader, on the tiny base and a real registry."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from conftest import save_lora
 from adapterhub.errors import AdapterBusy, AdapterNotFound, IncompatibleBase, UnsupportedAdapter
 from adapterhub.location import open_registry
 from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
-from adapterhub.server.engine.adapter_slots import AdapterSlots
-from adapterhub.server.engine.lora_batch import LoraBatcher
+from adapterhub.server.engine.adapters.lora_cache import LoraCache
+from adapterhub.server.engine.lora.slot_bank import LoraSlotBank
 from adapterhub.server.engine.model_loader import load_base_model
 
 
@@ -23,9 +23,9 @@ def registry():
 
 @pytest.fixture
 def slots_for(tiny_base, registry):
-    def make(max_loaded: int = 2, max_bytes: int | None = None) -> AdapterSlots:
-        batcher = LoraBatcher(load_base_model(str(tiny_base), quantize="none"), max_slots=3, max_rank=8)
-        return AdapterSlots(batcher, registry, max_loaded=max_loaded, max_bytes=max_bytes)
+    def make(max_loaded: int = 2, max_bytes: int | None = None) -> LoraCache:
+        bank = LoraSlotBank(load_base_model(str(tiny_base), quantize="none"), max_slots=3, max_rank=8)
+        return LoraCache(bank, registry, max_loaded=max_loaded, max_bytes=max_bytes)
 
     return make
 
@@ -40,15 +40,15 @@ def test_acquire_loads_once_then_hits_and_matches_peft(tiny_base, registry, slot
     folder = make_lora(r=4)
     _push(registry, folder, "alpha", tiny_base)
     slots = slots_for()
-    h1 = slots.acquire("alpha")
-    h2 = slots.acquire("alpha@1")  # same version, same slot
+    h1 = slots.acquire(registry.resolve("alpha"))
+    h2 = slots.acquire(registry.resolve("alpha@1"))  # same version, same slot
     assert h1.slot == h2.slot and h1.ref == "alpha@1"
     assert (slots.stats.misses, slots.stats.hits, slots.stats.loads) == (1, 1, 1)
     [entry] = slots.loaded()
     assert entry["ref"] == "alpha@1" and entry["in_use"] == 2 and entry["bytes"] > 0
     ids = torch.tensor([[257, 72, 105, 33]])
-    model = slots.batcher.loaded.model
-    with torch.no_grad(), slots.batcher.rows([h1.slot]):
+    model = slots.bank.loaded.model
+    with torch.no_grad(), slots.bank.rows([h1.slot]):
         ours = model(ids).logits
     ref = PeftModel.from_pretrained(load_base_model(str(tiny_base), quantize="none").model, folder)
     with torch.no_grad():
@@ -63,35 +63,35 @@ def test_lru_eviction_and_pinned_adapters(tiny_base, registry, slots_for, make_l
     for i, name in enumerate(["a", "b", "c"]):
         _push(registry, make_lora(name, r=2 + i), name, tiny_base)
     slots = slots_for(max_loaded=2)
-    ha, hb = slots.acquire("a"), slots.acquire("b")
+    ha, hb = slots.acquire(registry.resolve("a")), slots.acquire(registry.resolve("b"))
     with pytest.raises(AdapterBusy, match="in use"):
-        slots.acquire("c")  # both slots pinned
+        slots.acquire(registry.resolve("c"))  # both slots pinned
     slots.release(ha)
     slots.release(hb)
-    slots.release(slots.acquire("a"))  # a is now the most recently used
-    hc = slots.acquire("c")
+    slots.release(slots.acquire(registry.resolve("a")))  # a is now the most recently used
+    hc = slots.acquire(registry.resolve("c"))
     assert hc.slot == hb.slot  # b, least recently used, was evicted
     assert sorted(e["name"] for e in slots.loaded()) == ["a", "c"]
-    assert slots.stats.evictions == 1 and slots.batcher.occupied(ha.slot)
+    assert slots.stats.evictions == 1 and slots.bank.occupied(ha.slot)
     with pytest.raises(AdapterBusy, match="in use"):
         slots.unload("c")
     slots.release(hc)
     assert slots.unload("c") is True and slots.unload("c") is False
-    assert not slots.batcher.occupied(hc.slot)
+    assert not slots.bank.occupied(hc.slot)
 
 
 def test_byte_bound_evicts_idle_adapters(tiny_base, registry, slots_for, make_lora):
     _push(registry, make_lora("a", r=4), "a", tiny_base)
     _push(registry, make_lora("b", r=4, seed=1), "b", tiny_base)
     probe = slots_for()
-    probe.acquire("a")
+    probe.acquire(registry.resolve("a"))
     per_adapter = probe.loaded()[0]["bytes"]
     slots = slots_for(max_loaded=2, max_bytes=per_adapter)
-    slots.release(slots.acquire("a"))
-    hb = slots.acquire("b")
+    slots.release(slots.acquire(registry.resolve("a")))
+    hb = slots.acquire(registry.resolve("b"))
     assert [e["name"] for e in slots.loaded()] == ["b"] and slots.stats.evictions == 1
     with pytest.raises(AdapterBusy, match="bound"):
-        slots.acquire("a")  # b is pinned and a does not fit beside it
+        slots.acquire(registry.resolve("a"))  # b is pinned and a does not fit beside it
     assert [e["name"] for e in slots.loaded()] == ["b"]
     slots.release(hb)
 
@@ -103,7 +103,7 @@ def test_concurrent_acquires_load_once(tiny_base, registry, slots_for, make_lora
 
     def grab():
         try:
-            handles.append(slots.acquire("shared"))
+            handles.append(slots.acquire(registry.resolve("shared")))
         except Exception as e:  # collected and asserted below
             errors.append(e)
 
@@ -123,14 +123,14 @@ def test_refusals_leave_slots_unchanged(tiny_base, registry, slots_for, make_lor
     _push(registry, make_lora(use_dora=True), "dora", tiny_base)
     slots = slots_for()
     with pytest.raises(IncompatibleBase, match="registered for base"):
-        slots.acquire("wide")  # fingerprints differ
+        slots.acquire(registry.resolve("wide"))  # fingerprints differ
     with pytest.raises(UnsupportedAdapter, match="prompt_tuning"):
-        slots.acquire("soft")
+        slots.acquire(registry.resolve("soft"))
     with pytest.raises(UnsupportedAdapter, match="DoRA"):
-        slots.acquire("dora")
+        slots.acquire(registry.resolve("dora"))
     with pytest.raises(AdapterNotFound):
-        slots.acquire("nobody")
-    assert slots.loaded() == [] and not any(slots.batcher.occupied(s) for s in range(3))
+        slots.acquire(registry.resolve("nobody"))
+    assert slots.loaded() == [] and not any(slots.bank.occupied(s) for s in range(3))
 
 
 def test_entry_without_fingerprint_is_checked_by_shape(tiny_base, registry, slots_for, tmp_path):
@@ -141,7 +141,7 @@ def test_entry_without_fingerprint_is_checked_by_shape(tiny_base, registry, slot
     assert registry.resolve("wide").base["fingerprint"] is None
     slots = slots_for()
     with pytest.raises(IncompatibleBase, match="adapter implies shape"):
-        slots.acquire("wide")
+        slots.acquire(registry.resolve("wide"))
     assert slots.loaded() == []
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, render_template, request
 
 from adapterhub.registry import AdapterVersion
 
 from .auth import READ, authorize
+from .state import app_state
 
 __all__ = ["bp"]
 
@@ -60,7 +61,7 @@ def _groups(versions: list[AdapterVersion]) -> list[dict[str, Any]]:
 @bp.get("/")
 def index():
     authorize(READ)
-    versions = current_app.extensions["adapterhub"]["registry"].list()
+    versions = app_state()["registry"].list()
     return render_template(
         "hub.html",
         groups=_groups(versions),

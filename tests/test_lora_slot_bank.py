@@ -18,7 +18,7 @@ import torch
 from conftest import save_lora
 from adapterhub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
 from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
-from adapterhub.server.engine.lora_batch import LoraBatcher
+from adapterhub.server.engine.lora.slot_bank import LoraSlotBank
 from adapterhub.server.engine.model_loader import load_base_model
 
 # Each config exercises one thing PEFT's scaling or targeting does differently.
@@ -39,9 +39,9 @@ def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
     return {name: save_lora(tiny_base, root / name, seed=i, **cfg) for i, (name, cfg) in enumerate(CONFIGS.items())}
 
 
-def _load_into(batcher: LoraBatcher, slot: int, folder: Path) -> int:
+def _load_into(bank: LoraSlotBank, slot: int, folder: Path) -> int:
     config = json.loads((folder / "adapter_config.json").read_text())
-    return batcher.load(slot, config, str(folder / "adapter_model.safetensors"))
+    return bank.load(slot, config, str(folder / "adapter_model.safetensors"))
 
 
 def _prompts() -> torch.Tensor:
@@ -78,16 +78,16 @@ def _base(tiny_base: Path, quantize: str, device: torch.device, dtype: str = "fl
 
 def _ours(tiny_base: Path, adapters: dict[str, Path], quantize: str, ids: torch.Tensor, dtype: str = "float32"):
     loaded = _base(tiny_base, quantize, ids.device, dtype)
-    batcher = LoraBatcher(loaded, max_slots=len(CONFIGS) + 1, max_rank=8)
+    bank = LoraSlotBank(loaded, max_slots=len(CONFIGS) + 1, max_rank=8)
     slot_of = {}
     for slot, name in enumerate(CONFIGS, start=1):  # slot 0 left empty on purpose
-        assert _load_into(batcher, slot, adapters[name]) > 0
+        assert _load_into(bank, slot, adapters[name]) > 0
         slot_of[name] = slot
     rows = [-1 if n is None else slot_of[n] for n in ROWS]
-    with torch.no_grad(), batcher.rows(rows):
+    with torch.no_grad(), bank.rows(rows):
         logits = loaded.model(ids).logits
         decode = loaded.model(ids[:, :1]).logits  # one token per row: the decode path
-    with batcher.rows(rows):
+    with bank.rows(rows):
         tokens = _greedy(loaded.model, ids)
     return logits, decode, tokens
 
@@ -149,11 +149,11 @@ def test_few_adapters_in_a_big_batch(tiny_base, adapters):
     ids = torch.randint(0, 256, (len(rows), 5), generator=torch.Generator().manual_seed(1))
     ref_logits, ref_tokens = _peft_rows(tiny_base, adapters, "none", ids, rows)
     loaded = load_base_model(str(tiny_base), quantize="none")
-    batcher = LoraBatcher(loaded, max_slots=2, max_rank=8)
-    _load_into(batcher, 0, adapters["qv_r4"])
-    _load_into(batcher, 1, adapters["patterns"])
+    bank = LoraSlotBank(loaded, max_slots=2, max_rank=8)
+    _load_into(bank, 0, adapters["qv_r4"])
+    _load_into(bank, 1, adapters["patterns"])
     slots = [{"qv_r4": 0, "patterns": 1, None: -1}[n] for n in rows]
-    with batcher.rows(slots):
+    with bank.rows(slots):
         tokens = _greedy(loaded.model, ids)
         with torch.no_grad():
             decode = loaded.model(ids[:, :1]).logits
@@ -166,11 +166,11 @@ def test_base_rows_and_no_rows_are_the_bare_base(tiny_base, adapters):
     ids = _prompts()[:2]
     with torch.no_grad():
         bare = loaded.model(ids).logits
-    batcher = LoraBatcher(loaded, max_slots=2, max_rank=8)
-    _load_into(batcher, 0, adapters["qv_r4"])
+    bank = LoraSlotBank(loaded, max_slots=2, max_rank=8)
+    _load_into(bank, 0, adapters["qv_r4"])
     with torch.no_grad():
         assert torch.equal(loaded.model(ids).logits, bare)  # no set_rows: no LoRA work
-        with batcher.rows([-1, 0]):
+        with bank.rows([-1, 0]):
             mixed = loaded.model(ids).logits
     assert torch.equal(mixed[0], bare[0])
     assert not torch.allclose(mixed[1], bare[1])
@@ -182,31 +182,31 @@ def test_reloading_a_slot_leaves_nothing_of_the_previous_adapter(tiny_base, adap
 
     ids = _prompts()[:1]
     loaded = load_base_model(str(tiny_base), quantize="none")
-    batcher = LoraBatcher(loaded, max_slots=1, max_rank=8)
-    _load_into(batcher, 0, adapters["all_linear_rslora_r8"])
-    batcher.set_rows([0])
-    _load_into(batcher, 0, adapters["qv_r4"])
+    bank = LoraSlotBank(loaded, max_slots=1, max_rank=8)
+    _load_into(bank, 0, adapters["all_linear_rslora_r8"])
+    bank.set_rows([0])
+    _load_into(bank, 0, adapters["qv_r4"])
     with pytest.raises(RuntimeError, match="set_rows"):
         loaded.model(ids)  # the rows were set for the adapter that left the slot
-    with torch.no_grad(), batcher.rows([0]):
+    with torch.no_grad(), bank.rows([0]):
         ours = loaded.model(ids).logits
     ref = PeftModel.from_pretrained(load_base_model(str(tiny_base), quantize="none").model, adapters["qv_r4"])
     with torch.no_grad():
         torch.testing.assert_close(ours, ref(ids).logits, atol=1e-5, rtol=0)
-    batcher.free(0)
-    assert not batcher.occupied(0)
+    bank.free(0)
+    assert not bank.occupied(0)
     with pytest.raises(ValueError, match="holds no adapter"):
-        batcher.set_rows([0])
+        bank.set_rows([0])
 
 
 def test_rows_must_describe_the_batch(tiny_base, adapters):
     loaded = load_base_model(str(tiny_base), quantize="none")
-    batcher = LoraBatcher(loaded, max_slots=2, max_rank=8)
-    _load_into(batcher, 0, adapters["qv_r4"])
-    with pytest.raises(ValueError, match="3 rows"), batcher.rows([0, 0]):
+    bank = LoraSlotBank(loaded, max_slots=2, max_rank=8)
+    _load_into(bank, 0, adapters["qv_r4"])
+    with pytest.raises(ValueError, match="3 rows"), bank.rows([0, 0]):
         loaded.model(_prompts()[:3])
     with pytest.raises(ValueError, match="out of range"):
-        batcher.free(5)
+        bank.free(5)
 
 
 def _edited(folder: Path, dest: Path, **changes) -> Path:
@@ -240,40 +240,40 @@ def test_unsupported_adapters_are_refused_and_the_slot_kept(tiny_base, adapters,
     }
     folder = made[kind]()
     loaded = load_base_model(str(tiny_base), quantize="none")
-    batcher = LoraBatcher(loaded, max_slots=1, max_rank=8)
-    _load_into(batcher, 0, adapters["qv_r4"])
+    bank = LoraSlotBank(loaded, max_slots=1, max_rank=8)
+    _load_into(bank, 0, adapters["qv_r4"])
     ids = _prompts()[:1]
-    with torch.no_grad(), batcher.rows([0]):
+    with torch.no_grad(), bank.rows([0]):
         before = loaded.model(ids).logits
     with pytest.raises(UnsupportedAdapter, match=match):
-        _load_into(batcher, 0, folder)
-    with torch.no_grad(), batcher.rows([0]):
+        _load_into(bank, 0, folder)
+    with torch.no_grad(), bank.rows([0]):
         assert torch.equal(loaded.model(ids).logits, before)
 
 
 def test_adapter_for_another_base_is_incompatible(tiny_base, tmp_path):
     other = build_tiny_base(tmp_path / "wide", TinyBaseSpec(hidden_size=64, intermediate_size=128))
     folder = save_lora(other, tmp_path / "wide-lora")
-    batcher = LoraBatcher(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8)
+    bank = LoraSlotBank(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8)
     with pytest.raises(IncompatibleBase, match="q_proj"):
-        _load_into(batcher, 0, folder)
-    assert not batcher.occupied(0)
+        _load_into(bank, 0, folder)
+    assert not bank.occupied(0)
 
 
 def test_adapter_on_a_layer_not_wrapped_is_incompatible(tiny_base, adapters):
-    batcher = LoraBatcher(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8,
+    bank = LoraSlotBank(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8,
                           target_modules=["q_proj", "v_proj"])
-    assert _load_into(batcher, 0, adapters["qv_r4"]) > 0
+    assert _load_into(bank, 0, adapters["qv_r4"]) > 0
     with pytest.raises(IncompatibleBase, match="not a linear layer this server wraps"):
-        _load_into(batcher, 0, adapters["patterns"])
+        _load_into(bank, 0, adapters["patterns"])
 
 
 def test_broken_weights_file_is_invalid(tiny_base, adapters, tmp_path):
     folder = shutil.copytree(adapters["qv_r4"], tmp_path / "broken")
     (folder / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    batcher = LoraBatcher(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8)
+    bank = LoraSlotBank(load_base_model(str(tiny_base), quantize="none"), max_slots=1, max_rank=8)
     with pytest.raises(InvalidAdapter):
-        _load_into(batcher, 0, folder)
+        _load_into(bank, 0, folder)
 
 
 def test_bf16_adapter_file_into_fp32_slots(tiny_base, adapters, tmp_path):
@@ -285,10 +285,10 @@ def test_bf16_adapter_file_into_fp32_slots(tiny_base, adapters, tmp_path):
     weights = folder / "adapter_model.safetensors"
     save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights)
     loaded = load_base_model(str(tiny_base), quantize="none")
-    batcher = LoraBatcher(loaded, max_slots=1, max_rank=8)
-    _load_into(batcher, 0, folder)
+    bank = LoraSlotBank(loaded, max_slots=1, max_rank=8)
+    _load_into(bank, 0, folder)
     ids = _prompts()[:2]
-    with torch.no_grad(), batcher.rows([0, -1]):
+    with torch.no_grad(), bank.rows([0, -1]):
         ours = loaded.model(ids).logits
     ref = PeftModel.from_pretrained(load_base_model(str(tiny_base), quantize="none").model, folder)
     with torch.no_grad():

@@ -29,13 +29,14 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from adapterhub.adapter_folder import read_adapter_folder
 from adapterhub.errors import InvalidAdapter, InvalidName
 from adapterhub.refs import validate_name
-from adapterhub.registry import AdapterVersion, LocalRegistry
+from adapterhub.registry import LocalRegistry
 from adapterhub.remote import check_file_name
 
 from .auth import READ, WRITE, authorize
 from .errors import ApiError
+from .state import app_state
 
-__all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "ALLOW_LOCAL_BASES", "version_json", "hide_registry_path"]
+__all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "ALLOW_LOCAL_BASES", "hide_registry_path"]
 
 bp = Blueprint("registry_api", __name__, url_prefix="/api")
 
@@ -51,7 +52,7 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _registry() -> LocalRegistry:
-    return current_app.extensions["adapterhub"]["registry"]
+    return app_state()["registry"]
 
 
 def hide_registry_path(response: Response) -> Response:
@@ -66,10 +67,6 @@ def hide_registry_path(response: Response) -> Response:
 
 
 bp.after_request(hide_registry_path)
-
-
-def version_json(v: AdapterVersion) -> dict[str, Any]:
-    return v.to_dict() | {"tags": list(v.tags)}
 
 
 def _check_digest(digest: Any) -> str:
@@ -116,13 +113,13 @@ def list_versions():
         adapter_type=args.get("type") or None,
         name=args.get("name") or None,
     )
-    return jsonify({"versions": [version_json(v) for v in found]})
+    return jsonify({"versions": [v.to_json() for v in found]})
 
 
 @bp.get("/versions/<path:ref>")
 def show_version(ref: str):
     authorize(READ)
-    return jsonify(version_json(_registry().resolve(ref)))
+    return jsonify(_registry().resolve(ref).to_json())
 
 
 @bp.get("/objects/sha256/<digest>")
@@ -241,7 +238,7 @@ def commit_version(name: str):
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return jsonify(version_json(version)), 201
+    return jsonify(version.to_json()), 201
 
 
 # --- other writes ----------------------------------------------------------------------------
@@ -254,13 +251,13 @@ def tag_version():
     ref, tag = _field(body, "ref", str, None), _field(body, "tag", str, None)
     if ref is None or tag is None:
         raise InvalidName("give 'ref' and 'tag'")
-    return jsonify(version_json(_registry().tag(ref, tag)))
+    return jsonify(_registry().tag(ref, tag).to_json())
 
 
 @bp.patch("/versions/<path:ref>/metrics")
 def set_metrics(ref: str):
     authorize(WRITE)
-    return jsonify(version_json(_registry().set_metrics(ref, _json_body())))
+    return jsonify(_registry().set_metrics(ref, _json_body()).to_json())
 
 
 @bp.delete("/versions/<path:ref>")
@@ -268,7 +265,7 @@ def remove_version(ref: str):
     authorize(WRITE)
     all_versions = request.args.get("all", "").lower() in ("1", "true", "yes")
     removed = _registry().remove(ref, all_versions=all_versions)
-    return jsonify({"removed": [version_json(v) for v in removed]})
+    return jsonify({"removed": [v.to_json() for v in removed]})
 
 
 @bp.get("/verify")

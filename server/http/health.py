@@ -14,9 +14,15 @@ import os
 import threading
 from bisect import bisect_left
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
+
+from .state import app_state
+
+if TYPE_CHECKING:
+    from adapterhub.server.engine.adapters.cache_stats import CacheStats
+    from adapterhub.server.engine.engine import Engine
 
 __all__ = ["bp", "ServerMetrics", "Histogram", "render_metrics", "health_document"]
 
@@ -110,21 +116,18 @@ def _family(name: str, kind: str, help_text: str) -> list[str]:
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
 
 
-def _cache_lines(kind: str, stats: Any) -> list[str]:
-    labels = {"kind": kind}
-    load = getattr(stats, "load_seconds", 0.0)
-    loads = len(load) if isinstance(load, (list, tuple)) else getattr(stats, "loads", stats.misses)
-    load_total = sum(load) if isinstance(load, (list, tuple)) else float(load)
+def _cache_lines(kind: str, stats: CacheStats) -> list[str]:
+    labels = _labels({"kind": kind})
     return [
-        f"adapterhub_adapter_cache_hits_total{_labels(labels)} {stats.hits}",
-        f"adapterhub_adapter_cache_misses_total{_labels(labels)} {stats.misses}",
-        f"adapterhub_adapter_cache_evictions_total{_labels(labels)} {stats.evictions}",
-        f"adapterhub_adapter_loads_total{_labels(labels)} {loads}",
-        f"adapterhub_adapter_load_seconds_total{_labels(labels)} {_num(load_total)}",
+        f"adapterhub_adapter_cache_hits_total{labels} {stats.hits}",
+        f"adapterhub_adapter_cache_misses_total{labels} {stats.misses}",
+        f"adapterhub_adapter_cache_evictions_total{labels} {stats.evictions}",
+        f"adapterhub_adapter_loads_total{labels} {stats.loads}",
+        f"adapterhub_adapter_load_seconds_total{labels} {_num(stats.load_seconds)}",
     ]
 
 
-def render_metrics(engine: Any, metrics: ServerMetrics) -> str:
+def render_metrics(engine: Engine | None, metrics: ServerMetrics) -> str:
     """The whole Prometheus exposition: request metrics, then the engine's."""
     out = metrics.lines()
     if engine is not None:
@@ -164,7 +167,7 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def health_document(engine: Any) -> dict[str, Any]:
+def health_document(engine: Engine | None) -> dict[str, Any]:
     """What ``/health`` answers: the base, how it is held, and the adapters resident."""
     if engine is None:
         return {"status": "ok", "base": None, "loaded_adapters": []}
@@ -190,12 +193,12 @@ def health_document(engine: Any) -> dict[str, Any]:
 
 @bp.get("/health")
 def health():
-    ext = current_app.extensions["adapterhub"]
+    ext = app_state()
     return jsonify(health_document(ext.get("engine")))
 
 
 @bp.get("/metrics")
 def metrics():
-    ext = current_app.extensions["adapterhub"]
+    ext = app_state()
     text = render_metrics(ext.get("engine"), ext.setdefault("metrics", ServerMetrics()))
     return Response(text, mimetype="text/plain; version=0.0.4")

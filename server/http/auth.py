@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from flask import Flask, current_app, request
 
+from adapterhub.errors import AuthError, PermissionDenied
 from adapterhub.tokens import READ, WRITE, TokenRecord, TokenStore
 
-from .errors import ApiError
+from .state import app_state
 
 __all__ = ["init_app", "authorize", "READ", "WRITE", "READ_TOKEN_REQUIRED"]
 
 READ_TOKEN_REQUIRED = "READ_TOKEN_REQUIRED"
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="adapterhub"'}
 
 
 def init_app(app: Flask) -> None:
     """Attach the registry's token store (read from ``tokens.json`` beside its index)."""
-    ext = app.extensions["adapterhub"]
+    ext = app_state(app)
     ext["tokens"] = TokenStore(ext["registry"].root)
 
 
@@ -36,28 +36,20 @@ def _presented_token() -> str | None:
 
 
 def authorize(scope: str) -> TokenRecord | None:
-    """Check the request may act with ``scope``; raise the 401/403 ``ApiError`` otherwise."""
-    store: TokenStore = current_app.extensions["adapterhub"]["tokens"]
+    """Check the request may act with ``scope``; raise ``AuthError`` (401) or ``PermissionDenied`` (403) otherwise."""
+    store: TokenStore = app_state()["tokens"]
     token = _presented_token()
     required = scope == WRITE or bool(current_app.config.get(READ_TOKEN_REQUIRED))
     record = store.authenticate(token) if token is not None else None
     if not required:
         return record
     if token is None:
-        raise ApiError(
-            401,
+        raise AuthError(
             f"this hub needs a token with {scope} scope: send 'Authorization: Bearer <token>' "
-            "(adapterhub: --token or $ADAPTERHUB_TOKEN)",
-            code="unauthorized",
-            headers=_CHALLENGE,
+            "(adapterhub: --token or $ADAPTERHUB_TOKEN)"
         )
     if record is None:
-        raise ApiError(401, "the token is not valid on this hub (unknown or revoked)", code="unauthorized",
-                       headers=_CHALLENGE)
+        raise AuthError("the token is not valid on this hub (unknown or revoked)")
     if not record.allows(scope):
-        raise ApiError(
-            403,
-            f"token {record.id} has {record.scope} scope; this operation needs {scope}",
-            code="forbidden",
-        )
+        raise PermissionDenied(f"token {record.id} has {record.scope} scope; this operation needs {scope}")
     return record

@@ -2,9 +2,8 @@
 
 An HTTP thread validates its input, builds a ``GenerationRequest`` and hands it to the engine; the
 engine thread answers through the request's ``RequestStream``, one ``TokenEvent`` per generated
-token and a last event carrying the finish reason. Text is released by ``StopText``, which holds
-back whatever could still turn into a stop string or an incomplete UTF-8 character, so a streaming
-client never sees text that a later token takes back.
+token and a last event carrying the finish reason (the text of each event comes from
+``detokenizer.StopText``).
 """
 
 from __future__ import annotations
@@ -15,9 +14,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
-__all__ = ["SamplingParams", "TokenEvent", "RequestStream", "GenerationRequest", "StopText", "FINISH_REASONS"]
+if TYPE_CHECKING:
+    from adapterhub.registry import AdapterVersion
+
+    from .adapters.lora_cache import LoraSlot
+    from .adapters.soft_prompt_cache import SoftPrompt
+
+__all__ = ["SamplingParams", "TokenEvent", "RequestStream", "GenerationRequest", "FINISH_REASONS"]
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
@@ -62,7 +67,7 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -124,71 +129,18 @@ class GenerationRequest:
 
     ``adapter`` is the registry version (``hub.registry.AdapterVersion``) the HTTP thread resolved
     and checked against the base, or ``None`` for the bare base model. While the request runs, the
-    engine pins the loaded adapter in ``soft_prompt`` (a ``SoftPrompt``) or ``lora`` (a slot handle).
+    engine pins the loaded adapter in ``soft_prompt`` or ``lora`` (``adapters.picker`` does both).
     """
 
     prompt_ids: list[int]
     params: SamplingParams
-    adapter: Any = None
+    adapter: AdapterVersion | None = None
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     stream: RequestStream = field(default_factory=RequestStream)
     submitted_at: float = field(default_factory=time.monotonic)
-    soft_prompt: Any = None
-    lora: Any = None
+    soft_prompt: SoftPrompt | None = None
+    lora: LoraSlot | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
             raise ValueError("the prompt is empty")
-
-
-class StopText:
-    """Incremental detokenization with stop strings.
-
-    Decoding the whole answer at every step (answers are at most the context length) keeps
-    multi-byte characters and tokenizer clean-ups right; only the released prefix is ever sent.
-    """
-
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...] = ()) -> None:
-        self._tokenizer = tokenizer
-        self._stop = stop
-        self._ids: list[int] = []
-        self._released = 0
-        self.text = ""
-
-    def add(self, token_id: int) -> tuple[str, bool]:
-        """Append a token; return (newly released text, whether a stop string was hit)."""
-        self._ids.append(token_id)
-        full = self._tokenizer.decode(self._ids, skip_special_tokens=True)
-        hit = self._find_stop(full)
-        if hit is not None:
-            return self._release(full[:hit], len(full[:hit])), True
-        if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
-            return "", False
-        return self._release(full, len(full) - self._pending_stop_prefix(full)), False
-
-    def finish(self) -> str:
-        """Release what was held back when the answer ends without a stop string."""
-        full = self._tokenizer.decode(self._ids, skip_special_tokens=True)
-        return self._release(full, len(full))
-
-    def _release(self, full: str, upto: int) -> str:
-        upto = max(upto, self._released)
-        out = full[self._released:upto]
-        self._released = upto
-        self.text = full[:upto]
-        return out
-
-    def _find_stop(self, full: str) -> int | None:
-        start = max(0, self._released - max((len(s) for s in self._stop), default=0))
-        hits = [i for i in (full.find(s, start) for s in self._stop) if i >= 0]
-        return min(hits) if hits else None
-
-    def _pending_stop_prefix(self, full: str) -> int:
-        """Length of the longest suffix of ``full`` that begins some stop string."""
-        best = 0
-        for s in self._stop:
-            for k in range(min(len(s) - 1, len(full)), best, -1):
-                if full.endswith(s[:k]):
-                    best = k
-                    break
-        return best

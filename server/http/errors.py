@@ -1,7 +1,9 @@
-"""HTTP errors: one exception type, one table mapping hub errors to status codes, one JSON shape.
+"""HTTP errors: one exception type for the HTTP layer's own refusals, one JSON shape for all.
 
 Every error leaves the server as ``{"error": {"message", "type", "code"}}`` (the OpenAI shape, which
 the registry API shares), so clients parse one format and no client input can produce a 500 page.
+Hub errors are answered with their row of ``adapterhub.errors.ERROR_TABLE``, the table the remote
+client reads back.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from adapterhub import errors as hub_errors
+from adapterhub.errors import AdapterHubError, wire_code
 
-__all__ = ["ApiError", "install_error_handlers", "STATUS_FOR"]
+__all__ = ["ApiError", "install_error_handlers"]
 
 
 class ApiError(Exception):
@@ -32,25 +34,14 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "code": self.code}}
 
 
-# Most specific first: the first matching class decides the status.
-STATUS_FOR: list[tuple[type[BaseException], int, str]] = [
-    (hub_errors.AuthError, 401, "unauthorized"),
-    (hub_errors.PermissionDenied, 403, "forbidden"),
-    (hub_errors.AdapterNotFound, 404, "not_found"),
-    (hub_errors.ObjectMissing, 404, "object_missing"),
-    (hub_errors.IncompatibleBase, 409, "incompatible_base"),
-    (hub_errors.DigestMismatch, 400, "digest_mismatch"),
-    (hub_errors.ConcurrentModification, 503, "busy"),
-    (hub_errors.AdapterBusy, 503, "adapter_busy"),
-    (hub_errors.RegistryCorrupt, 500, "registry_corrupt"),
-    (hub_errors.AdapterHubError, 400, "invalid_request"),
-]
+# A 401 must say how to authenticate (RFC 9110 section 11.6.1).
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="adapterhub"'}
 
 
 def _response(err: ApiError):
     resp = jsonify(err.to_dict())
     resp.status_code = err.status
-    for k, v in err.headers.items():
+    for k, v in ((_CHALLENGE if err.status == 401 else {}) | err.headers).items():
         resp.headers[k] = v
     return resp
 
@@ -62,12 +53,10 @@ def install_error_handlers(app: Flask) -> None:
     def _api_error(e: ApiError):
         return _response(e)
 
-    @app.errorhandler(hub_errors.AdapterHubError)
-    def _hub_error(e: hub_errors.AdapterHubError):
-        for cls, status, code in STATUS_FOR:
-            if isinstance(e, cls):
-                return _response(ApiError(status, str(e), code=code))
-        return _response(ApiError(400, str(e), code="invalid_request"))
+    @app.errorhandler(AdapterHubError)
+    def _hub_error(e: AdapterHubError):
+        wire = wire_code(e)
+        return _response(ApiError(wire.http_status, str(e), code=wire.code))
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException):

@@ -1,0 +1,322 @@
+"""adapterhub's public Python API: the command line's verbs as functions, for notebooks and programs.
+
+Every function here calls the same library code as its ``adapterhub`` command, so a script and the
+CLI store, refuse and report identically. ``registry`` arguments take an open registry (from
+``open_registry``), a folder or hub URL, or ``None`` for the default location (``hub.location``).
+
+Importing this module is cheap (no torch, transformers, peft or flask): each function imports the
+heavy machinery it needs when called. See ``docs/python-api.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+from .location import open_registry as _open_at
+from .registry import AdapterVersion
+from .registry_protocol import Registry
+
+if TYPE_CHECKING:
+    from adapterhub.server.engine.engine import Engine
+    from adapterhub.server.http.wsgi import ServerHandle
+
+    from .merge import MergeOptions, MergeResult
+    from .train.config import TrainConfig
+    from .train.run import TrainRun
+
+__all__ = [
+    "Registry",
+    "EngineHandle",
+    "open_registry",
+    "push",
+    "pull",
+    "list_adapters",
+    "show",
+    "merge_model",
+    "merge_adapter",
+    "train_adapter",
+    "default_base",
+    "start_engine",
+]
+
+# Where a function finds its registry: an open one, a folder or hub URL, or None for the default.
+RegistryLike = Union[Registry, str, os.PathLike, None]
+
+
+def open_registry(location: str | os.PathLike | None = None, *, token: str | None = None) -> Registry:
+    """Open the registry at a folder or hub URL, once, for many calls (and to pass a hub token).
+
+    ``None`` picks the default: ``$ADAPTERHUB_REGISTRY``, else the checkout's ``registry.json``,
+    else ``~/.local/share/adapterhub``. A folder that does not exist yet becomes an empty registry
+    on the first push. ``token`` authenticates to a hub URL (default ``$ADAPTERHUB_TOKEN``).
+
+    Returns a ``LocalRegistry`` for a folder, a ``RemoteRegistry`` for an ``http(s)://`` URL.
+    Raises ``RegistryCorrupt`` later, on first read, if the folder's index is unreadable.
+    """
+    return _open_at(location, token=token)
+
+
+def _open(registry: RegistryLike) -> Registry:
+    if registry is None or isinstance(registry, (str, os.PathLike)):
+        return open_registry(registry)
+    return registry
+
+
+def _location_of(registry: RegistryLike) -> str | None:
+    """What the merge pipeline takes: a location string (a hub's token then comes from the environment)."""
+    if registry is None or isinstance(registry, (str, os.PathLike)):
+        return None if registry is None else str(registry)
+    return registry.location
+
+
+def push(folder: str | os.PathLike, *, name: str, task: str, base: str | None = None, tags: Iterable[str] = (),
+         description: str = "", metrics: Mapping[str, float] | None = None,
+         registry: RegistryLike = None) -> AdapterVersion:
+    """Store a PEFT adapter folder (``save_pretrained`` output) as the next version of ``name``.
+
+    The adapter is validated, and checked against the base's weight shapes when the base can be
+    read, before anything is stored; ``base`` defaults to the adapter's ``base_model_name_or_path``.
+    ``latest`` moves to the new version, as do ``tags``.
+
+    Returns the stored ``AdapterVersion``. Raises ``InvalidAdapter`` / ``UnsupportedAdapter`` for a
+    folder PEFT would not load or adapterhub cannot use, ``IncompatibleBase`` for an adapter of
+    another base, ``InvalidName`` for a bad name or tag, ``RemoteError`` / ``AuthError`` from a hub.
+    """
+    return _open(registry).push(folder, name=name, task=task, base=base, tags=tags, description=description,
+                                metrics=metrics)
+
+
+def pull(ref: str, out_dir: str | os.PathLike, *, force: bool = False, registry: RegistryLike = None) -> AdapterVersion:
+    """Write adapter ``ref`` into ``out_dir``, a folder ``PeftModel.from_pretrained`` loads.
+
+    ``ref`` is ``name``, ``name:tag``, ``name@3`` or ``name@sha256:<prefix>``; ``hf://org/repo[@rev]``
+    first imports the adapter from ``$HF_ENDPOINT`` into the registry. Every file's digest is
+    checked as it is written; ``force`` allows overwriting different files already in ``out_dir``.
+
+    Returns the pulled ``AdapterVersion``. Raises ``AdapterNotFound``, ``InvalidReference``,
+    ``DigestMismatch`` / ``ObjectMissing`` for a damaged store, ``InvalidName`` when ``out_dir``
+    holds other files of the same names and ``force`` is not set.
+    """
+    store = _open(registry)
+    if ref.startswith("hf://"):
+        from .hf_import import import_from_hub
+
+        ref = import_from_hub(ref, store).ref
+    return store.pull(ref, out_dir, force=force)
+
+
+def list_adapters(*, name: str | None = None, task: str | None = None, base: str | None = None,
+                  adapter_type: str | None = None, registry: RegistryLike = None) -> list[AdapterVersion]:
+    """The versions matching every filter given, by name then version: what a server could serve.
+
+    ``base`` matches the base name as pushed or a prefix of its fingerprint (``sha256:...``);
+    ``adapter_type`` is ``lora`` or ``prompt_tuning``.
+
+    Returns a list (empty when nothing matches). Raises ``RegistryCorrupt`` for an unreadable index,
+    ``RemoteError`` from a hub.
+    """
+    return _open(registry).list(base=base, task=task, adapter_type=adapter_type, name=name)
+
+
+def show(ref: str, *, registry: RegistryLike = None) -> AdapterVersion:
+    """Resolve ``ref`` to the version it names now (tags move), with everything recorded about it.
+
+    Returns the ``AdapterVersion``: files and digests, base fingerprint, PEFT settings, metrics,
+    training record and lineage. Raises ``AdapterNotFound`` or ``InvalidReference``.
+    """
+    return _open(registry).resolve(ref)
+
+
+def merge_model(refs: Sequence[str | os.PathLike], base: str | os.PathLike, out: str | os.PathLike,
+          options: MergeOptions | None = None, *, verify: bool = False, force: bool = False,
+          registry: RegistryLike = None) -> MergeResult:
+    """Fold LoRA adapters (registry references or adapter folders) into ``base`` and write a standalone
+    Hugging Face model folder at ``out``, loadable without PEFT.
+
+    ``options`` (``MergeOptions``) chooses the method (``linear``, ``cat``, ``ties``, ``dare_*``),
+    per-adapter weights, output dtype and shard size; the default adds each adapter once, as
+    ``merge_and_unload`` would. ``verify`` compares logits with PEFT's own result before writing.
+    The folder appears atomically; an existing ``out`` is replaced only with ``force``. A registry
+    object's hub token does not travel: a hub is opened again by URL, with ``$ADAPTERHUB_TOKEN``.
+
+    Returns a ``MergeResult`` (files written, tensors edited, the verify report). Raises
+    ``MergeError`` (bad options, ``out`` exists, verify failed), ``IncompatibleBase``,
+    ``UnsupportedAdapter`` (a LoRA variant that cannot be folded), ``AdapterNotFound``.
+    """
+    from .merge import MergeOptions, pipeline
+
+    return pipeline.merge_model([str(r) for r in refs], str(base), out, options or MergeOptions(),
+                                registry=_location_of(registry), force=force, verify=verify)
+
+
+def merge_adapter(refs: Sequence[str | os.PathLike], base: str | os.PathLike, *, name: str,
+            options: MergeOptions | None = None, rank: int | None = None, task: str | None = None,
+            registry: RegistryLike = None) -> MergeResult:
+    """Combine adapters into one new LoRA adapter and push it as ``name``, with lineage to its sources.
+
+    The combination is computed as ``merge_model`` would fold it, then factored back to ``rank`` by a
+    truncated SVD; every method but ``cat`` (which keeps the sources' ranks) needs ``rank``.
+    ``task`` defaults to the first source's. Registry objects are handled as in ``merge_model``.
+
+    Returns a ``MergeResult`` whose ``registry_ref`` names the new version and whose ``adapter``
+    reports its rank and reconstruction error. Raises what ``merge_model`` raises, and ``InvalidName``.
+    """
+    from .merge import MergeOptions, pipeline
+
+    return pipeline.merge_adapter([str(r) for r in refs], str(base), options or MergeOptions(), name=name,
+                                  rank=rank, task=task, registry=_location_of(registry))
+
+
+def train_adapter(base: str | os.PathLike, data: str | os.PathLike, config: TrainConfig | None = None, *, name: str,
+          task: str, eval_data: str | os.PathLike | None = None, output: str | os.PathLike | None = None,
+          push: bool = False, registry: RegistryLike = None, tags: Iterable[str] = (), description: str = "",
+          resume: bool = False, progress: bool = False, threads: int | None = None) -> TrainRun:
+    """Train a LoRA, QLoRA or prompt-tuning adapter on instruction data (Alpaca or chat JSONL).
+
+    ``config`` (``TrainConfig``; default: LoRA r=8 for 3 epochs) sets the method and the settings.
+    The run folder ``output`` (default ``./runs/NAME``) keeps checkpoints; ``resume`` continues
+    from the last one. With ``eval_data`` the adapter and the bare base are evaluated on held-out
+    rows; ``push`` stores the adapter with those metrics, the settings and the data's sha256, and
+    checks the registry before training starts.
+
+    Returns a ``TrainRun``: ``result`` (adapter folder, metrics) and ``pushed`` (the version or
+    None). Raises ``TrainingDataError`` (a bad row, naming file and line), ``TrainingConfigError``,
+    ``TrainingInterrupted`` (stopped by a signal; a checkpoint is saved), ``InvalidName``.
+    """
+    from .train.config import TrainConfig
+    from .train.run import run_training
+
+    return run_training(str(base), data, config or TrainConfig(), name=name, task=task, eval_data=eval_data,
+                        output=output, push=push, registry=registry, tags=tags, description=description,
+                        resume=resume, progress=progress, threads=threads)
+
+
+def default_base() -> str:
+    """The base a server runs when none is named: the tiny Llama, built once into
+    ``$XDG_CACHE_HOME/adapterhub/tiny-llama`` (``~/.cache/...``), so nothing is downloaded.
+
+    Returns the folder. Raises ``OSError`` when the cache folder cannot be written.
+    """
+    from .tinybase import build_tiny_base
+
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(cache, "adapterhub", "tiny-llama")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        try:
+            build_tiny_base(folder)
+        except FileExistsError:  # another process built it meanwhile
+            pass
+    return folder
+
+
+@dataclass
+class EngineHandle:
+    """A serving engine running in this process: one base model, any adapter of ``registry`` per
+    request, requests from many threads batched together. ``url`` is set when an HTTP server
+    (the OpenAI API, as ``adapterhub serve`` runs it) listens too.
+
+    Use it as a context manager, or call ``stop()``: the engine owns a thread and the model.
+    """
+
+    engine: Engine
+    registry: Registry
+    server: ServerHandle | None = None
+
+    @property
+    def base(self) -> str:
+        """The base model's folder or Hub id; also the model name that selects no adapter."""
+        return self.engine.base_name
+
+    @property
+    def url(self) -> str | None:
+        """``http://host:port`` of the HTTP server (the OpenAI API is under ``/v1``), or None."""
+        return self.server.url if self.server is not None else None
+
+    def generate(self, prompt: str | Sequence[Mapping[str, str]], *, adapter: str | None = None,
+                 max_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 stop: Sequence[str] = ()) -> str:
+        """Generate an answer to ``prompt`` with ``adapter`` (a registry reference; None: the bare base).
+
+        A string is tokenized as ``/v1/completions`` does; a list of chat messages is rendered as
+        training renders it (the base's chat template, else the Alpaca template), so an adapter made
+        by ``train_adapter`` sees the format it learned. ``temperature=0`` decodes greedily, which matches
+        PEFT's ``generate`` with the same adapter. Safe to call from many threads at once.
+
+        Returns the generated text (without a matched ``stop`` string). Raises ``AdapterNotFound``,
+        ``IncompatibleBase`` (an adapter of another base), ``UnsupportedAdapter``, ``ValueError``
+        for bad sampling settings or a prompt longer than the context, ``RuntimeError`` when the
+        engine is stopped or the generation fails.
+        """
+        from adapterhub.server.engine.request import SamplingParams
+
+        from .train.data import encode_prompt
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                stop=tuple(stop))
+        tokenizer = self.engine.tokenizer
+        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else encode_prompt(tokenizer, prompt)
+        request = self.engine.submit(ids, params, self.engine.resolve(adapter))
+        text = []
+        try:
+            for event in request.stream:
+                if event.error is not None:
+                    raise RuntimeError(f"generation failed: {event.error}")
+                text.append(event.text)
+        except BaseException:
+            request.stream.cancel()  # an interrupted caller frees its batch row at the next step
+            raise
+        return "".join(text)
+
+    def stop(self) -> None:
+        """Stop the HTTP server (if any), then the engine; requests still running end with an error."""
+        if self.server is not None:
+            self.server.close()
+        self.engine.stop()
+
+    def __enter__(self) -> EngineHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_engine(base: str | os.PathLike | None = None, *, registry: RegistryLike = None, quantize: str = "nf4",
+                 device: str | None = None, max_batch_size: int = 16, max_loaded_adapters: int = 16,
+                 max_adapter_bytes: int = 1 << 30, max_lora_rank: int = 64, preload: Iterable[str] = (),
+                 http: bool = False, host: str = "127.0.0.1", port: int = 0, http_threads: int = 8) -> EngineHandle:
+    """Load ``base`` and start the engine ``adapterhub serve`` runs, in this process.
+
+    ``base`` defaults to ``default_base()``. ``quantize`` is ``nf4``, ``int8`` (bitsandbytes) or
+    ``none``; ``device`` defaults to the GPU when there is one. Adapters load from ``registry`` on
+    first use, at most ``max_loaded_adapters`` (and ``max_adapter_bytes``) resident per kind;
+    ``preload`` loads some now. With ``http`` the OpenAI API also listens on ``host:port`` (0: a
+    free port) in a background thread.
+
+    Returns an ``EngineHandle``; stop it when done. Raises ``IncompatibleBase`` when the base cannot
+    be loaded, ``AdapterNotFound`` / ``IncompatibleBase`` for a bad ``preload`` (nothing is left
+    running), ``ValueError`` for an unknown quantize mode or device, ``OSError`` when the port is taken.
+    """
+    from adapterhub.server.engine.engine import create_engine
+    from adapterhub.server.engine.model_loader import load_base_model
+
+    store = _open(registry)
+    loaded = load_base_model(str(base) if base is not None else default_base(), quantize=quantize, device=device)
+    engine = create_engine(loaded, store, max_batch_size=max_batch_size, max_loaded_adapters=max_loaded_adapters,
+                           max_adapter_bytes=max_adapter_bytes, max_lora_rank=max_lora_rank).start()
+    handle = EngineHandle(engine, store)
+    try:
+        for ref in preload:
+            engine.load_adapter(engine.resolve(ref))
+        if http:
+            from adapterhub.server.http.app import create_app
+            from adapterhub.server.http.wsgi import start_in_thread
+
+            # send_bytes=1: every server-sent event goes to the socket at once (streaming is token by token).
+            handle.server = start_in_thread(create_app(store, engine=engine), host, port, http_threads, send_bytes=1)
+    except BaseException:
+        engine.stop()
+        raise
+    return handle

@@ -1,0 +1,103 @@
+"""The gathered LoRA linear: a base linear layer plus stacks of adapter weights in numbered slots.
+
+Every linear layer any LoRA may target is wrapped once, at start-up, and owns two preallocated
+stacks:
+
+    A: [slots + 1, max_rank, in_features]     B: [slots + 1, out_features, max_rank]
+
+(slot ``slots`` stays zero and stands for "no adapter"). Loading an adapter writes into one slot;
+nothing is re-wrapped. The forward adds the update the row plan asks for (``kernels``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .kernels import SHARED_INPUT, InputGroup
+from .row_plan import RowPlans
+
+__all__ = ["GatheredLoraLinear", "wrap_linear_layers"]
+
+
+class GatheredLoraLinear(nn.Module):
+    """A base linear layer (plain, nf4 or int8) plus slot stacks of LoRA weights for it."""
+
+    def __init__(self, base_layer: nn.Module, name: str, plans: RowPlans, slots: int, rank: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.name = name
+        self.in_features = int(base_layer.in_features)
+        self.out_features = int(base_layer.out_features)
+        self._plans = plans
+        # Buffers, not parameters (they never train), kept out of state_dict().
+        self.register_buffer("lora_A", torch.zeros(slots + 1, rank, self.in_features, dtype=dtype, device=device),
+                             persistent=False)
+        self.register_buffer("lora_B", torch.zeros(slots + 1, self.out_features, rank, dtype=dtype, device=device),
+                             persistent=False)
+        self.ranks = [0] * slots  # rank each slot holds for this layer (0: nothing)
+        self.group = InputGroup([self])  # replaced when siblings read the same input
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, slots={len(self.ranks)}, max_rank={self.lora_A.shape[1]}"
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
+        plan = self._plans.current
+        if plan is None:
+            return out
+        if plan.stale is not None:
+            raise RuntimeError(plan.stale)
+        if x.shape[0] != len(plan.rows):
+            raise ValueError(f"batch has {x.shape[0]} rows but set_rows() described {len(plan.rows)}")
+        key = (self, x.dim() == 2 or x.shape[1] == 1)  # (layer, decode step?)
+        try:
+            update = plan.updates[key]
+        except KeyError:
+            self.group.prepare(plan, key[1])
+            update = plan.updates[key]
+        if update is None:
+            return out
+        return update(x, out)
+
+
+def wrap_linear_layers(model: nn.Module, targets: Iterable[str] | None, plans: RowPlans, *, slots: int,
+                       rank: int, dtype: torch.dtype, device: torch.device) -> dict[str, GatheredLoraLinear]:
+    """Replace, in place, every linear layer named by ``targets`` (PEFT-style name suffixes; ``None``:
+    every linear layer but the output head) with a ``GatheredLoraLinear``; return them by name."""
+    wanted = None if targets is None else list(targets)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    chosen: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or isinstance(module, GatheredLoraLinear):
+            continue
+        if wanted is None:
+            if module is not head:
+                chosen.append((name, module))
+        elif any(name == t or name.endswith("." + t) for t in wanted):
+            chosen.append((name, module))
+    wrapped: dict[str, GatheredLoraLinear] = {}
+    for name, module in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = GatheredLoraLinear(module, name, plans, slots, rank, dtype, device)
+        setattr(parent, child, layer)
+        wrapped[name] = layer
+    _group_siblings(wrapped)
+    return wrapped
+
+
+def _group_siblings(wrapped: dict[str, GatheredLoraLinear]) -> None:
+    """Give layers that read one input (q/k/v, gate/up of one block) a shared ``InputGroup``."""
+    for names in SHARED_INPUT:
+        parents = {n.rpartition(".")[0] for n in wrapped if n.rpartition(".")[2] in names}
+        for parent_name in parents:
+            members = [wrapped[f"{parent_name}.{c}" if parent_name else c] for c in names
+                       if (f"{parent_name}.{c}" if parent_name else c) in wrapped]
+            if len(members) > 1 and len({m.in_features for m in members}) == 1:
+                group = InputGroup(members)
+                for m in members:
+                    m.group = group

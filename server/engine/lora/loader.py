@@ -1,0 +1,150 @@
+"""A PEFT ``adapter_model.safetensors`` -> one slot of the wrapped layers' weight stacks.
+
+PEFT's format (key names, scale, the variants a slot cannot compute, the header) is read through
+``adapterhub.peft_format``. Everything is checked (config, names, shapes, ranks) from the
+safetensors header before a byte is read, so a refused adapter leaves the slot as it was. The file
+is then read once into a reusable (pinned, on CUDA) host buffer and each tensor is copied into its
+slot with the LoRA scale folded into B; on CUDA the copies run on a stream of their own, not on the
+one the decode steps use.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from adapterhub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
+from adapterhub.peft_format import (
+    FLOAT_CODES,
+    TensorInfo,
+    check_servable,
+    check_shape_fits,
+    group_adapter_tensors,
+    implied_weight_shape,
+    lora_pair,
+    lora_scale,
+    read_safetensors_header,
+    torch_dtype,
+)
+
+from .layer import GatheredLoraLinear
+
+__all__ = ["LoraPair", "SlotLoader", "read_lora_pairs"]
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """One wrapped layer's A and B in the file, and the scale folded into B."""
+
+    module: GatheredLoraLinear
+    a: TensorInfo
+    b: TensorInfo
+    rank: int
+    scale: float
+
+    @property
+    def slot_elements(self) -> int:
+        return self.rank * (self.module.in_features + self.module.out_features)
+
+
+def read_lora_pairs(config: Mapping[str, Any], weights_path: str, layers: Mapping[str, GatheredLoraLinear], *,
+                    max_rank: int, base: str) -> list[LoraPair]:
+    """The file's A/B pairs matched to ``layers``, every one checked; nothing of the file's data is read.
+
+    Raises ``IncompatibleBase`` when a tensor does not fit a wrapped layer of ``base``,
+    ``InvalidAdapter`` / ``UnsupportedAdapter`` for a file or config the gathered path cannot
+    compute exactly (``peft_format.check_servable``).
+    """
+    where = str(weights_path)
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise UnsupportedAdapter(f"peft_type {peft_type} is not a LoRA; adapter slots hold LoRA adapters only")
+    try:
+        tensors = read_safetensors_header(weights_path)
+    except OSError as e:
+        raise InvalidAdapter(f"{where}: {e}") from e
+    grouped = group_adapter_tensors(tensors)
+    check_servable(config, grouped, where)
+    pairs = []
+    for module_name, parts in sorted(grouped.lora.items()):
+        try:
+            a, b, _ = lora_pair(module_name, parts)
+        except InvalidAdapter as e:
+            raise InvalidAdapter(f"{where}: {e}") from e
+        layer = layers.get(module_name)
+        if layer is None:
+            raise IncompatibleBase(
+                f"{where}: adapter targets {module_name}, which is not a linear layer this server wraps"
+            )
+        check_shape_fits(module_name, implied_weight_shape(a.shape, b.shape, transposed=False),
+                         (layer.out_features, layer.in_features), base=base, where=where)
+        rank = a.shape[0]
+        if rank > max_rank:
+            raise UnsupportedAdapter(f"{where}: {module_name} has rank {rank}, above this server's max rank "
+                                     f"{max_rank}")
+        for t in (a, b):
+            if t.dtype not in FLOAT_CODES:
+                raise InvalidAdapter(f"{where}: {module_name} has dtype {t.dtype}, expected a float type")
+        pairs.append(LoraPair(layer, a, b, rank, lora_scale(config, module_name, rank)))
+    if not pairs:
+        raise InvalidAdapter(f"{where}: no lora_A/lora_B tensors")
+    return pairs
+
+
+class SlotLoader:
+    """Copies checked pairs from their file into a slot; keeps one staging buffer for every load.
+
+    Not thread-safe: the slot bank calls it under its lock.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._staging: torch.Tensor | None = None
+        self._stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
+
+    def write(self, slot: int, pairs: list[LoraPair], weights_path: str) -> None:
+        """Read ``weights_path`` once and write every pair into ``slot`` (the slot must be empty)."""
+        buf = self._stage(weights_path, os.stat(weights_path).st_size)
+        stream = self._stream
+        if stream is not None:  # the zeroing of the slot's previous adapter runs on the compute stream
+            stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            for p in pairs:
+                a = _tensor(buf, p.a)
+                b = _tensor(buf, p.b)
+                p.module.lora_A[slot, : p.rank].copy_(a, non_blocking=True)
+                dst = p.module.lora_B[slot, :, : p.rank]
+                dst.copy_(b, non_blocking=True)
+                dst.mul_(p.scale)
+                p.module.ranks[slot] = p.rank
+        if stream is not None:
+            stream.synchronize()
+
+    def _stage(self, path: str, size: int) -> torch.Tensor:
+        """The file's bytes in (pinned, on CUDA) host memory, reusing one staging buffer."""
+        if self._staging is None or self._staging.numel() < size:
+            self._staging = torch.empty(max(size, 1 << 20), dtype=torch.uint8,
+                                        pin_memory=self._device.type == "cuda")
+        buf = self._staging[:size]
+        with open(path, "rb", buffering=0) as f:
+            view = memoryview(buf.numpy())
+            got = 0
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise InvalidAdapter(f"{path}: file shrank while being read")
+                got += n
+        return buf
+
+
+def _tensor(buf: torch.Tensor, info: TensorInfo) -> torch.Tensor:
+    start, end = info.file_range
+    raw = buf[start:end]
+    dtype = torch_dtype(info.dtype)
+    if start % dtype.itemsize:
+        raw = raw.clone()  # view(dtype) needs an aligned offset
+    return raw.view(dtype).view(info.shape)
