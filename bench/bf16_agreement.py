@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from hetero_lora_bench import SHAPES, build_base, make_adapters  # noqa: E402
-from adapterhub.server.engine.lora_batch import LoraBatcher  # noqa: E402
+from adapterhub.server.engine.lora.slot_bank import LoraSlotBank  # noqa: E402
 from adapterhub.server.engine.model_loader import load_base_model  # noqa: E402
 
 ADAPTERS = 8
@@ -85,10 +85,10 @@ def main() -> None:
         alone_logits = torch.stack(alone_logits)
 
         loaded = load_base_model(str(base), quantize="none", device=str(device), dtype=dtype)
-        batcher = LoraBatcher(loaded, max_slots=ADAPTERS, max_rank=16)
+        bank = LoraSlotBank(loaded, max_slots=ADAPTERS, max_rank=16)
         for slot, p in enumerate(paths):
-            batcher.load(slot, json.loads((p / "adapter_config.json").read_text()), str(p / "adapter_model.safetensors"))
-        with batcher.rows([i % ADAPTERS for i in range(args.rows)]):
+            bank.load(slot, json.loads((p / "adapter_config.json").read_text()), str(p / "adapter_model.safetensors"))
+        with bank.rows([i % ADAPTERS for i in range(args.rows)]):
             ours, ours_logits = greedy(loaded.model, ids, args.new), last_logits(loaded.model, ids)
         bare_logits = last_logits(loaded.model, ids)
 

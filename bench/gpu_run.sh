@@ -14,7 +14,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$out/gpu.txt"
-timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 120 tests/test_lora_batch.py tests/test_engine.py 2>&1 \
+timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 120 tests/test_lora_slot_bank.py tests/test_engine.py 2>&1 \
     | tee "$out/gpu_tests.log" | tail -15
 python3 bench/hetero_lora_bench.py --device cuda --shape llama-3.2-1b --dtype bf16 --batch 32 --prompt 128 \
     --new 128 --adapters 32 --rounds 3 --sweep-rounds 2 --peft-rounds 1 --peft-max-distinct 8 \

@@ -4,7 +4,7 @@ adapter load time (registry -> ready) against ``PeftModel.load_adapter``, all in
 Random-init Llama-shaped base (speed does not depend on weight values), adapters with random B on
 all linear layers, greedy ``generate`` with a fixed number of new tokens. The three contenders run
 the same ``generate`` loop: the bare base, PEFT with ``adapter_names`` (one sub-batch per distinct
-adapter), and the base wrapped by ``LoraBatcher`` with adapters loaded through ``AdapterSlots``.
+adapter), and the base wrapped by ``LoraSlotBank`` with adapters loaded through ``LoraCache``.
 Rounds interleave the contenders so machine noise hits them alike; each figure is the best round
 (ratios of the median rounds are printed too). Ratios are against the bare base of the same rounds.
 
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from adapterhub.registry import LocalRegistry  # noqa: E402
-from adapterhub.server.engine.adapter_slots import AdapterSlots  # noqa: E402
-from adapterhub.server.engine.lora_batch import LoraBatcher  # noqa: E402
+from adapterhub.server.engine.adapters.lora_cache import LoraCache  # noqa: E402
+from adapterhub.server.engine.lora.slot_bank import LoraSlotBank  # noqa: E402
 from adapterhub.server.engine.model_loader import load_base_model, resolve_dtype  # noqa: E402
 
 SHAPES = {
@@ -100,7 +100,7 @@ def make_adapters(base: Path, out: Path, counts: dict[int, int], device: torch.d
 
 
 class Contenders:
-    """The bare base, PEFT holding every adapter, and our batcher over an adapter-slot cache."""
+    """The bare base, PEFT holding every adapter, and our slot bank under its adapter cache."""
 
     def __init__(self, base: Path, adapters: dict[int, list[Path]], registry: LocalRegistry, device: torch.device,
                  dtype: torch.dtype, batch: int) -> None:
@@ -111,6 +111,7 @@ class Contenders:
             return AutoModelForCausalLM.from_pretrained(base, dtype=dtype, device_map={"": str(device)}).eval()
 
         self.device = device
+        self.registry = registry
         self.bare = plain()
         first = adapters[min(adapters)][0]
         self.peft = PeftModel.from_pretrained(plain(), first, adapter_name=_peft_name(first))
@@ -120,11 +121,11 @@ class Contenders:
                     self.peft.load_adapter(p, adapter_name=_peft_name(p))
         self.peft.eval()
         self.loaded = load_base_model(str(base), quantize="none", device=str(device), dtype=dtype)
-        self.batcher = LoraBatcher(self.loaded, max_slots=batch, max_rank=max(adapters))
-        self.slots = AdapterSlots(self.batcher, registry, max_loaded=batch)
+        self.bank = LoraSlotBank(self.loaded, max_slots=batch, max_rank=max(adapters))
+        self.slots = LoraCache(self.bank, registry, max_loaded=batch)
 
     def ours_rows(self, refs: list[str]) -> list[int]:
-        handles = {ref: self.slots.acquire(ref) for ref in dict.fromkeys(refs)}
+        handles = {ref: self.slots.acquire(self.registry.resolve(ref)) for ref in dict.fromkeys(refs)}
         for h in handles.values():
             self.slots.release(h)  # resident, not pinned: the next config may evict them
         return [handles[r].slot for r in refs]
@@ -163,7 +164,7 @@ def measure_config(c: Contenders, ids: torch.Tensor, new: int, rank: int, distin
         if i < peft_rounds:
             t, tokens["peft"] = generate(c.peft, ids, new, c.device, adapter_names=names)
             times["peft"].append(t)
-        with c.batcher.rows(rows):
+        with c.bank.rows(rows):
             t, tokens["ours"] = generate(c.loaded.model, ids, new, c.device)
         times["ours"].append(t)
     tps = {k: batch * new / min(v) for k, v in times.items() if v}
@@ -223,7 +224,7 @@ def measure_steps(c: Contenders, ids: torch.Tensor, new: int, rank: int, distinc
 
     def forward(name: str, inputs: torch.Tensor, cache=None) -> tuple[float, object]:
         model, kw, slot_rows = runs[name]
-        c.batcher.set_rows(slot_rows)
+        c.bank.set_rows(slot_rows)
         sync(c.device)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -242,7 +243,7 @@ def measure_steps(c: Contenders, ids: torch.Tensor, new: int, rank: int, distinc
         for k in runs:
             step[k].append(forward(k, token, cache)[0])
             cache.crop(-1)
-    c.batcher.set_rows(None)
+    c.bank.set_rows(None)
     med = {k: (statistics.median(prefill[k]), statistics.median(step[k])) for k in runs}
     total = {k: p + (new - 1) * d for k, (p, d) in med.items()}
     out = {"rank": rank, "distinct_adapters": distinct, "prefill_samples": prefills, "step_samples": steps}
@@ -256,14 +257,14 @@ def measure_steps(c: Contenders, ids: torch.Tensor, new: int, rank: int, distinc
 
 
 def measure_loads(c: Contenders, paths: list[Path], refs: dict[Path, str], trials: int) -> dict:
-    """Registry -> ready through AdapterSlots (miss each time), against PeftModel.load_adapter."""
+    """Registry -> ready through LoraCache (miss each time), against PeftModel.load_adapter."""
     ours, peft = [], []
     for i in range(trials):
         p = paths[i % len(paths)]
         c.slots.unload(refs[p])
         sync(c.device)
         t0 = time.perf_counter()
-        c.slots.release(c.slots.acquire(refs[p]))
+        c.slots.release(c.slots.acquire(c.registry.resolve(refs[p])))
         sync(c.device)
         ours.append(time.perf_counter() - t0)
         name = f"probe{i}"
@@ -409,11 +410,11 @@ def main() -> None:
                 refs[p] = registry.push(p, name=p.name, task="bench", base=str(base)).ref
         c = Contenders(base, adapters, registry, device, dtype, args.batch)
         summary["base_footprint_bytes"] = c.loaded.footprint_bytes
-        summary["slot_bytes"] = c.batcher.slot_bytes()
+        summary["slot_bytes"] = c.bank.slot_bytes()
         ids = torch.randint(1, SHAPES[args.shape]["vocab_size"], (args.batch, args.prompt), device=device,
                             generator=torch.Generator(device=device).manual_seed(0))
         generate(c.bare, ids[:2], 2, device)  # warm-up: allocator, kernels
-        with c.batcher.rows(c.ours_rows([refs[adapters[args.rank][0]]] * 2)):
+        with c.bank.rows(c.ours_rows([refs[adapters[args.rank][0]]] * 2)):
             generate(c.loaded.model, ids[:2], 2, device)
 
         if args.step_samples:
