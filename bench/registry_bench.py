@@ -1,10 +1,10 @@
 """Registry speed: push and pull of a 100 MB adapter against `cp` of the same files on the same
-disk, and `adapterhub list` over a registry with 10,000 versions.
+disk. (How commands scale with the number of versions: bench/registry_scale.py.)
 
 Prints one JSON document. Rounds interleave the contenders so machine noise hits them alike;
 figures are medians.
 
-    python bench/registry_bench.py [--megabytes 100] [--rounds 5] [--versions 10000]
+    python bench/registry_bench.py [--megabytes 100] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -78,46 +78,10 @@ def sha256_floor(megabytes: int) -> dict:
     return {"sha256_MBps": round(len(data) / t / 1e6, 1)}
 
 
-def bench_list(work: Path, versions: int, rounds: int) -> dict:
-    """Index with `versions` versions (100 per name), built from one real push."""
-    root = work / "big-index"
-    reg = LocalRegistry(root)
-    src = big_lora(work / "small", 1, seed=1)
-    template = reg.push(src, name="seed", task="bench").to_dict()
-    index = json.loads((root / "registry.json").read_text())
-    per_name = 100
-    for n in range(versions // per_name):
-        name = f"adapter-{n:04d}"
-        entry = {"versions": {}, "tags": {"latest": per_name}}
-        for v in range(1, per_name + 1):
-            entry["versions"][str(v)] = dict(template, name=name, version=v, task=f"task-{n % 7}")
-        index["adapters"][name] = entry
-    del index["adapters"]["seed"]
-    (root / "registry.json").write_text(json.dumps(index, indent=1, sort_keys=True))
-    cmd = [sys.executable, "-m", "adapterhub.cli", "list", "--registry", str(root)]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    table = [timed(lambda: subprocess.run(cmd, check=True, capture_output=True, env=env)) for _ in range(rounds)]
-    as_json = [timed(lambda: subprocess.run(cmd + ["--json"], check=True, capture_output=True, env=env))
-               for _ in range(rounds)]
-    filtered = [timed(lambda: subprocess.run(cmd + ["--task", "task-3"], check=True, capture_output=True, env=env))
-                for _ in range(rounds)]
-    startup = [timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True)) for _ in range(rounds)]
-    return {
-        "versions": versions,
-        "index_bytes": (root / "registry.json").stat().st_size,
-        "list_table_s": round(statistics.median(table), 3),
-        "list_json_s": round(statistics.median(as_json), 3),
-        "list_filtered_s": round(statistics.median(filtered), 3),
-        "python_startup_s": round(statistics.median(startup), 3),
-        "goal": "< 1 s, process start-up included",
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--megabytes", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--versions", type=int, default=10_000)
     ap.add_argument("--workdir", default=None, help="where to write (default: a temp folder on /tmp's disk)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="adapterhub-bench-", dir=args.workdir))
@@ -127,7 +91,6 @@ def main() -> None:
             "push_pull_durable": bench_push_pull(work, adapter, args.rounds, durable=True),
             "push_pull_no_fsync": bench_push_pull(work, adapter, args.rounds, durable=False),
             "hash_floor": sha256_floor(args.megabytes),
-            "list": bench_list(work, args.versions, args.rounds),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

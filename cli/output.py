@@ -12,8 +12,9 @@ from typing import Any, Iterable, Sequence
 import click
 
 from adapterhub.errors import AdapterHubError
+from adapterhub.location import describe_default
 
-__all__ = ["HubGroup", "emit_json", "render_table", "human_size", "registry_option", "json_option", "warn", "quiet_ml_libraries"]
+__all__ = ["HubGroup", "RegistryOption", "emit_json", "render_table", "human_size", "registry_option", "json_option", "warn", "quiet_ml_libraries"]
 
 DEBUG_ENV = "ADAPTERHUB_DEBUG"
 TOKEN_ENV = "ADAPTERHUB_TOKEN"
@@ -66,16 +67,27 @@ def registry_option(f):
                 os.environ[TOKEN_ENV] = saved
 
     with_token = click.option(
-        "--token", default=None, metavar="TOKEN", help="Token for a hub URL (default: $ADAPTERHUB_TOKEN)."
+        "--token", default=None, metavar="TOKEN",
+        help="Token for a hub URL (default: $ADAPTERHUB_TOKEN, else the one `adapterhub login` stored for it).",
     )(with_token)
     return click.option(
         "--registry",
         "registry",
+        cls=RegistryOption,
         envvar="ADAPTERHUB_REGISTRY",
         default=None,
         metavar="PATH|URL",
-        help="Registry folder or hub URL (default: $ADAPTERHUB_REGISTRY, else the checkout's registry.json).",
+        help="Registry folder or hub URL.",
     )(with_token)
+
+
+class RegistryOption(click.Option):
+    """``--registry``, whose help states the default where and when the help is shown: the rule of
+    ``hub.location`` gives a checkout's folder in a checkout and a per-user folder in a pip install."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = f"Registry folder or hub URL (default: {describe_default()})."
+        return super().get_help_record(ctx)
 
 
 def json_option(f):

@@ -17,28 +17,40 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["write_json_atomic", "staged_folder"]
+__all__ = ["write_json_atomic", "staged_folder", "fsync_path"]
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder so that the names just created or renamed in it survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, doc: Any, *, mode: int = 0o644, durable: bool = False,
-                      sort_keys: bool = False) -> None:
-    """Write ``doc`` as compact JSON to ``path`` atomically, with permissions ``mode``.
+                      sort_keys: bool = False, indent: int | None = None) -> None:
+    """Write ``doc`` as compact JSON to ``path`` atomically, with permissions ``mode``; ``durable``
+    fsyncs the bytes before the rename and the folder after it.
 
     Compact and through ``json.dumps``, because only then does ``json`` use its C encoder (``dump``
-    never does): a 10,000-version index (8 MB) is written in 0.10 s instead of 0.49 s indented,
-    and every push rewrites the index.
+    never does) unless ``indent`` asks for a document people read (a small manifest).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(doc, separators=(",", ":"), sort_keys=sort_keys))
+            separators = (",", ": ") if indent is not None else (",", ":")
+            f.write(json.dumps(doc, separators=separators, sort_keys=sort_keys, indent=indent))
             f.write("\n")
             f.flush()
             if durable:
                 os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        if durable:
+            fsync_path(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

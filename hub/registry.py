@@ -1,17 +1,20 @@
-"""A local registry: the ``registry.json`` index plus the content-addressed store beside it.
+"""A local registry: the ``registry.json`` manifest, an index, and the content-addressed store.
 
 Layout of a registry folder::
 
-    registry.json        the index (schema_version, adapters -> versions and tags)
+    registry.json        the manifest: format, schema_version, where the index and objects live
+    index.sqlite         the index (SQLite, WAL mode), unless the manifest names a PostgreSQL one
     objects/sha256/..    adapter files, named by their sha256 (identical files stored once)
     objects/tmp/         temporaries of writes in progress (a killed writer leaves them here)
-    registry.lock        taken by writers of the index (flock: released when a process dies)
+    objects.lock         pushes hold it shared while their objects are not yet indexed; gc exclusive
+    registry.lock        held while the registry is created or migrated (flock: released on death)
 
-Every write of the index is read-modify-write under the lock and lands by ``os.replace`` of a
-complete temporary file, so readers never see a partial index and a writer killed at any point
-leaves the previous index in force. Objects are written before the index names them: a killed push
-can leave unreferenced objects (``verify`` reports them, ``gc`` removes them), never an index entry
-without its bytes.
+The index (``adapterhub.index``) commits each write as one transaction, so readers never see a
+partial write and a writer killed at any point leaves the previous state; each command reads and
+writes only the rows it needs. Objects are written (and fsynced) before the index names them: a
+killed push can leave unreferenced objects (``verify`` reports them, ``gc`` removes them), never an
+index entry without its bytes. A registry of the old format (the whole index inside
+``registry.json``) is converted by ``adapterhub migrate``; every other call refuses it.
 """
 
 from __future__ import annotations
@@ -25,20 +28,24 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 from .adapter_folder import AdapterFolder, read_adapter_folder
-from .atomic_file import write_json_atomic
 from .base_model import check_adapter_fits, load_base_info
 from .blobstore import BlobStore, StoredObject
 from .errors import (
     AdapterNotFound,
+    ConcurrentModification,
     InvalidAdapter,
     InvalidName,
     ObjectMissing,
     RegistryCorrupt,
 )
 from .file_lock import EXCLUSIVE, SHARED, file_lock
+from .index import INDEX_ENV, Query, Row, SqlIndex, open_index
+from .index.manifest import MANIFEST_NAME, SCHEMA_VERSION, Legacy, Manifest, index_spec, load_manifest, write_manifest
+from .index.sqlite import TEMP_PREFIX
+from .peft_format import safetensors_problem
 from .pull_folder import open_pull_folder
 from .refs import LATEST, Reference, parse_reference, validate_name, validate_tag
 
@@ -53,8 +60,7 @@ __all__ = [
     "manifest_digest",
 ]
 
-INDEX_NAME = "registry.json"
-SCHEMA_VERSION = 1
+INDEX_NAME = MANIFEST_NAME  # the file a registry is found by (a folder or this file names it)
 FSYNC_ENV = "ADAPTERHUB_FSYNC"
 
 
@@ -199,10 +205,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _empty_index() -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "adapters": {}}
-
-
 def _check_text(value: str, what: str, limit: int = 10_000) -> str:
     if not isinstance(value, str) or len(value) > limit or any(c in value for c in "\x00\r"):
         raise InvalidName(f"invalid {what}: text of at most {limit} characters without NUL or CR")
@@ -221,21 +223,27 @@ def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 class LocalRegistry:
     """A registry in a local folder (created on first write); implements ``Registry``."""
 
-    def __init__(self, root: str | os.PathLike, *, durable: bool | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, *, durable: bool | None = None, index: str | None = None) -> None:
         """``durable`` (default: on unless ``$ADAPTERHUB_FSYNC`` is ``0``) fsyncs every object
-        before the index names it and the index before it replaces the old one, so even a power
-        loss cannot leave the index pointing at bytes that never reached the disk. A killed
-        process is safe either way."""
+        before the index names it and every index commit, so even a power loss cannot leave the
+        index pointing at bytes that never reached the disk. A killed process is safe either way.
+
+        ``index`` (default ``$ADAPTERHUB_INDEX``): ``sqlite`` or a ``postgresql://`` URL, recorded
+        in the manifest when this call creates the registry; for an existing PostgreSQL index it
+        may give the URL under which this machine reaches the same server."""
         if durable is None:
             durable = os.environ.get(FSYNC_ENV, "1") != "0"
         root = Path(root)
-        if root.name == INDEX_NAME:  # accept the index file itself as the location
+        if root.name == INDEX_NAME:  # accept the manifest file itself as the location
             root = root.parent
         self.root = root
-        self.index_path = root / INDEX_NAME
-        self.store = BlobStore(root / "objects", durable=durable)
+        self.manifest_path = root / INDEX_NAME
         self.durable = durable
-        self._cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        self.index_override = index if index is not None else (os.environ.get(INDEX_ENV) or None)
+        if self.index_override is not None:
+            index_spec(self.index_override)  # a malformed --index fails before anything else
+        self._opened: tuple[tuple[int, int, int], Manifest, SqlIndex] | None = None
+        self._index_exists = False
 
     def __repr__(self) -> str:
         return f"LocalRegistry({str(self.root)!r})"
@@ -244,85 +252,82 @@ class LocalRegistry:
     def location(self) -> str:
         return str(self.root)
 
-    # --- index I/O -----------------------------------------------------------------------------
+    # --- manifest and index --------------------------------------------------------------------
 
-    def _read_index(self) -> dict[str, Any]:
-        """The current index; cached by (mtime, size, inode) so a long-lived server rereads only on change."""
+    def _manifest(self) -> tuple[Manifest, SqlIndex] | None:
+        """The manifest and its index (reopened only when registry.json changes); ``None`` before
+        the first write."""
         try:
-            st = self.index_path.stat()
+            st = self.manifest_path.stat()
         except FileNotFoundError:
-            return _empty_index()
+            return None
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        try:
-            index = json.loads(self.index_path.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RegistryCorrupt(f"{self.index_path}: not valid JSON ({e})") from e
-        if not isinstance(index, dict) or not isinstance(index.get("adapters"), dict):
-            raise RegistryCorrupt(f"{self.index_path}: not an adapterhub index")
-        if index.get("schema_version") != SCHEMA_VERSION:
+        if self._opened is not None and self._opened[0] == key:
+            return self._opened[1], self._opened[2]
+        manifest = load_manifest(self.manifest_path)
+        if manifest is None:
+            return None
+        if isinstance(manifest, Legacy):
             raise RegistryCorrupt(
-                f"{self.index_path}: schema_version {index.get('schema_version')!r} is not supported "
-                f"(this adapterhub reads {SCHEMA_VERSION})"
+                f"{self.root} keeps its index in the old JSON format (registry.json schema_version 1): "
+                f"run `adapterhub migrate --registry {self.root}` to convert it in place (nothing is lost)"
             )
-        self._cache = (key, index)
+        index = open_index(self.root, manifest, override=self.index_override, durable=self.durable)
+        self._opened, self._index_exists = (key, manifest, index), False
+        return manifest, index
+
+    def _index(self, *, create: bool = False) -> SqlIndex | None:
+        """The index; ``None`` while the registry has none yet, unless ``create`` makes it."""
+        opened = self._manifest()
+        if opened is None:
+            if not create:
+                return None
+            opened = self._create()
+        index = opened[1]
+        if not self._index_exists:
+            if not index.exists():
+                if not create:
+                    return None
+                index.create()
+            self._index_exists = True
         return index
 
-    def _write_index(self, index: dict[str, Any]) -> None:
-        write_json_atomic(self.index_path, index, durable=self.durable, sort_keys=True)
-        self._cache = None
+    def _create(self) -> tuple[Manifest, SqlIndex]:
+        """Write the manifest of a new registry (its index first, so the manifest never names an
+        index without tables); of several processes creating it at once, one does."""
+        with self._flock("registry.lock", EXCLUSIVE):
+            opened = self._manifest()
+            if opened is not None:
+                return opened
+            manifest = Manifest(index=index_spec(self.index_override))
+            open_index(self.root, manifest, override=None, durable=self.durable).create()
+            write_manifest(self.manifest_path, manifest, durable=self.durable)
+            opened = self._manifest()
+            assert opened is not None
+            return opened
+
+    @property
+    def store(self) -> BlobStore:
+        """The objects, where the manifest says (``objects/`` beside it by default)."""
+        opened = self._manifest()
+        folder = opened[0].objects if opened is not None else "objects"
+        return BlobStore(self.root / folder, durable=self.durable)
 
     def _flock(self, name: str, mode: int) -> contextlib.AbstractContextManager[None]:
         return file_lock(self.root / name, mode)
 
-    @contextlib.contextmanager
-    def _mutating(self) -> Iterator[dict[str, Any]]:
-        """Read-modify-write of the index under the writers' lock; the write happens only on success."""
-        with self._flock("registry.lock", EXCLUSIVE):
-            self._cache = None
-            index = json.loads(json.dumps(self._read_index()))  # private copy: the cache stays intact
-            yield index
-            self._write_index(index)
+    def _require(self, name: str) -> SqlIndex:
+        index = self._index()
+        if index is None:
+            raise AdapterNotFound(f"no adapter named {name!r} in {self.location}")
+        return index
 
     # --- lookups -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _tags_of(entry: Mapping[str, Any], version: int) -> tuple[str, ...]:
-        return tuple(sorted(t for t, v in entry.get("tags", {}).items() if v == version))
-
-    def _entry(self, index: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-        entry = index["adapters"].get(name)
-        if entry is None or not entry.get("versions"):
-            raise AdapterNotFound(f"no adapter named {name!r} in {self.location}")
-        return entry
-
-    def _resolve_in(self, index: Mapping[str, Any], ref: Reference) -> AdapterVersion:
-        entry = self._entry(index, ref.name)
-        versions = entry["versions"]
-        if ref.version is not None:
-            key = str(ref.version)
-            if key not in versions:
-                raise AdapterNotFound(f"{ref.name} has no version {ref.version} (versions: {_span(versions)})")
-        elif ref.digest is not None:
-            hits = [k for k, v in versions.items() if v["digest"].removeprefix("sha256:").startswith(ref.digest)]
-            if not hits:
-                raise AdapterNotFound(f"{ref.name} has no version with digest sha256:{ref.digest}")
-            if len({versions[k]["digest"] for k in hits}) > 1:
-                raise AdapterNotFound(f"digest prefix sha256:{ref.digest} is ambiguous for {ref.name}")
-            key = max(hits, key=int)
-        else:
-            tags = entry.get("tags", {})
-            if ref.tag not in tags:
-                known = ", ".join(sorted(tags)) or "none"
-                raise AdapterNotFound(f"{ref.name} has no tag {ref.tag!r} (tags: {known})")
-            key = str(tags[ref.tag])
-        return AdapterVersion.from_dict(versions[key], self._tags_of(entry, int(key)))
 
     def resolve(self, ref: str | Reference) -> AdapterVersion:
         """The version a reference points at now."""
         parsed = ref if isinstance(ref, Reference) else parse_reference(ref)
-        return self._resolve_in(self._read_index(), parsed)
+        return _version(self._require(parsed.name).resolve(parsed))
 
     def list(
         self,
@@ -331,30 +336,30 @@ class LocalRegistry:
         task: str | None = None,
         adapter_type: str | None = None,
         name: str | None = None,
+        tag: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        after: str | None = None,
     ) -> list[AdapterVersion]:
-        """All versions matching every given filter, by name then version.
+        """The versions matching every given filter, by name then version; a page of at most
+        ``limit`` of them after skipping ``offset``, or those after the cursor ``after``
+        (``name@version``, the last one of the previous page).
 
-        ``base`` matches the base name as pushed or a prefix of its fingerprint.
+        ``base`` matches the base name as pushed or a prefix of its fingerprint; ``tag`` keeps the
+        versions a tag points at (``tag="latest"``: the newest of each name).
         """
-        out: list[AdapterVersion] = []
-        index = self._read_index()
-        for adapter_name in sorted(index["adapters"]):
-            if name is not None and adapter_name != name:
-                continue
-            entry = index["adapters"][adapter_name]
-            tags_by_version: dict[int, list[str]] = {}
-            for t, v in entry.get("tags", {}).items():
-                tags_by_version.setdefault(v, []).append(t)
-            for key in sorted(entry["versions"], key=int):
-                rec = entry["versions"][key]
-                if task is not None and rec.get("task") != task:
-                    continue
-                if adapter_type is not None and rec.get("adapter_type") != adapter_type:
-                    continue
-                if base is not None and not _base_matches(rec.get("base") or {}, base):
-                    continue
-                out.append(AdapterVersion.from_dict(rec, tuple(sorted(tags_by_version.get(int(key), ())))))
-        return out
+        cursor = None
+        if after is not None:
+            ref = parse_reference(after)
+            if ref.version is None:
+                raise InvalidName(f"invalid cursor {after!r}: give name@version, the last one listed")
+            cursor = (ref.name, ref.version)
+        index = self._index()
+        if index is None:
+            return []
+        query = Query(name=name, task=task, adapter_type=adapter_type, base=base, tag=tag, limit=limit,
+                      offset=offset, after=cursor)
+        return [_version(row) for row in index.list(query)]
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -382,7 +387,7 @@ class LocalRegistry:
         _check_text(task, "task", 200)
         _check_text(description, "description")
         metrics = _check_metrics(metrics)
-        self._read_index()  # an unreadable index fails the push before any object is stored
+        self._index()  # an unreadable or old-format registry fails the push before any object is stored
         adapter = read_adapter_folder(folder)
         base_record = self._base_record(adapter, base)
         with self._flock("objects.lock", SHARED):  # keeps gc away from objects not yet indexed
@@ -403,15 +408,9 @@ class LocalRegistry:
                 lineage=tuple(dict(x) for x in lineage),
                 training=dict(training) if training is not None else None,
             )
-            with self._mutating() as index:
-                entry = index["adapters"].setdefault(name, {"versions": {}, "tags": {}})
-                version = max((int(k) for k in entry["versions"]), default=0) + 1
-                record = replace(record, version=version)
-                entry["versions"][str(version)] = record.to_dict()
-                entry["tags"][LATEST] = version
-                for t in tags:
-                    entry["tags"][t] = version
-        return replace(record, tags=tuple(sorted({LATEST, *tags})))
+            index = self._index(create=True)
+            assert index is not None
+            return _version(index.add(name, lambda version: replace(record, version=version).to_dict(), tags))
 
     def _base_record(self, adapter: AdapterFolder, base: str | None) -> dict[str, Any]:
         base_name = base or adapter.base_model
@@ -437,20 +436,14 @@ class LocalRegistry:
         """Point ``tag`` at the version ``ref`` resolves to (moving it if it pointed elsewhere)."""
         validate_tag(tag)
         parsed = parse_reference(ref)
-        with self._mutating() as index:
-            target = self._resolve_in(index, parsed)
-            index["adapters"][target.name]["tags"][tag] = target.version
-            entry = index["adapters"][target.name]
-            return replace(target, tags=self._tags_of(entry, target.version))
+        return _version(self._require(parsed.name).tag(parsed, tag))
 
     def set_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterVersion:
         """Add or update metrics of a version (evaluation can finish after the push)."""
         metrics = _check_metrics(metrics)
-        with self._mutating() as index:
-            target = self._resolve_in(index, parse_reference(ref))
-            rec = index["adapters"][target.name]["versions"][str(target.version)]
-            rec["metrics"] = {**rec.get("metrics", {}), **metrics}
-            return AdapterVersion.from_dict(rec, target.tags)
+        parsed = parse_reference(ref)
+        merge = lambda record: record | {"metrics": {**record.get("metrics", {}), **metrics}}  # noqa: E731
+        return _version(self._require(parsed.name).update(parsed, merge))
 
     def remove(self, ref: str, *, all_versions: bool = False) -> list[AdapterVersion]:
         """Remove one version, or every version of a name with ``all_versions``.
@@ -459,28 +452,50 @@ class LocalRegistry:
         Objects stay in the store until ``gc``.
         """
         parsed = parse_reference(ref)
-        with self._mutating() as index:
-            if all_versions:
-                if not parsed.bare:
-                    raise InvalidName("--all takes a bare adapter name, not a version, tag or digest")
-                entry = self._entry(index, parsed.name)
-                removed = [AdapterVersion.from_dict(v) for _, v in sorted(entry["versions"].items(), key=lambda kv: int(kv[0]))]
-                del index["adapters"][parsed.name]
-                return removed
-            if parsed.bare:
-                raise InvalidName(
-                    f"say which version of {parsed.name} to remove ({parsed.name}@N, {parsed.name}:tag), "
-                    "or pass --all to remove every version"
-                )
-            target = self._resolve_in(index, parsed)
-            entry = index["adapters"][target.name]
-            del entry["versions"][str(target.version)]
-            entry["tags"] = {t: v for t, v in entry["tags"].items() if v != target.version}
-            if not entry["versions"]:
-                del index["adapters"][target.name]
-            elif LATEST not in entry["tags"] or entry["tags"][LATEST] == target.version:
-                entry["tags"][LATEST] = max(int(k) for k in entry["versions"])
-            return [target]
+        if all_versions and not parsed.bare:
+            raise InvalidName("--all takes a bare adapter name, not a version, tag or digest")
+        if not all_versions and parsed.bare:
+            raise InvalidName(
+                f"say which version of {parsed.name} to remove ({parsed.name}@N or {parsed.name}@sha256:DIGEST), "
+                f"or pass --all to remove every version; {parsed.name}:TAG removes only a tag"
+            )
+        if parsed.tag is not None and not all_versions:
+            target = self.resolve(parsed)
+            raise InvalidName(
+                f"{ref} names a tag, not a version: untag it (`adapterhub rm {ref}` or `adapterhub untag {ref}`), "
+                f"or remove the version it points at as {target.ref}"
+            )
+        return [_version(row) for row in self._require(parsed.name).remove(parsed, all_versions=all_versions)]
+
+    def untag(self, ref: str, tag: str | None = None) -> AdapterVersion:
+        """Remove a tag and keep its version: ``untag("name:tag")``, or ``untag(ref, tag)``, which
+        removes ``tag`` of ``ref``'s name, and only if it points at the version ``ref`` resolves to
+        when ``ref`` names one (``name@N``, a digest, another tag). Returns that version.
+
+        ``latest`` is refused: pushes and removals keep it on the newest version and a bare name
+        resolves through it, so removing it would break every bare reference until the next push.
+        """
+        parsed = parse_reference(ref)
+        check_version = tag is not None and not parsed.bare
+        if tag is None:
+            if parsed.tag is None or parsed.bare:
+                raise InvalidName(f"say which tag to remove: {parsed.name}:TAG, or a reference and a tag")
+            tag = parsed.tag
+        validate_tag(tag)
+        if tag == LATEST:
+            raise InvalidName(
+                f"{parsed.name}:{LATEST} follows the newest version and is not removed; point it elsewhere "
+                f"with `adapterhub tag {parsed.name}@N {LATEST}`, or remove versions"
+            )
+        index = self._require(parsed.name)
+        tagged = _version(index.resolve(Reference(parsed.name, tag=tag)))
+        if check_version:
+            wanted = _version(index.resolve(parsed))
+            if wanted.version != tagged.version:
+                raise InvalidName(f"{parsed.name}:{tag} points at {tagged.ref}, not {wanted.ref}; nothing removed")
+        if not index.untag(parsed.name, tag, tagged.version):
+            raise ConcurrentModification(f"{parsed.name}:{tag} moved while it was being removed; nothing removed")
+        return _version(index.resolve(Reference(parsed.name, version=tagged.version)))
 
     # --- reading files -------------------------------------------------------------------------
 
@@ -528,45 +543,57 @@ class LocalRegistry:
     def verify(self) -> VerifyReport:
         """Check every referenced object is present and intact; list orphans and stray temporaries."""
         report = VerifyReport()
-        index = self._read_index()
+        index = self._index()
+        lost = self._lost_index(index)
+        if lost:
+            report.problems.append(lost)
         referenced: dict[str, list[str]] = {}
-        for name, entry in index["adapters"].items():
-            for key, rec in entry["versions"].items():
-                report.checked_versions += 1
-                files = [FileEntry(f["path"], f["sha256"], int(f["size"])) for f in rec["files"]]
-                if manifest_digest(files) != rec["digest"].removeprefix("sha256:"):
-                    report.problems.append(f"{name}@{key}: manifest digest does not match its files")
-                for f in files:
-                    referenced.setdefault(f.sha256, []).append(f"{name}@{key}/{f.path}")
-            for tag, v in entry.get("tags", {}).items():
-                if str(v) not in entry["versions"]:
-                    report.problems.append(f"{name}:{tag} points at missing version {v}")
+        for name, key, rec in index.scan() if index is not None else ():
+            report.checked_versions += 1
+            files = [FileEntry(f["path"], f["sha256"], int(f["size"])) for f in rec["files"]]
+            if manifest_digest(files) != rec["digest"].removeprefix("sha256:"):
+                report.problems.append(f"{name}@{key}: manifest digest does not match its files")
+            for f in files:
+                referenced.setdefault(f.sha256, []).append(f"{name}@{key}/{f.path}")
+        for name, tag, v in index.dangling_tags() if index is not None else ():
+            report.problems.append(f"{name}:{tag} points at missing version {v}")
         for digest, users in sorted(referenced.items()):
             report.checked_objects += 1
             problem = self.store.check(digest)
+            if problem is None and any(u.endswith(".safetensors") for u in users):
+                problem = safetensors_problem(self.store.path(digest))
             if problem:
                 report.problems.append(f"object sha256:{digest} {problem} (used by {', '.join(users)})")
         report.orphans = [d for d in self.store.iter_digests() if d not in referenced]
         report.temporaries = [str(p) for p in self._temporaries()]
         return report
 
+    def _lost_index(self, index: SqlIndex | None) -> str | None:
+        """Why the store cannot be judged: the manifest names an index that is gone (a deleted
+        ``index.sqlite``, a wiped database) while objects remain. Treated as an empty registry,
+        every object would look unreferenced; a manifest with no objects yet (a fresh checkout) is fine."""
+        opened = self._manifest()
+        if index is not None or opened is None or next(self.store.iter_digests(), None) is None:
+            return None
+        return f"{self.manifest_path} names the index {opened[0].describe_index()}, which is missing, yet the store holds objects"
+
     def _temporaries(self) -> list[Path]:
-        """Partial files of writers that died: object uploads and index rewrites."""
-        index_temps = sorted(self.root.glob(".registry-*.json")) if self.root.is_dir() else []
-        return list(self.store.iter_temporaries()) + index_temps
+        """Partial files of writers that died: object uploads, manifests, indexes being built."""
+        if not self.root.is_dir():
+            return []
+        own = sorted(self.root.glob(".registry-*.json")) + sorted(self.root.glob(f"{TEMP_PREFIX}*"))
+        return list(self.store.iter_temporaries()) + own
 
     def gc(self) -> GcReport:
         """Remove objects no version references, and temporaries of writers that died."""
         report = GcReport()
         with self._flock("objects.lock", EXCLUSIVE), self._flock("registry.lock", EXCLUSIVE):
-            self._cache = None
-            index = self._read_index()
-            referenced = {
-                f["sha256"]
-                for entry in index["adapters"].values()
-                for rec in entry["versions"].values()
-                for f in rec["files"]
-            }
+            index = self._index()
+            lost = self._lost_index(index)
+            if lost:
+                raise RegistryCorrupt(f"{lost}: gc would delete every object, so it stops")
+            scan = index.scan() if index is not None else ()
+            referenced = {f["sha256"] for _, _, rec in scan for f in rec["files"]}
             for digest in list(self.store.iter_digests()):
                 if digest not in referenced:
                     report.freed_bytes += self.store.delete(digest)
@@ -578,15 +605,6 @@ class LocalRegistry:
         return report
 
 
-def _span(versions: Mapping[str, Any]) -> str:
-    nums = sorted(int(k) for k in versions)
-    return ", ".join(str(n) for n in nums) if len(nums) <= 8 else f"{nums[0]}..{nums[-1]}"
-
-
-def _base_matches(base: Mapping[str, Any], query: str) -> bool:
-    if base.get("name") == query:
-        return True
-    fp = base.get("fingerprint") or ""
-    q = query if query.startswith("sha256:") else "sha256:" + query
-    return len(q) >= len("sha256:") + 6 and fp.startswith(q)
-
+def _version(row: Row) -> AdapterVersion:
+    record, tags = row
+    return AdapterVersion.from_dict(record, tags)

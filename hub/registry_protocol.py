@@ -1,7 +1,7 @@
 """``Registry``: the calls every registry answers, wherever its index and objects live.
 
-``LocalRegistry`` (a folder), ``RemoteRegistry`` (a hub over HTTP) and any later one (an index in
-SQL, say) implement it, so the CLI, the merger, the trainer and the serving engine take a
+``LocalRegistry`` (a folder, with its index in SQLite or PostgreSQL) and ``RemoteRegistry`` (a hub
+over HTTP) implement it, so the CLI, the merger, the trainer and the serving engine take a
 ``Registry`` and never ask which kind they hold. Every call raises the classes of
 ``adapterhub.errors``, the same for every kind (a remote hub's errors come back as the class the
 hub raised).
@@ -38,8 +38,16 @@ class Registry(Protocol):
         task: str | None = None,
         adapter_type: str | None = None,
         name: str | None = None,
+        tag: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        after: str | None = None,
     ) -> list[AdapterVersion]:
-        """Every version matching all the given filters, by name then version."""
+        """The versions matching all the given filters, by name then version: at most ``limit`` of
+        them after skipping ``offset``, or those after the cursor ``after`` (``name@version``, the
+        last one of the previous page). ``tag`` keeps the versions a tag points at
+        (``tag="latest"``: the newest of each name). The filters and the page are applied in the
+        index, so a page costs the same in a registry of any size."""
         ...
 
     def push(
@@ -67,12 +75,18 @@ class Registry(Protocol):
         """Point ``tag`` at the version ``ref`` resolves to (moving it if it pointed elsewhere)."""
         ...
 
+    def untag(self, ref: str, tag: str | None = None) -> AdapterVersion:
+        """Remove a tag (``name:tag``, or ``tag`` of the version ``ref`` names) and keep its version;
+        ``latest`` is refused (it follows the newest version)."""
+        ...
+
     def set_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterVersion:
         """Add or update metrics of a version (evaluation can finish after the push)."""
         ...
 
     def remove(self, ref: str, *, all_versions: bool = False) -> list[AdapterVersion]:
-        """Remove one version, or every version of a bare name with ``all_versions``."""
+        """Remove one version (``name@N``, ``name@sha256:...``), or every version of a bare name with
+        ``all_versions``; a tag reference is refused (``untag`` removes a tag)."""
         ...
 
     def verify(self) -> VerifyReport:

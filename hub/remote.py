@@ -4,8 +4,9 @@ Push hashes the folder locally, asks the hub which objects it lacks and uploads 
 commits the manifest (the hub validates and records it atomically). Pull downloads each object to
 ``.<file>.<digest>.part`` in the output folder, hashing as it goes; an interrupted pull leaves the
 part file, and the next pull asks for the rest with ``Range`` and verifies the whole. Files are
-renamed into place only when every one verified. The token comes from ``token=`` or
-``$ADAPTERHUB_TOKEN`` and travels as ``Authorization: Bearer``. A refusal of the hub comes back as
+renamed into place only when every one verified. The token comes from ``token=``, else
+``$ADAPTERHUB_TOKEN``, else the one ``adapterhub login`` stored for the URL (``hub.credentials``),
+and travels as ``Authorization: Bearer``. A refusal of the hub comes back as
 the exception class the hub raised (``raise_for_status`` reads ``adapterhub.errors.ERROR_TABLE``).
 """
 
@@ -26,6 +27,7 @@ import httpx2
 from .adapter_folder import read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
 from .blobstore import CHUNK, sha256_file
+from .credentials import stored_token
 from .errors import DigestMismatch, InvalidName, RemoteError, error_from_wire
 from .pull_folder import open_pull_folder
 from .refs import validate_name
@@ -88,7 +90,7 @@ class RemoteRegistry:
         timeout: float = 60.0,
     ) -> None:
         self.url = url.rstrip("/")
-        token = token if token is not None else os.environ.get(ENV_TOKEN) or None
+        token = token if token is not None else os.environ.get(ENV_TOKEN) or stored_token(self.url)
         headers = {"User-Agent": "adapterhub"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -155,10 +157,26 @@ class RemoteRegistry:
         task: str | None = None,
         adapter_type: str | None = None,
         name: str | None = None,
+        tag: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        after: str | None = None,
     ) -> list[AdapterVersion]:
-        params = {k: v for k, v in {"base": base, "task": task, "type": adapter_type, "name": name}.items() if v}
-        doc = self._json("GET", "/api/versions", params=params)
-        return [AdapterVersion.from_json(d) for d in doc["versions"]]
+        """The hub answers a page at a time (``next`` is the cursor of the following one); this
+        follows the cursors until ``limit`` versions, or all of them, have come."""
+        params = {k: v for k, v in {"base": base, "task": task, "type": adapter_type, "name": name,
+                                    "tag": tag}.items() if v}
+        out: list[AdapterVersion] = []
+        while limit is None or len(out) < limit:
+            page = dict(params, **({"after": after} if after else {"offset": offset} if offset else {}))
+            if limit is not None:
+                page["limit"] = limit - len(out)
+            doc = self._json("GET", "/api/versions", params=page)
+            out += [AdapterVersion.from_json(d) for d in doc["versions"]]
+            after, offset = doc.get("next"), 0
+            if not after:
+                break
+        return out
 
     def verify(self) -> VerifyReport:
         d = self._json("GET", "/api/verify")
@@ -250,6 +268,8 @@ class RemoteRegistry:
     def _download(self, entry: FileEntry, part: Path, bar: Any, stats: TransferStats) -> None:
         """Complete ``part`` from where it stops, then check it hashes to the entry's digest."""
         h = hashlib.sha256()
+        if part.is_symlink():  # resume only our own part file, never write through a planted link
+            part.unlink()
         have = part.stat().st_size if part.is_file() else 0
         if have > entry.size:
             part.unlink()
@@ -294,6 +314,10 @@ class RemoteRegistry:
 
     def tag(self, ref: str, tag: str) -> AdapterVersion:
         d = self._json("POST", "/api/tags", json={"ref": ref, "tag": tag})
+        return AdapterVersion.from_json(d)
+
+    def untag(self, ref: str, tag: str | None = None) -> AdapterVersion:
+        d = self._json("DELETE", "/api/tags", json={"ref": ref, "tag": tag})
         return AdapterVersion.from_json(d)
 
     def set_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterVersion:

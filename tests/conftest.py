@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,8 +31,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _private_registry(tmp_path, monkeypatch):
-    """Every test gets its own default registry, so none touches the checkout's registry.json."""
+    """Every test gets its own default registry, so none touches the checkout's registry.json, and its
+    own config folder, so no token a developer stored with `adapterhub login` reaches a test hub."""
     monkeypatch.setenv("ADAPTERHUB_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     return tmp_path / "registry"
 
 
@@ -41,13 +45,20 @@ def tiny_base(tmp_path_factory) -> Path:
     return build_tiny_base(tmp_path_factory.mktemp("bases") / "tiny-llama")
 
 
-def snapshot(root: Path) -> dict[str, bytes | int]:
-    """Every file under a registry folder (index bytes, objects by size), to prove nothing changed."""
-    out: dict[str, bytes | int] = {}
+def snapshot(root: Path) -> dict[str, Any]:
+    """A registry folder's state, to prove nothing changed: the index's rows (read logically, since
+    SQLite's files change size on reads), JSON files byte for byte, every other file by size."""
+    out: dict[str, Any] = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != "registry.lock" and p.name != "objects.lock":
+        if p.is_file() and p.name not in ("registry.lock", "objects.lock") and not p.name.startswith("index.sqlite"):
             rel = str(p.relative_to(root))
             out[rel] = p.read_bytes() if p.suffix == ".json" else p.stat().st_size
+    index = root / "index.sqlite"
+    if index.exists():
+        with contextlib.closing(sqlite3.connect(index)) as db:
+            tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            for table in tables:
+                out[f"index:{table}"] = sorted(db.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)
     return out
 
 

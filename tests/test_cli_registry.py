@@ -94,3 +94,21 @@ def test_tiny_base_is_deterministic_and_loads_with_auto_classes(tmp_path):
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     refused = CliRunner().invoke(cli, ["base", "build-tiny", str(tmp_path / "a")])
     assert refused.exit_code != 0 and "--force" in refused.output
+
+
+def test_registry_help_states_the_default_this_install_uses(tmp_path, monkeypatch):
+    """A pip install has no checkout registry: the help names the per-user folder the rule picks."""
+    import adapterhub.location as location
+
+    def help_text() -> str:  # without whitespace: click wraps lines, also at a path's hyphens
+        return "".join(run("push", "--help").output.split())
+
+    monkeypatch.delenv("ADAPTERHUB_REGISTRY")
+    assert f"thissourcecheckout'sregistry{location.CHECKOUT}" in help_text()  # the tests run in one
+    monkeypatch.setattr(location, "CHECKOUT", tmp_path / "site-packages")  # where a wheel puts hub/
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    text = help_text()
+    assert f"theregistryofthisuser{tmp_path / 'data' / 'adapterhub'}" in text and "checkout" not in text
+    assert location.default_location() == str(tmp_path / "data" / "adapterhub")
+    monkeypatch.setenv("ADAPTERHUB_REGISTRY", "http://hub.example:8000")
+    assert "$ADAPTERHUB_REGISTRY,nowhttp://hub.example:8000" in help_text()
