@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from adapterhub.errors import InvalidName
-from adapterhub.location import default_location, is_remote
+from adapterhub.location import default_location, is_remote, local_root
 
 from .output import emit_json, json_option, registry_option, render_table
 
@@ -13,10 +13,11 @@ __all__ = ["COMMANDS"]
 
 
 def _local_root(registry: str | None) -> str:
+    """The registry folder, absolute: the hub hands out and links to paths inside it."""
     location = registry or default_location()
     if is_remote(location):
         raise InvalidName(f"{location} is a URL: run this on the hub's machine, with --registry its folder")
-    return location
+    return local_root(location)
 
 
 @click.group()
@@ -35,7 +36,7 @@ def hub() -> None:
 @click.option("--allow-local-bases", is_flag=True,
               help="Accept pushes whose base is a folder path, read on this machine (one-machine setups).")
 def serve(registry, host, port, threads, read_token_required, max_object_bytes, allow_local_bases):
-    """Serve the registry folder: push/pull API at /api, HF Hub protocol, web page at /."""
+    """Serve the registry folder: push/pull API at /api, HF Hub protocol, web page at /, /health and /metrics."""
     from adapterhub.registry import LocalRegistry
     from adapterhub.server.http.app import create_app
     from adapterhub.server.http.auth import READ_TOKEN_REQUIRED

@@ -2,6 +2,9 @@
 
 Everything the registry stores passes through here first, so a bad folder is refused before a
 single byte reaches the store. No torch import: tensor metadata comes from the safetensors header.
+Only regular files named directly inside the folder are read: a symbolic link or a special file
+among the adapter's files is refused (``regular_file``), so a push never publishes what a link
+points at.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from typing import Any
 
 from .errors import InvalidAdapter, UnsupportedAdapter
 from .peft_format import (
+    MAX_CONFIG_BYTES,
     PROMPT_MODULE,
     TensorInfo,
+    config_problem,
     group_adapter_tensors,
     implied_weight_shape,
+    indexed_settings,
     lora_pair,
     read_safetensors_header,
 )
+from .regular_file import check_regular, read_regular
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -72,27 +79,19 @@ class AdapterFolder:
         return self.config.get("base_model_name_or_path") or None
 
     def summary(self) -> dict[str, Any]:
-        """The PEFT settings a person compares adapters by; stored in the registry entry."""
-        c = self.config
-        if self.adapter_type == "lora":
-            keys = ("r", "lora_alpha", "use_rslora", "target_modules", "rank_pattern", "alpha_pattern",
-                    "modules_to_save", "fan_in_fan_out", "bias", "lora_dropout", "use_dora", "task_type")
-        else:
-            keys = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "prompt_tuning_init",
-                    "prompt_tuning_init_text", "task_type")
-        out = {k: c.get(k) for k in keys if c.get(k) not in (None, {}, [])}
-        if isinstance(out.get("target_modules"), list):
-            out["target_modules"] = sorted(out["target_modules"])
+        """The PEFT settings a person compares adapters by; stored in the registry entry (checked
+        and bounded by ``peft_format.config_values``, long texts as a preview)."""
+        out = indexed_settings(self.config, self.adapter_type)
         out["parameters"] = sum(t.numel for t in self.tensors.values())
         return out
 
 
 def _load_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / ADAPTER_CONFIG
-    if not cfg_path.is_file():
+    if not check_regular(cfg_path):
         raise InvalidAdapter(f"{folder}: no {ADAPTER_CONFIG} (is this a PEFT adapter folder?)")
     try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        config = json.loads(read_regular(cfg_path, MAX_CONFIG_BYTES, ADAPTER_CONFIG).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidAdapter(f"{cfg_path}: not valid JSON ({e})") from e
     if not isinstance(config, dict):
@@ -132,9 +131,12 @@ def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
         raise InvalidAdapter(f"{folder}: not a folder")
     config = _load_config(folder)
     kind = _adapter_type(config, folder)
+    problem = config_problem(config, kind)
+    if problem is not None:
+        raise InvalidAdapter(f"{folder}: {ADAPTER_CONFIG}: {problem}")
     weights = folder / ADAPTER_WEIGHTS
-    if not weights.is_file():
-        if (folder / _PICKLE_WEIGHTS).is_file():
+    if not check_regular(weights):
+        if check_regular(folder / _PICKLE_WEIGHTS):
             raise InvalidAdapter(
                 f"{folder}: only {_PICKLE_WEIGHTS} (a pickle) is present; adapterhub stores safetensors only. "
                 "Re-save with PeftModel.save_pretrained(..., safe_serialization=True)"
@@ -144,7 +146,7 @@ def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
     if not tensors:
         raise InvalidAdapter(f"{folder}: {ADAPTER_WEIGHTS} holds no tensors")
     if kind == "lora":
-        if not isinstance(config.get("r"), int) or config["r"] <= 0:
+        if config.get("r") is None:
             raise InvalidAdapter(f"{folder}: LoRA config needs a positive integer r")
         modules = _module_uses(config, tensors)
         if not any(u.kind != "saved" for u in modules):
@@ -160,5 +162,5 @@ def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
                 f"{folder}: prompt_embeddings has {prompt.shape[0]} rows, config says {n} virtual tokens"
             )
         modules = (ModuleUse(PROMPT_MODULE, "prompt", (prompt.shape[1],), 0),)
-    files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS] + [f for f in _OPTIONAL_FILES if (folder / f).is_file()]
+    files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS] + [f for f in _OPTIONAL_FILES if check_regular(folder / f)]
     return AdapterFolder(folder, config, kind, tensors, tuple(files), modules)

@@ -2,7 +2,10 @@
 
 Writes go to a unique temporary file in the store, are hashed on the way in, and are renamed into
 place only when complete; a process killed mid-write leaves at most a temporary file, never a
-wrong object. Readers re-hash what they copy out, so a corrupted object is caught on pull.
+wrong object. Readers re-hash what they copy out, so a corrupted object is caught on pull. Files
+are stored only if they are regular files named directly (``regular_file``): never a link's target.
+The store's root is made absolute once, so every path it hands out stays valid whatever the
+process's working folder is (a hub started with a relative ``--registry`` stages links to them).
 """
 
 from __future__ import annotations
@@ -11,20 +14,21 @@ import contextlib
 import hashlib
 import os
 import queue
-import re
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Mapping
 
+from .atomic_file import fsync_path
 from .errors import DigestMismatch, ObjectMissing
+from .regular_file import open_regular
 from .waiting import wait_through_interrupts
 
 __all__ = ["BlobStore", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
 
 CHUNK = 4 * 1024 * 1024
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ def copy_file_hashing(src: str | os.PathLike, dst_fd: int, *, fsync: bool = Fals
     copied. The source is checked to be unchanged afterwards, so the digest describes the bytes
     that were copied.
     """
-    with open(src, "rb") as f:
+    with os.fdopen(open_regular(src), "rb") as f:
         fd = f.fileno()
         before = os.fstat(fd)
         copy = _copy_small if before.st_size <= _PIECE else _copy_pipelined
@@ -203,20 +207,14 @@ def _copy_pipelined(fd: int, dst_fd: int, size: int, fsync: bool) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class BlobStore:
     """Objects live at ``<root>/sha256/<first two hex>/<hex>``; temporaries under ``<root>/tmp``."""
 
     def __init__(self, root: str | os.PathLike, *, durable: bool = True) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
         self.durable = durable
+        # (st_dev, st_ino) of staged hard links -> their digest; see ``staged``.
+        self._staged: dict[tuple[int, int], str] = {}
 
     def path(self, digest: str) -> Path:
         return self.root / "sha256" / digest[:2] / digest
@@ -248,17 +246,44 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
 
     def _own_object(self, path: str | os.PathLike) -> str | None:
-        """The digest, if ``path`` is (a link to) one of this store's objects: those were hashed
-        on the way in, so storing them again would only copy and re-hash the same bytes."""
+        """The digest, if ``path`` is a hard link ``staged`` made to one of this store's objects:
+        those were hashed on the way in, so storing them again would only copy and re-hash the
+        same bytes. Never through a symbolic link: the path itself must be the object's inode."""
         try:
-            real = Path(path).resolve(strict=True)
-            objects = (self.root / "sha256").resolve(strict=True)
+            st = os.lstat(path)
         except OSError:
             return None
-        name = real.name
-        if real.parent.parent == objects and real.parent.name == name[:2] and _HEX64.fullmatch(name):
-            return name
+        digest = self._staged.get((st.st_dev, st.st_ino))
+        with contextlib.suppress(OSError):
+            if digest is not None and os.path.samestat(st, os.lstat(self.path(digest))):
+                return digest
         return None
+
+    @contextlib.contextmanager
+    def staged(self, files: Mapping[str, str]) -> Iterator[Path]:
+        """A temporary folder holding ``{file name: digest}`` as the named files: hard links to the
+        objects (regular files, so an adapter folder check accepts them; a copy where the file
+        system has no hard links), inside the store so links never cross file systems."""
+        base = self.root / "staging"
+        base.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="commit-", dir=base))
+        keys: list[tuple[int, int]] = []
+        try:
+            for name, digest in files.items():
+                target = folder / name
+                try:
+                    os.link(self.path(digest), target)
+                except OSError:
+                    shutil.copyfile(self.path(digest), target)
+                    continue
+                st = os.lstat(target)
+                keys.append((st.st_dev, st.st_ino))
+                self._staged[keys[-1]] = digest
+            yield folder
+        finally:
+            for key in keys:
+                self._staged.pop(key, None)
+            shutil.rmtree(folder, ignore_errors=True)
 
     def put_file(self, path: str | os.PathLike) -> StoredObject:
         own = self._own_object(path)
@@ -280,7 +305,7 @@ class BlobStore:
         os.chmod(tmp, 0o444)
         os.replace(tmp, final)
         if self.durable:
-            _fsync_dir(final.parent)
+            fsync_path(final.parent)
         return StoredObject(digest, size, reused=False)
 
     def open(self, digest: str) -> BinaryIO:

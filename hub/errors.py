@@ -18,11 +18,13 @@ __all__ = [
     "AuthError",
     "ConcurrentModification",
     "DigestMismatch",
+    "EndpointError",
     "IncompatibleBase",
     "InvalidAdapter",
     "InvalidName",
     "InvalidReference",
     "MergeError",
+    "NameTaken",
     "ObjectMissing",
     "PermissionDenied",
     "RegistryCorrupt",
@@ -139,6 +141,15 @@ class AdapterBusy(AdapterHubError):
 # --- remote ----------------------------------------------------------------------------------
 
 
+class NameTaken(InvalidName):
+    """A ``lora_name`` a server already serves (vLLM answers 400 unless ``load_inplace``)."""
+
+
+class EndpointError(AdapterHubError):
+    """An OpenAI-compatible endpoint (``adapterhub data self-instruct``'s model) could not be reached
+    or refused a request."""
+
+
 class RemoteError(AdapterHubError):
     """A remote hub answered with an error or could not be reached; carries the HTTP status."""
 
@@ -187,6 +198,8 @@ ERROR_TABLE: Mapping[type[AdapterHubError], WireCode] = {
     ConcurrentModification: WireCode("busy", 503),
     AdapterBusy: WireCode("adapter_busy", 503),
     RemoteError: WireCode("remote_error", 502),
+    EndpointError: WireCode("endpoint_error", 502),
+    NameTaken: WireCode("already_loaded", 400),
     AuthError: WireCode("unauthorized", 401),
     PermissionDenied: WireCode("forbidden", 403),
 }

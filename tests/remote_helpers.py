@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 from adapterhub.registry import LocalRegistry
 from adapterhub.tokens import TokenStore
 from adapterhub.server.http.app import create_app
+from adapterhub.server.http.header_gate import gate_of
 from adapterhub.server.http.registry_api import ALLOW_LOCAL_BASES
 from adapterhub.server.http.wsgi import ServerHandle, start_in_thread
 
@@ -20,6 +21,7 @@ class ByteCounter:
 
     def __init__(self, app: Callable) -> None:
         self.app = app
+        self.header_gate = gate_of(app)  # the server asks the app's gate before reading a body
         self.lock = threading.Lock()
         self.uploaded = 0
         self.downloaded = 0

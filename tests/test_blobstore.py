@@ -12,7 +12,7 @@ import time
 import pytest
 
 from adapterhub.blobstore import BlobStore
-from adapterhub.errors import DigestMismatch
+from adapterhub.errors import DigestMismatch, InvalidAdapter
 
 
 def test_put_names_by_sha256_and_stores_once(tmp_path):
@@ -26,14 +26,37 @@ def test_put_names_by_sha256_and_stores_once(tmp_path):
     assert list(store.iter_temporaries()) == []
 
 
-def test_a_link_to_an_own_object_is_not_copied_again(tmp_path):
+def test_a_staged_link_to_an_own_object_is_not_copied_again(tmp_path):
     store = BlobStore(tmp_path / "objects")
     src = tmp_path / "f.bin"
     src.write_bytes(b"x" * 1000)
     obj = store.put_file(src)
-    link = tmp_path / "link"
-    link.symlink_to(store.path(obj.digest))
-    assert store.put_file(link).reused
+    with store.staged({"adapter_model.safetensors": obj.digest}) as folder:
+        staged = folder / "adapter_model.safetensors"
+        assert staged.is_file() and not staged.is_symlink()
+        assert store.put_file(staged).reused
+        assert list(store.iter_temporaries()) == []  # nothing was copied
+    assert not folder.exists()
+
+
+def test_a_symbolic_link_is_never_stored_even_to_an_own_object(tmp_path):
+    store = BlobStore(tmp_path / "objects")
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 1000)
+    obj = store.put_file(src)
+    for target in (store.path(obj.digest), src):
+        link = tmp_path / "link"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        with pytest.raises(InvalidAdapter, match="is a symbolic link"):
+            store.put_file(link)
+    assert list(store.iter_digests()) == [obj.digest]
+
+
+def test_a_relative_root_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = BlobStore("rel/objects")
+    assert store.root == tmp_path / "rel" / "objects" and store.path("ab" * 32).is_absolute()
 
 
 def test_stream_with_wrong_digest_is_refused_and_leaves_nothing(tmp_path):

@@ -3,6 +3,9 @@ with its row, and the remote client raises the same class back."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import pytest
 
 from adapterhub.errors import ERROR_TABLE, AdapterHubError, RemoteError
@@ -14,7 +17,18 @@ def _all_subclasses(cls: type) -> set[type]:
     return {cls}.union(*(_all_subclasses(sub) for sub in cls.__subclasses__()))
 
 
+def _import_every_module() -> None:
+    """Error classes defined anywhere in the package count, not only those some test imported.
+    (cli/ and server/ are walked on their own: they are not folders inside hub/.)"""
+    for package in ("adapterhub", "adapterhub.cli", "adapterhub.server"):
+        root = importlib.import_module(package)
+        for module in pkgutil.walk_packages(root.__path__, f"{package}."):
+            if not module.name.endswith("__main__"):
+                importlib.import_module(module.name)
+
+
 def test_every_error_class_has_one_row_and_codes_are_unique():
+    _import_every_module()
     assert set(ERROR_TABLE) == _all_subclasses(AdapterHubError)
     codes = [wire.code for wire in ERROR_TABLE.values()]
     assert len(set(codes)) == len(codes)

@@ -3,9 +3,11 @@ Each is refused with the right status and a JSON error, and the registry folder 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
+import sqlite3
 
 import httpx2
 import pytest
@@ -251,10 +253,11 @@ def test_a_shared_hub_refuses_bases_named_by_a_path(tmp_path, lora, tiny_base):
 
 def test_the_client_refuses_file_names_from_a_hub_that_would_escape_its_folder(hub, tmp_path):
     """A compromised hub lists '../../x' in a manifest: the pull writes nothing anywhere."""
-    index_path = hub.registry.root / "registry.json"
-    index = json.loads(index_path.read_text())
-    index["adapters"]["sent"]["versions"]["1"]["files"][0]["path"] = "../../escaped.json"
-    index_path.write_text(json.dumps(index))
+    with contextlib.closing(sqlite3.connect(hub.registry.root / "index.sqlite")) as db, db:
+        (record,) = db.execute("SELECT record FROM versions WHERE name = 'sent' AND version = 1").fetchone()
+        record = json.loads(record)
+        record["files"][0]["path"] = "../../escaped.json"
+        db.execute("UPDATE versions SET record = ? WHERE name = 'sent' AND version = 1", (json.dumps(record),))
     out = tmp_path / "deep" / "out"
     with pytest.raises(InvalidName, match="a plain file name"):
         RemoteRegistry(hub.url).pull("sent@1", out)

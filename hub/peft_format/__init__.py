@@ -5,11 +5,13 @@
 ``variants``  the table of LoRA variants: merged? served? why
 ``safetensors_header`` / ``dtypes``   the weights file's header, data start and dtype codes
 ``compat``    whether an adapter fits a base
+``config_values``   the types, ranges and sizes of the config settings the registry index records
 
 Nothing here imports torch or numpy.
 """
 
 from .compat import PROMPT_MODULE, base_weight_name, check_shape_fits, check_shapes_fit, missing_module
+from .config_values import MAX_CONFIG_BYTES, config_problem, indexed_settings
 from .dtypes import DTYPES, FLOAT_CODES, DtypeCode, torch_dtype
 from .keys import (
     ADAPTER_KEY_PREFIX,
@@ -22,7 +24,7 @@ from .keys import (
     lora_pair,
     parse_adapter_key,
 )
-from .safetensors_header import SafetensorsFormatError, TensorInfo, read_safetensors_header
+from .safetensors_header import SafetensorsFormatError, TensorInfo, read_safetensors_header, safetensors_problem
 from .scaling import DEFAULT_LORA_ALPHA, lora_scale, pattern_value
 from .variants import LORA_VARIANTS, LoraVariant, check_mergeable, check_servable, variants_in_use
 
@@ -54,6 +56,10 @@ __all__ = [
     "parse_adapter_key",
     "pattern_value",
     "read_safetensors_header",
+    "safetensors_problem",
+    "MAX_CONFIG_BYTES",
+    "config_problem",
+    "indexed_settings",
     "torch_dtype",
     "variants_in_use",
 ]
