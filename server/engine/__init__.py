@@ -9,6 +9,7 @@
 ``detokenizer``   tokens -> text released to the client, with stop strings
 ``lora/``         LoRA for mixed batches: slot bank, gathered layer, kernels, row plan, file loader
 ``model_loader``  the base model, optionally quantized
+``int8_linear``   CPU int8 linear layers (fbgemm) whose rows never depend on their batch mates
 
 Modules are imported where used, so importing this package loads neither torch nor transformers.
 """

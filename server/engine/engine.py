@@ -4,6 +4,10 @@ HTTP threads resolve the requested adapter (``resolve``), and ``submit`` makes i
 own thread (so a slow load never stalls the loop or the requests already running) before putting
 the request on the scheduler's queue. Where a request picks its adapter is ``adapters.picker``;
 how requests share the model is ``scheduler``.
+
+Admission: at most ``max_queued_requests`` requests wait for a place in the batch; ``submit``
+raises ``QueueFull`` (with an estimate of when to retry) beyond that, before any adapter is loaded
+for the refused request.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ if TYPE_CHECKING:
     from .model_loader import LoadedBase
     from .scheduler import EngineStats
 
-__all__ = ["Engine", "EngineStopped", "ContextTooLong", "create_engine"]
+__all__ = ["Engine", "EngineStopped", "ContextTooLong", "QueueFull", "create_engine", "DEFAULT_MAX_QUEUED_REQUESTS"]
+
+# Enough to keep a full batch fed for many turns on a slow CPU, few enough that a flood is refused
+# in seconds rather than queued for minutes.
+DEFAULT_MAX_QUEUED_REQUESTS = 256
 
 
 class EngineStopped(RuntimeError):
@@ -31,6 +39,14 @@ class EngineStopped(RuntimeError):
 
 class ContextTooLong(ValueError):
     """A prompt (with its virtual tokens and ``max_tokens``) that does not fit the model's context."""
+
+
+class QueueFull(RuntimeError):
+    """Too many requests are waiting for the engine; ``retry_after_s`` estimates when one more fits."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def create_engine(
@@ -42,9 +58,11 @@ def create_engine(
     max_adapter_bytes: int = 1 << 30,
     max_lora_rank: int = 64,
     lora_target_modules: list[str] | None = None,
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
 ) -> Engine:
     """An engine over ``loaded`` with LoRA slots (wrapping the model's linear layers) and a
-    soft-prompt cache, each bounded by ``max_loaded_adapters`` and ``max_adapter_bytes``."""
+    soft-prompt cache, each bounded by ``max_loaded_adapters`` and ``max_adapter_bytes``; at most
+    ``max_queued_requests`` requests wait for a place in the batch (``QueueFull`` beyond)."""
     from .adapters.lora_cache import LoraCache
     from .lora.slot_bank import LoraSlotBank
 
@@ -52,7 +70,8 @@ def create_engine(
                         target_modules=lora_target_modules)
     slots = LoraCache(bank, registry, max_loaded=max_loaded_adapters, max_bytes=max_adapter_bytes)
     return Engine(loaded, registry, lora_slots=slots, max_batch_size=max_batch_size,
-                  max_loaded_adapters=max_loaded_adapters, max_adapter_bytes=max_adapter_bytes)
+                  max_loaded_adapters=max_loaded_adapters, max_adapter_bytes=max_adapter_bytes,
+                  max_queued_requests=max_queued_requests)
 
 
 class Engine:
@@ -68,6 +87,7 @@ class Engine:
             carry their own).
         slot_wait_s: how long a request waits for a LoRA slot while every slot is pinned by
             running requests (``AdapterBusy`` after that).
+        max_queued_requests: most requests waiting for a place in the batch (``QueueFull`` beyond).
     """
 
     def __init__(
@@ -80,12 +100,15 @@ class Engine:
         max_loaded_adapters: int = 16,
         max_adapter_bytes: int = 1 << 30,
         slot_wait_s: float = 300.0,
+        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     ) -> None:
         # torch comes with the first engine, not with this module: the HTTP layer imports its errors.
         from .scheduler import Scheduler
 
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if max_queued_requests < 1:
+            raise ValueError("max_queued_requests must be at least 1")
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -100,7 +123,7 @@ class Engine:
         self.adapters = AdapterPicker(registry, base_name=loaded.name, base_info=loaded.info,
                                       soft_prompts=self.soft_prompts, lora_slots=lora_slots, slot_wait_s=slot_wait_s)
         self._scheduler = Scheduler(self.model, self.tokenizer, max_batch_size=max_batch_size,
-                                    set_rows=None if lora_slots is None else lora_slots.bank.set_rows,
+                                    max_queued=max_queued_requests, set_rows=None if lora_slots is None else lora_slots.bank.set_rows,
                                     release=self.adapters.unpin)
 
     @property
@@ -115,12 +138,22 @@ class Engine:
     def running(self) -> int:
         return self._scheduler.running
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a place in the batch."""
+        return self._scheduler.queued
+
+    @property
+    def max_queued_requests(self) -> int:
+        return self._scheduler.max_queued
+
     def start(self) -> Engine:
         self._scheduler.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the loop; requests still queued or running end with finish reason ``error``."""
+        """Finish the loop; requests still queued or running end with finish reason ``error``
+        (``ErrorCode.SHUTTING_DOWN``)."""
         self._scheduler.stop(timeout)
 
     def __enter__(self) -> Engine:
@@ -150,15 +183,32 @@ class Engine:
         """Queue a request and return it; read ``request.stream`` for its tokens.
 
         The adapter is loaded here, in the caller's thread, if it is not resident: the engine loop
-        keeps decoding everyone else meanwhile.
+        keeps decoding everyone else meanwhile. Raises ``QueueFull`` when ``max_queued_requests``
+        are already waiting (checked before loading anything, and again when queueing),
+        ``EngineStopped`` when the engine is not running, ``ContextTooLong`` / ``ValueError`` for a
+        prompt that does not fit or holds ids outside the vocabulary.
         """
+        from .scheduler import Enqueued
+
         self.check_fits(len(prompt_ids), version, params.max_tokens)
+        if not all(0 <= t < self.vocab_size for t in prompt_ids):  # an embedding lookup past the end is fatal on CUDA
+            raise ValueError(f"token ids must be integers in [0, {self.vocab_size})")
         request = GenerationRequest(list(prompt_ids), params, adapter=version)
+        if not self._scheduler.has_room():
+            raise self._queue_full()
         self.adapters.pin(request)
-        if not self._scheduler.enqueue(request):
+        outcome = self._scheduler.enqueue(request)
+        if outcome is not Enqueued.QUEUED:
             self.adapters.unpin(request)
+            if outcome is Enqueued.FULL:
+                raise self._queue_full()
             raise EngineStopped("the engine is not running (the server is shutting down)")
         return request
+
+    def _queue_full(self) -> QueueFull:
+        self._scheduler.count_refusal()
+        return QueueFull(f"the server is busy: {self._scheduler.max_queued} requests are already waiting",
+                         retry_after_s=self._scheduler.retry_after_s())
 
     def load_adapter(self, version: AdapterVersion) -> None:
         """Make ``version`` resident without running a request (``POST /v1/adapters/load``)."""

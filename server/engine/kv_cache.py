@@ -2,8 +2,15 @@
 
 Rows of different lengths share one cache with left padding: the mask hides the pads and explicit
 position ids keep each row's positions what they would be alone, which is what makes a row's greedy
-output equal to PEFT's ``generate`` for the same adapter. Joining rows left-pads the shorter of the
-two caches; when rows leave, cache columns that became padding in every remaining row are dropped.
+output equal to PEFT's ``generate`` for the same adapter.
+
+The cache lives in preallocated buffers (``_SlabLayer``), one pair per decoder layer, with room
+for more rows and for columns on both sides of the ones in use. A decode step writes one column in
+place where transformers' ``DynamicCache`` would copy the whole cache (``torch.cat``) in every
+layer; rows joining are written into free rows (a shorter prompt right-aligned, a longer one
+extending the used columns to the left); rows leaving move only the rows after them, and columns
+that became padding in every remaining row are dropped by moving the start. The buffers are
+re-laid out (a copy) only when rows or columns run out, doubling the room.
 """
 
 from __future__ import annotations
@@ -11,10 +18,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 __all__ = ["BatchCache", "left_pad_prompts"]
+
+_MIN_COLUMNS = 64  # room a fresh layout leaves on each side of the used columns, at least
 
 
 def left_pad_prompts(pieces: Sequence[torch.Tensor],
@@ -32,11 +41,90 @@ def left_pad_prompts(pieces: Sequence[torch.Tensor],
     return embeds, mask, positions
 
 
+class _SlabLayer(DynamicLayer):
+    """One decoder layer's keys and values in ``[row room, heads, column room, dim]`` buffers; the
+    batch is rows ``[:rows]``, columns ``[start:end]`` (``keys`` / ``values`` are views of them).
+
+    Buffers start zeroed, so columns that are padding for a row hold finite values the mask hides.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        rows, heads, length, dim = keys.shape
+        self.is_initialized = True
+        self.device = keys.device
+        self._k = keys.new_zeros(_room(rows), heads, length + 2 * _room(length), dim)
+        self._v = values.new_zeros(self._k.shape[:3] + values.shape[3:])
+        self.rows, self.start, self.end = rows, _room(length), _room(length) + length
+        self._k[:rows, :, self.start:self.end] = keys
+        self._v[:rows, :, self.start:self.end] = values
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self._k[: self.rows, :, self.start : self.end]
+        self.values = self._v[: self.rows, :, self.start : self.end]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
+               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write a decode step's new columns in place (re-laying out only when the room runs out)."""
+        new = key_states.shape[2]
+        if self.end + new > self._k.shape[2]:
+            self._relayout(self.rows, self.end - self.start + new)
+        self._k[: self.rows, :, self.end : self.end + new] = key_states
+        self._v[: self.rows, :, self.end : self.end + new] = value_states
+        self.end += new
+        self._views()
+        return self.keys, self.values
+
+    def append_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Add rows after the running ones, right-aligned with them (their columns end at ``end``)."""
+        added, length = keys.shape[0], keys.shape[2]
+        if self.rows + added > self._k.shape[0] or self.end - length < 0:
+            self._relayout(self.rows + added, max(length, self.end - self.start))
+        first = self.end - length
+        # Columns the new rows do not use (left of ``first``) may hold old rows' values: the mask hides them.
+        self._k[self.rows : self.rows + added, :, first : self.end] = keys
+        self._v[self.rows : self.rows + added, :, first : self.end] = values
+        self.rows += added
+        self.start = min(self.start, first)
+        self._views()
+
+    def keep_rows(self, indices: list[int], drop_columns: int) -> None:
+        """Keep rows ``indices`` (ascending), moving only those after the first row that leaves, and
+        drop the first ``drop_columns`` columns."""
+        moved = next((i for i, r in enumerate(indices) if r != i), len(indices))
+        if moved < len(indices):
+            idx = torch.tensor(indices[moved:], device=self._k.device)
+            self._k[moved : len(indices)] = self._k.index_select(0, idx)
+            self._v[moved : len(indices)] = self._v.index_select(0, idx)
+        self.rows = len(indices)
+        self.start += drop_columns
+        self._views()
+
+    def _relayout(self, rows: int, length: int) -> None:
+        """New buffers with room for ``rows`` rows and ``length`` used columns (and as much again on
+        each side); the running rows' used columns are copied, right-aligned at the new ``end``."""
+        used = self.end - self.start
+        start, end = _room(length) + length - used, _room(length) + length
+        k = self._k.new_zeros(max(_room(rows), self._k.shape[0]), self._k.shape[1], length + 2 * _room(length),
+                              self._k.shape[3])
+        v = self._v.new_zeros(k.shape[:3] + self._v.shape[3:])
+        k[: self.rows, :, start:end] = self.keys
+        v[: self.rows, :, start:end] = self.values
+        self._k, self._v, self.start, self.end = k, v, start, end
+        self._views()
+
+
+def _room(n: int) -> int:
+    """Room for ``n`` used entries in a fresh layout: at least as much again, never under the minimum."""
+    return max(n, _MIN_COLUMNS)
+
+
 class BatchCache:
-    """``cache`` (a ``DynamicCache`` the model appends to in place) and ``mask`` of the running rows."""
+    """``cache`` (a transformers ``Cache`` the model writes to in place) and ``mask`` of the running rows."""
 
     def __init__(self, device: torch.device) -> None:
-        self.cache: DynamicCache | None = None
+        self.cache: Cache | None = None
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=device)
 
     @staticmethod
@@ -50,16 +138,15 @@ class BatchCache:
         return torch.cat([self.mask, ones], 1)
 
     def join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Append freshly prefilled rows after the running ones, left-padding the shorter cache."""
+        """Append freshly prefilled rows after the running ones, left-padding the shorter of the two."""
+        prefilled = [(layer.keys, layer.values) for layer in cache.layers]
         if self.cache is None:
-            self.cache, self.mask = cache, mask
+            self.cache = Cache(layers=[_SlabLayer(k, v) for k, v in prefilled])
+            self.mask = mask
             return
+        for layer, (k, v) in zip(self.cache.layers, prefilled):
+            layer.append_rows(k, v)
         length = max(self.mask.shape[1], mask.shape[1])
-        self.cache = _new_cache([
-            (torch.cat([_left_pad(k0, length), _left_pad(k1, length)], 0),
-             torch.cat([_left_pad(v0, length), _left_pad(v1, length)], 0))
-            for (k0, v0), (k1, v1) in zip(_layers(self.cache), _layers(cache))
-        ])
         self.mask = torch.cat([_left_pad_mask(self.mask, length), _left_pad_mask(mask, length)], 0)
 
     def keep(self, indices: list[int]) -> None:
@@ -67,27 +154,13 @@ class BatchCache:
         if not indices:
             self.cache, self.mask = None, self.mask[:0, :0]
             return
-        idx = torch.tensor(indices, device=self.mask.device)
-        mask = self.mask.index_select(0, idx)
+        mask = self.mask[indices]
         used = mask.any(0).nonzero()
-        start = int(used[0]) if used.numel() else mask.shape[1]
-        self.mask = mask[:, start:]
-        self.cache = _new_cache([(k.index_select(0, idx)[:, :, start:], v.index_select(0, idx)[:, :, start:])
-                                 for k, v in _layers(self.cache)])
-
-
-def _new_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    """A DynamicCache holding ``kv`` (per layer keys and values), or an empty one."""
-    return DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
-
-
-def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    return F.pad(t, (0, 0, length - t.shape[2], 0))
+        drop = int(used[0]) if used.numel() else mask.shape[1]
+        self.mask = mask[:, drop:]
+        for layer in self.cache.layers:
+            layer.keep_rows(indices, drop)
 
 
 def _left_pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
-    return F.pad(mask, (length - mask.shape[1], 0))
+    return torch.nn.functional.pad(mask, (length - mask.shape[1], 0))

@@ -1,4 +1,10 @@
-"""Load the one base model a server runs: local folder or Hub id, optionally quantized by bitsandbytes.
+"""Load the one base model a server runs: local folder or Hub id, optionally quantized.
+
+``quantize`` is ``auto`` (the default: the fastest mode measured safe on the device), ``int8``,
+``nf4`` or ``none``. On a CPU, ``int8`` is fbgemm's int8 linear with per-row activation scales
+(``int8_linear``): a decode step there is bound by memory bandwidth, so a quarter of the weight bytes
+makes it several times faster than fp32, where bitsandbytes' nf4 / LLM.int8 CPU kernels make it
+slower. On a GPU, ``int8`` is bitsandbytes' LLM.int8 and ``nf4`` its 4-bit weights, the memory saver.
 
 Everything the serving engine needs to know about the base travels in one ``LoadedBase``: the
 model and tokenizer, where and in which dtype it computes, how it was quantized, how much memory
@@ -17,14 +23,21 @@ import torch
 from adapterhub.base_model import BaseInfo, load_base_info
 from adapterhub.errors import IncompatibleBase
 
+from .int8_linear import int8_bytes, quantize_linear_layers
+
 if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["LoadedBase", "load_base_model", "QUANTIZE_MODES", "resolve_device", "resolve_dtype"]
+__all__ = ["LoadedBase", "load_base_model", "QUANTIZE_MODES", "DEFAULT_QUANTIZE", "resolve_device", "resolve_dtype",
+           "resolve_quantize"]
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("nf4", "int8", "none")
+QUANTIZE_MODES = ("auto", "int8", "nf4", "none")
+# What ``auto`` means per device type: the fastest mode measured safe there (BENCHMARKS.md).
+DEFAULT_QUANTIZE = {"cpu": "int8", "cuda": "nf4"}
+# Sibling layers a decoder block calls with one input tensor: their int8 row scaling is shared.
+_SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
@@ -37,7 +50,7 @@ class LoadedBase:
         model: the ``*ForCausalLM`` module, in eval mode.
         tokenizer: its tokenizer.
         name: the folder or Hub id it was loaded from.
-        quantize: ``"nf4"``, ``"int8"`` or ``"none"``.
+        quantize: ``"int8"``, ``"nf4"`` or ``"none"`` (``auto`` resolved for the device).
         device: where it computes.
         dtype: the compute dtype (activations, LoRA slot buffers).
         info: weight shapes and fingerprint of the base files; ``None`` when they could not be read
@@ -77,6 +90,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(sorted(_DTYPES))})") from None
 
 
+def resolve_quantize(quantize: str, device: torch.device) -> str:
+    """``auto`` becomes the device's default (``DEFAULT_QUANTIZE``); other modes are checked."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantize mode {quantize!r} (choose from {', '.join(QUANTIZE_MODES)})")
+    if quantize == "auto":
+        return DEFAULT_QUANTIZE.get(device.type, "none")
+    return quantize
+
+
 def _quantization_config(quantize: str, dtype: torch.dtype) -> BitsAndBytesConfig:
     from transformers import BitsAndBytesConfig
 
@@ -86,9 +108,9 @@ def _quantization_config(quantize: str, dtype: torch.dtype) -> BitsAndBytesConfi
 
 
 def load_base_model(
-    base: str, *, quantize: str = "nf4", device: str | None = None, dtype: str | None = None
+    base: str, *, quantize: str = "auto", device: str | None = None, dtype: str | None = None
 ) -> LoadedBase:
-    """Load ``base`` for serving; ``quantize`` picks bitsandbytes nf4 / int8 weights or none.
+    """Load ``base`` for serving; ``quantize`` picks int8 / nf4 weights, none, or ``auto``.
 
     The base's identity (``info``) is read from its safetensors headers, not from the loaded
     modules, so a quantized model has the same fingerprint as its full-precision files and
@@ -96,14 +118,16 @@ def load_base_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(f"unknown quantize mode {quantize!r} (choose from {', '.join(QUANTIZE_MODES)})")
     dev = resolve_device(device)
+    mode = resolve_quantize(quantize, dev)
     dt = resolve_dtype(dtype, dev)
+    cpu_int8 = mode == "int8" and dev.type == "cpu"
+    if cpu_int8 and dt != torch.float32:
+        raise ValueError(f"int8 on the CPU computes in float32, not {dt} (drop --dtype or pick another --quantize)")
     info = load_base_info(base)
     kwargs: dict[str, Any] = {"dtype": dt, "device_map": {"": str(dev)}}
-    if quantize != "none":
-        kwargs["quantization_config"] = _quantization_config(quantize, dt)
+    if mode in ("nf4", "int8") and not cpu_int8:
+        kwargs["quantization_config"] = _quantization_config(mode, dt)
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(base)
@@ -111,5 +135,16 @@ def load_base_model(
         raise IncompatibleBase(f"base {base}: cannot load ({e})".splitlines()[0]) from e
     model.eval()
     footprint = int(model.get_memory_footprint())
-    log.info("loaded base %s (%s, %s, %s): %.1f MB", base, quantize, dev, dt, footprint / 1e6)
-    return LoadedBase(model, tokenizer, base, quantize, dev, dt, info, footprint)
+    if cpu_int8:
+        footprint = _quantize_cpu_int8(model)
+    log.info("loaded base %s (%s, %s, %s): %.1f MB", base, mode, dev, dt, footprint / 1e6)
+    return LoadedBase(model, tokenizer, base, mode, dev, dt, info, footprint)
+
+
+def _quantize_cpu_int8(model: PreTrainedModel) -> int:
+    """Swap every linear layer, the output head included, for an ``Int8Linear``; return the bytes
+    the model holds afterwards. A head tied to the input embeddings gets an int8 copy of its own:
+    the embeddings stay fp32 for the prompt and soft-prompt lookups."""
+    quantize_linear_layers(model, shared_inputs=_SHARED_INPUTS)
+    dense = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return dense + int8_bytes(model)

@@ -1,19 +1,27 @@
 """The next token of each row: greedy, or drawn with temperature and top_p from the row's own generator.
 
 Each sampled row owns a ``torch.Generator`` seeded from its request, so a seeded answer is the same
-whatever else shares the batch.
+whatever else shares the batch. A row with penalties or biases has them applied to its own logits
+first (``penalties``). A row that cannot get a token (its logits are NaN or infinite, or its
+penalties or draw raise) gets a ``RowFailure`` in place of its token: the other rows keep theirs.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Sequence
 
 import torch
+
+from .penalties import adjust_logits
+from .request import ErrorCode, RowFailure
 
 if TYPE_CHECKING:
     from .request import SamplingParams
 
 __all__ = ["new_generator", "sample"]
+
+log = logging.getLogger(__name__)
 
 
 def new_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
@@ -22,25 +30,45 @@ def new_generator(params: SamplingParams, device: torch.device) -> torch.Generat
         return None
     generator = torch.Generator(device=device)
     if params.seed is not None:
-        generator.manual_seed(params.seed % (1 << 64))
+        generator.manual_seed(params.seed)
     else:
         generator.seed()
     return generator
 
 
-def sample(logits: torch.Tensor, rows: Sequence[tuple[SamplingParams, torch.Generator | None]]) -> list[int]:
-    """One token per row of ``logits`` (``[rows, vocab]``), given each row's params and generator."""
+def sample(logits: torch.Tensor, rows: Sequence[tuple[SamplingParams, torch.Generator | None]],
+           generated: Sequence[Sequence[int]] | None = None) -> list[int | RowFailure]:
+    """One token per row of ``logits`` (``[rows, vocab]``), given each row's params and generator
+    (and the tokens it generated so far, which its penalties count), or the row's ``RowFailure``
+    (its message a predicate: the caller names the row's model)."""
+    finite = torch.isfinite(logits).all(-1).tolist()
     greedy = logits.argmax(-1).tolist()
-    out = []
+    out: list[int | RowFailure] = []
     for i, (params, generator) in enumerate(rows):
-        if params.greedy:
+        if not finite[i]:
+            out.append(RowFailure(ErrorCode.NON_FINITE_LOGITS, "produced non-finite logits (NaN or inf)"))
+        elif params.greedy and not params.adjusts_logits:
             out.append(greedy[i])
-            continue
-        probs = torch.softmax(logits[i] / params.temperature, -1)
-        if params.top_p < 1:
-            probs = _top_p(probs, params.top_p)
-        out.append(int(torch.multinomial(probs, 1, generator=generator)))
+        else:
+            try:
+                x = logits[i]
+                if params.adjusts_logits:
+                    x = adjust_logits(x, params, generated[i] if generated else ())
+                out.append(int(x.argmax()) if params.greedy else _draw(x, params, generator))
+            except (RuntimeError, ValueError, IndexError) as e:  # torch reports bad probabilities as RuntimeError
+                log.warning("sampling a row failed: %s", e)
+                out.append(RowFailure(ErrorCode.SAMPLING_FAILED, f"failed to sample the next token: {e}"))
     return out
+
+
+def _draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """Subtracting the maximum before dividing keeps every value finite in float32 (the largest
+    becomes exactly 0, so the probabilities never sum to 0), whatever the logits' scale."""
+    x = logits.float()
+    probs = torch.softmax((x - x.max()) / params.temperature, -1)
+    if params.top_p < 1:
+        probs = _top_p(probs, params.top_p)
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:

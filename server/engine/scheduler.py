@@ -8,13 +8,31 @@ once, so a short request never waits for a long one.
 One batch mixes adapters freely: before each forward the LoRA slot bank is told which slot each row
 uses (``lora.slot_bank``), and a soft-prompt row has its virtual tokens prepended at prefill, after
 which it is an ordinary row whose cache starts with those tokens.
+
+Log-probabilities (``logprobs``) are computed only for the rows that ask for them. A prefill keeps
+only its last position's logits, except for requests that ask for their prompt's log-probabilities
+(``echo``): each is prefilled alone with every position's logits kept (a prompt's positions times
+the vocabulary, not a batch's), so the others never pay for them.
+
+Rows fail alone. A row whose logits are NaN or infinite (an adapter that overflows), whose draw
+fails or whose text cannot be decoded ends with its own error event (an ``ErrorCode``) and leaves
+the batch; the others never see it, since every operation of the forward pass is per row (given
+finite adapter weights: the side-by-side LoRA update multiplies other rows' zeros by them). A prefill
+that raises is retried request by request, so only the request that breaks it fails. Only a decode
+step that raises, a fault of the shared forward pass that no single row explains (and that may
+have left the batch's cache half-written), still ends every running row, with ``internal_error``.
+
+The queue of requests waiting for a slot in the batch is bounded (``enqueue`` answers ``FULL``);
+cancelled requests leave the queue and the batch before the next step, releasing their adapters.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
@@ -22,32 +40,50 @@ import torch
 
 from .detokenizer import StopText
 from .kv_cache import BatchCache, left_pad_prompts
+from .logprobs import chosen_logprobs, prompt_logprobs
 from .lora.row_plan import BASE_ROW
-from .request import GenerationRequest, TokenEvent
+from .request import ErrorCode, GenerationRequest, RowFailure, TokenEvent, TokenLogprob
 from .sampler import new_generator, sample
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Scheduler", "EngineStats"]
+__all__ = ["Scheduler", "EngineStats", "Enqueued"]
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_SHUTTING_DOWN = RowFailure(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+
+
+class Enqueued(enum.Enum):
+    """What ``Scheduler.enqueue`` did with a request."""
+
+    QUEUED = "queued"
+    FULL = "full"  # the queue holds ``max_queued`` requests already
+    STOPPED = "stopped"  # the loop is not running
 
 
 @dataclass
 class EngineStats:
-    """What the loop did, for ``/metrics``: decode steps by batch size (bounded: one count per size)."""
+    """What the loop did, for ``/metrics``: decode steps by batch size (bounded: one count per size),
+    requests that failed by ``ErrorCode`` (bounded: one count per code), cancelled, and refused
+    because the queue was full."""
 
     steps: int = 0
     prefills: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)
     generated_tokens: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    cancelled: int = 0
+    rejected_queue_full: int = 0
 
     def observe_step(self, size: int) -> None:
         self.steps += 1
         self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
+
+    def observe_failure(self, code: ErrorCode) -> None:
+        self.failed[code.value] = self.failed.get(code.value, 0) + 1
 
 
 @dataclass
@@ -57,14 +93,26 @@ class _Row:
     request: GenerationRequest
     text: StopText
     generator: torch.Generator | None
+    joined_at: float = field(default_factory=time.monotonic)
     next_position: int = 0
     last_token: int = -1
     generated: list[int] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # sent with the first token, then dropped
 
     @property
     def slot(self) -> int:
         handle = self.request.lora
         return BASE_ROW if handle is None else handle.slot
+
+
+@dataclass
+class _Prefilled:
+    """Rows whose prompts went through the model, with their cache and first logits, not yet in the batch."""
+
+    rows: list[_Row]
+    cache: DynamicCache
+    mask: torch.Tensor
+    logits: torch.Tensor
 
 
 class Scheduler:
@@ -73,17 +121,19 @@ class Scheduler:
     Args:
         model, tokenizer: the base model (its linear layers possibly wrapped by a LoRA slot bank).
         max_batch_size: most rows decoded together.
+        max_queued: most requests waiting for a place in the batch.
         set_rows: tells the LoRA slot bank which slot each row of the next forward uses; ``None``
             when the model serves no LoRA.
         release: unpins a finished request's adapter.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_batch_size: int,
-                 set_rows: Callable[[Sequence[int]], None] | None,
+                 max_queued: int, set_rows: Callable[[Sequence[int]], None] | None,
                  release: Callable[[GenerationRequest], None]) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.max_queued = max_queued
         self._set_rows = set_rows
         self._release = release
         self._embed = model.get_input_embeddings()
@@ -98,12 +148,25 @@ class Scheduler:
         self._batch = BatchCache(self._device)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._queued = 0  # requests in _queue or _waiting; changed under _lock
+        self._mean_request_s = 1.0  # moving average of a request's time in the batch
 
     # --- any thread ----------------------------------------------------------------------------
 
     @property
     def running(self) -> int:
         return len(self._rows)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a place in the batch."""
+        return self._queued
+
+    def retry_after_s(self) -> float:
+        """About how long until the queue has room: the batches ahead of a new request, each
+        taking a typical request's time."""
+        batches_ahead = self._queued / self.max_batch_size
+        return max(1.0, batches_ahead * self._mean_request_s)
 
     def start(self) -> None:
         with self._lock:
@@ -119,12 +182,24 @@ class Scheduler:
             self._queue.put(_STOP)
             thread.join(timeout)
 
-    def enqueue(self, request: GenerationRequest) -> bool:
-        """Queue ``request`` for the loop; False when the loop is not running."""
-        if self._thread is None:
-            return False
-        self._queue.put(request)
-        return True
+    def has_room(self) -> bool:
+        return self._queued < self.max_queued
+
+    def count_refusal(self) -> None:
+        """Record a request refused because the queue was full (HTTP threads race here)."""
+        with self._lock:
+            self.stats.rejected_queue_full += 1
+
+    def enqueue(self, request: GenerationRequest) -> Enqueued:
+        """Queue ``request`` for the loop, unless the loop is not running or the queue is full."""
+        with self._lock:
+            if self._thread is None:
+                return Enqueued.STOPPED
+            if self._queued >= self.max_queued:
+                return Enqueued.FULL
+            self._queued += 1
+            self._queue.put(request)
+        return Enqueued.QUEUED
 
     # --- the engine thread -----------------------------------------------------------------------
 
@@ -134,15 +209,16 @@ class Scheduler:
                 if not self._take_new(block=not self._rows and not self._waiting):
                     break
                 try:
+                    self._drop_cancelled()
                     self._admit()
                     if self._rows:
                         self._decode_step()
-                except Exception as e:  # a bug must not kill the loop: fail the batch, keep serving
+                except Exception as e:  # a bug in the shared step must not kill the loop: keep serving
                     log.exception("engine step failed")
-                    self._fail_all(f"internal error: {type(e).__name__}: {e}")
-        self._fail_all("the server is shutting down")
+                    self._fail_all(RowFailure(ErrorCode.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}"))
+        self._fail_all(_SHUTTING_DOWN)
         for request in self._drain():
-            self._finish_request(request, TokenEvent(None, "", "error", error="the server is shutting down"))
+            self._fail_request(request, _SHUTTING_DOWN)
 
     def _take_new(self, block: bool) -> bool:
         """Move queued requests into ``_waiting``; False once ``stop`` was called."""
@@ -161,6 +237,7 @@ class Scheduler:
 
     def _drain(self) -> Iterable[GenerationRequest]:
         waiting, self._waiting = self._waiting, []
+        self._dequeued(len(waiting))
         yield from waiting
         while True:
             try:
@@ -168,54 +245,120 @@ class Scheduler:
             except queue.Empty:
                 return
             if item is not _STOP:
+                self._dequeued(1)
                 yield item
 
-    def _admit(self) -> None:
-        """Prefill as many waiting requests as the batch has room for and join them to it."""
-        room = self.max_batch_size - len(self._rows)
-        joining: list[GenerationRequest] = []
-        while self._waiting and len(joining) < room:
-            request = self._waiting.pop(0)
+    def _dequeued(self, n: int) -> None:
+        with self._lock:
+            self._queued -= n
+
+    def _drop_cancelled(self) -> None:
+        """Let cancelled requests go now, queued or running, rather than when their turn comes."""
+        still: list[GenerationRequest] = []
+        for request in self._waiting:
             if request.stream.cancelled:
-                self._finish_request(request, TokenEvent(None, "", "cancelled"))
+                self._cancel(request, 0)
             else:
-                joining.append(request)
-        if not joining:
-            return
+                still.append(request)
+        if len(still) < len(self._waiting):
+            self._dequeued(len(self._waiting) - len(still))
+            self._waiting = still
+        gone = {i for i, row in enumerate(self._rows) if row.request.stream.cancelled}
+        for i in gone:
+            self._cancel(self._rows[i].request, len(self._rows[i].generated))
+        if gone:
+            self._keep([i for i in range(len(self._rows)) if i not in gone])
+
+    def _admit(self) -> None:
+        """Prefill as many waiting requests as the batch has room for and join them to it; when the
+        prefill raises, prefill them one by one, so only the request that breaks it fails."""
+        room = self.max_batch_size - len(self._rows)
+        joining, self._waiting = self._waiting[:room], self._waiting[room:]
+        self._dequeued(len(joining))
+        plain = [r for r in joining if r.params.prompt_logprobs is None]
+        echoing = [r for r in joining if r.params.prompt_logprobs is not None]
+        groups = ([plain] if plain else []) + [[r] for r in echoing]
+        self._join([p for group in groups for p in self._prefill_group(group)])
+
+    def _prefill_group(self, joining: list[GenerationRequest]) -> list[_Prefilled]:
         try:
-            rows = [_Row(r, StopText(self.tokenizer, r.params.stop), new_generator(r.params, self._device))
-                    for r in joining]
-            pieces = [self._prompt_embeddings(r.request) for r in rows]
-            pad = self._embed(torch.tensor([self._pad_id], device=self._device))[0]
-            embeds, mask, positions = left_pad_prompts(pieces, pad)
-            for row, piece in zip(rows, pieces):
-                row.next_position = piece.shape[0]
-            cache = BatchCache.empty()
-            logits = self._forward(embeds, mask, positions, cache, [r.slot for r in rows])
-        except Exception as e:  # not in the batch yet, so _fail_all would not reach them
-            for request in joining:
-                self._finish_request(request, TokenEvent(None, "", "error", error=f"{type(e).__name__}: {e}"))
-            raise
+            return [self._prefill(joining)]
+        except Exception as e:
+            if len(joining) == 1:
+                self._fail_prefill(joining[0], e)
+                return []
+            log.warning("prefill of %d requests failed (%s); retrying them one by one", len(joining), e)
+            return [p for p in map(self._prefill_alone, joining) if p is not None]
+
+    def _prefill_alone(self, request: GenerationRequest) -> _Prefilled | None:
+        try:
+            return self._prefill([request])
+        except Exception as e:
+            self._fail_prefill(request, e)
+            return None
+
+    def _fail_prefill(self, request: GenerationRequest, e: Exception) -> None:
+        log.exception("prefill of %s failed", request.id)
+        self._fail_request(request, RowFailure(ErrorCode.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}"))
+
+    def _prefill(self, joining: list[GenerationRequest]) -> _Prefilled:
+        """Run the prompts of ``joining`` through the model, touching nothing the batch holds: a
+        failure here is retried without harm."""
+        rows = [_Row(r, StopText(self.tokenizer, r.params.stop), new_generator(r.params, self._device))
+                for r in joining]
+        pieces = [self._prompt_embeddings(r.request) for r in rows]
+        pad = self._embed(torch.tensor([self._pad_id], device=self._device))[0]
+        embeds, mask, positions = left_pad_prompts(pieces, pad)
+        for row, piece in zip(rows, pieces):
+            row.next_position = piece.shape[0]
+        cache = BatchCache.empty()
+        echo = any(r.request.params.prompt_logprobs is not None for r in rows)
+        logits = self._forward(embeds, mask, positions, cache, [r.slot for r in rows], all_positions=echo)
         self.stats.prefills += 1
+        if echo:
+            for i, row in enumerate(rows):
+                row.prompt_logprobs = self._prompt_logprobs(row, logits[i])
+        return _Prefilled(rows, cache, mask, logits[:, -1, :].float())
+
+    @staticmethod
+    def _prompt_logprobs(row: _Row, logits: torch.Tensor) -> tuple[TokenLogprob | None, ...] | None:
+        """The prompt tokens' log-probabilities from the row's (left-padded) logits at every
+        position; a soft prompt's virtual tokens are not tokens, so they get none."""
+        top_k = row.request.params.prompt_logprobs
+        if top_k is None:
+            return None
+        prompt = row.request.prompt_ids
+        end = logits.shape[0] - 1  # the last position predicts the first generated token
+        return prompt_logprobs(logits[end - (len(prompt) - 1):end], prompt, top_k)
+
+    def _join(self, prefilled: list[_Prefilled]) -> None:
+        """Join prefilled rows to the batch and take their first tokens. The rows enter ``_rows``
+        before anything can fail, so a failure from here on (the batch's, not a request's) reaches
+        each of them once through the loop's ``_fail_all``, and none is prefilled twice."""
+        if not prefilled:
+            return
         offset = len(self._rows)
-        self._batch.join(cache, mask)
-        self._rows = self._rows + rows
-        self._advance(logits, offset)
+        self._rows = self._rows + [row for p in prefilled for row in p.rows]
+        for p in prefilled:
+            self._batch.join(p.cache, p.mask)
+        self._advance(torch.cat([p.logits for p in prefilled]), offset)
 
     def _decode_step(self) -> None:
         tokens = torch.tensor([[r.last_token] for r in self._rows], device=self._device)
         mask = self._batch.step_mask()
         positions = torch.tensor([[r.next_position] for r in self._rows], device=self._device)
         self.stats.observe_step(len(self._rows))
-        logits = self._forward(self._embed(tokens), mask, positions, self._batch.cache, [r.slot for r in self._rows])
+        logits = self._forward(self._embed(tokens), mask, positions, self._batch.cache,
+                               [r.slot for r in self._rows])[:, -1, :].float()
         self._batch.mask = mask
         for r in self._rows:
             r.next_position += 1
         self._advance(logits, 0)
 
     def _forward(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
-                 slots: list[int]) -> torch.Tensor:
-        """One pass of the model over ``embeds``, appending to ``cache``; the last position's logits."""
+                 slots: list[int], all_positions: bool = False) -> torch.Tensor:
+        """One pass of the model over ``embeds``, appending to ``cache``; the logits
+        (``[rows, positions, vocab]``) of the last position only, or of every position."""
         if self._set_rows is not None:
             # Same rows as the previous step: the slot bank keeps the weights it gathered for them.
             self._set_rows(slots)
@@ -225,9 +368,9 @@ class Scheduler:
             position_ids=positions,
             cache=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if all_positions else 1,
         )
-        return out.logits[:, -1, :].float()
+        return out.logits
 
     def _prompt_embeddings(self, request: GenerationRequest) -> torch.Tensor:
         ids = torch.tensor(request.prompt_ids, device=self._device)
@@ -239,41 +382,82 @@ class Scheduler:
 
     def _advance(self, logits: torch.Tensor, offset: int) -> None:
         """Pick the next token of rows ``offset:`` (whose ``logits`` these are), emit it, and let
-        finished rows leave the batch."""
+        finished and failed rows leave the batch."""
         rows = self._rows[offset:]
-        tokens = sample(logits, [(row.request.params, row.generator) for row in rows])
-        done = {offset + i for i, (row, token) in enumerate(zip(rows, tokens)) if self._emit(row, token) is not None}
+        tokens = sample(logits, [(row.request.params, row.generator) for row in rows], [row.generated for row in rows])
+        logprobs = chosen_logprobs(logits, [(row.request.params.logprobs, None if isinstance(token, RowFailure) else token)
+                                            for row, token in zip(rows, tokens)])
+        done = set()
+        for i, (row, token, logprob) in enumerate(zip(rows, tokens, logprobs)):
+            if isinstance(token, RowFailure):
+                self._fail_row(row, token)
+                done.add(offset + i)
+            elif self._emit(row, token, logprob):
+                done.add(offset + i)
         if done:
             self._keep([i for i in range(len(self._rows)) if i not in done])
 
-    def _emit(self, row: _Row, token: int) -> str | None:
-        """Send ``token`` to the row's client; return the finish reason once the row is done."""
+    def _emit(self, row: _Row, token: int, logprob: TokenLogprob | None = None) -> bool:
+        """Send ``token`` (with its log-probability when asked) to the row's client; True once the row is done."""
         request = row.request
         if request.stream.cancelled:
-            self._finish_row(row, None, "", "cancelled")
-            return "cancelled"
+            self._cancel(request, len(row.generated))
+            return True
         row.generated.append(token)
         row.last_token = token
         self.stats.generated_tokens += 1
+        try:
+            text, reason = self._next_text(row, token)
+        except Exception as e:  # a tokenizer that cannot decode this row's tokens fails this row only
+            log.warning("detokenizing %s failed: %s: %s", request.id, type(e).__name__, e)
+            self._fail_row(row, RowFailure(ErrorCode.DETOKENIZE_FAILED,
+                                           f"failed to detokenize the answer: {type(e).__name__}: {e}"))
+            return True
+        prompt_scores, row.prompt_logprobs = row.prompt_logprobs, None
+        if reason is None:
+            request.stream.put(TokenEvent(token, text, logprob=logprob, prompt_logprobs=prompt_scores))
+            return False
+        self._finish_row(row, token, text, reason, logprob, prompt_scores)
+        return True
+
+    def _next_text(self, row: _Row, token: int) -> tuple[str, str | None]:
+        """The text ``token`` releases, and the finish reason when it ends the answer."""
         if token in self.eos_ids:
-            self._finish_row(row, token, row.text.finish(), "stop")
-            return "stop"
+            return row.text.finish(), "stop"
         text, stopped = row.text.add(token)
         if stopped:
-            self._finish_row(row, token, text, "stop")
-            return "stop"
-        if len(row.generated) >= request.params.max_tokens:
-            self._finish_row(row, token, text + row.text.finish(), "length")
-            return "length"
-        request.stream.put(TokenEvent(token, text))
-        return None
+            return text, "stop"
+        if len(row.generated) >= row.request.params.max_tokens:
+            return text + row.text.finish(), "length"
+        return text, None
 
-    def _finish_row(self, row: _Row, token: int | None, text: str, reason: str) -> None:
+    def _finish_row(self, row: _Row, token: int | None, text: str, reason: str, logprob: TokenLogprob | None = None,
+                    prompt_scores: tuple[TokenLogprob | None, ...] | None = None) -> None:
+        elapsed = time.monotonic() - row.joined_at
+        self._mean_request_s += 0.1 * (elapsed - self._mean_request_s)
         self._finish_request(
             row.request,
             TokenEvent(token, text, reason, prompt_tokens=len(row.request.prompt_ids),
-                       completion_tokens=len(row.generated)),
+                       completion_tokens=len(row.generated), logprob=logprob, prompt_logprobs=prompt_scores),
         )
+
+    def _fail_row(self, row: _Row, failure: RowFailure) -> None:
+        """End the row with ``failure``, its message naming the model the row ran."""
+        version = row.request.adapter
+        subject = "the base model" if version is None else f"adapter {version.ref}"
+        self._fail_request(row.request, RowFailure(failure.code, f"{subject} {failure.message}"),
+                           completion_tokens=len(row.generated))
+
+    def _fail_request(self, request: GenerationRequest, failure: RowFailure, completion_tokens: int = 0) -> None:
+        self.stats.observe_failure(failure.code)
+        self._finish_request(request, TokenEvent(None, "", "error", prompt_tokens=len(request.prompt_ids),
+                                                 completion_tokens=completion_tokens, error=failure.message,
+                                                 error_code=failure.code))
+
+    def _cancel(self, request: GenerationRequest, completion_tokens: int) -> None:
+        self.stats.cancelled += 1
+        self._finish_request(request, TokenEvent(None, "", "cancelled", prompt_tokens=len(request.prompt_ids),
+                                                 completion_tokens=completion_tokens))
 
     def _finish_request(self, request: GenerationRequest, event: TokenEvent) -> None:
         self._release(request)
@@ -283,9 +467,9 @@ class Scheduler:
         self._rows = [self._rows[i] for i in indices]
         self._batch.keep(indices)
 
-    def _fail_all(self, message: str) -> None:
+    def _fail_all(self, failure: RowFailure) -> None:
         for row in self._rows:
-            self._finish_request(row.request, TokenEvent(None, "", "error", error=message))
+            self._fail_request(row.request, failure, completion_tokens=len(row.generated))
         self._keep([])
 
 

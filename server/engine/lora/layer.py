@@ -16,6 +16,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..int8_linear import Int8Linear
 from .kernels import SHARED_INPUT, InputGroup
 from .row_plan import RowPlans
 
@@ -23,7 +24,8 @@ __all__ = ["GatheredLoraLinear", "wrap_linear_layers"]
 
 
 class GatheredLoraLinear(nn.Module):
-    """A base linear layer (plain, nf4 or int8) plus slot stacks of LoRA weights for it."""
+    """A base linear layer (plain, bitsandbytes nf4 / int8, or CPU ``Int8Linear``) plus slot stacks
+    of LoRA weights for it: the update is added on top of whatever the base layer computes."""
 
     def __init__(self, base_layer: nn.Module, name: str, plans: RowPlans, slots: int, rank: int,
                  dtype: torch.dtype, device: torch.device) -> None:
@@ -72,7 +74,7 @@ def wrap_linear_layers(model: nn.Module, targets: Iterable[str] | None, plans: R
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     chosen: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or isinstance(module, GatheredLoraLinear):
+        if not isinstance(module, (nn.Linear, Int8Linear)):
             continue
         if wanted is None:
             if module is not head:

@@ -107,22 +107,32 @@ class SlotLoader:
         self._stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
 
     def write(self, slot: int, pairs: list[LoraPair], weights_path: str) -> None:
-        """Read ``weights_path`` once and write every pair into ``slot`` (the slot must be empty)."""
+        """Read ``weights_path`` once and write every pair into ``slot`` (the slot must be empty).
+
+        Raises ``InvalidAdapter`` when a weight is not finite once scaled (the caller empties the
+        slot): in the gathered product a row of another adapter multiplies that slot's zeros, and
+        0 * inf would poison rows that never asked for this adapter."""
         buf = self._stage(weights_path, os.stat(weights_path).st_size)
         stream = self._stream
         if stream is not None:  # the zeroing of the slot's previous adapter runs on the compute stream
             stream.wait_stream(torch.cuda.current_stream(self._device))
+        finite = torch.ones((), dtype=torch.bool, device=self._device)
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for p in pairs:
                 a = _tensor(buf, p.a)
                 b = _tensor(buf, p.b)
-                p.module.lora_A[slot, : p.rank].copy_(a, non_blocking=True)
+                src = p.module.lora_A[slot, : p.rank]
+                src.copy_(a, non_blocking=True)
                 dst = p.module.lora_B[slot, :, : p.rank]
                 dst.copy_(b, non_blocking=True)
                 dst.mul_(p.scale)
                 p.module.ranks[slot] = p.rank
+                finite &= torch.isfinite(src).all() & torch.isfinite(dst).all()
         if stream is not None:
             stream.synchronize()
+        if not bool(finite):  # one check (one device sync) for the whole adapter
+            raise InvalidAdapter(f"{weights_path}: weights that are not finite once scaled by lora_alpha / r "
+                                 "(NaN or inf); the adapter cannot be served")
 
     def _stage(self, path: str, size: int) -> torch.Tensor:
         """The file's bytes in (pinned, on CUDA) host memory, reusing one staging buffer."""

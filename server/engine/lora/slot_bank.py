@@ -76,7 +76,11 @@ class LoraSlotBank:
         with self._lock:
             if self._occupied[slot]:
                 self._release(slot)
-            self._loader.write(slot, pairs, weights_path)
+            try:
+                self._loader.write(slot, pairs, weights_path)
+            except BaseException:
+                self._release(slot)
+                raise
             self._occupied[slot] = True
             self._changed(slot)
         return sum(p.slot_elements for p in pairs) * self._width()

@@ -1,0 +1,157 @@
+"""CPU int8 linear layers on fbgemm whose result for a row never depends on the other rows.
+
+fbgemm's dynamic int8 linear (what ``torch.ao.quantization.quantize_dynamic`` runs) reads a quarter
+of fp32's weight bytes, and a CPU decode step is bound by memory bandwidth, so it is several times
+faster than fp32 where the int8 kernels of ``torch._int_mm`` / ``torch._weight_int8pack_mm`` (and
+torchao, built on them) are slower than fp32 on AVX2/AVX-512 CPUs. But it picks one activation scale
+per *tensor*: a row's result would change with whatever else is in the batch, and a served request
+must get the same tokens whatever it is batched with.
+
+So each row (each token of a prompt) is scaled to max |x| = 1 and two constant input features are
+appended whose weight columns are zero: ``-LOW`` and ``+1``. Every row then spans the same range,
+so the quantization parameters fbgemm derives from the whole tensor are the same for every batch
+(a symmetric per-row quantization in effect, zero point an exact integer), the zero columns add
+nothing, and the output row is multiplied back by the row's scale. Weights are int8 per output
+channel, symmetric. ``reduce_range`` keeps activations to 7 bits, so AVX2's ``vpmaddubsw`` (which
+saturates 16-bit pair sums) can never saturate.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["Int8Linear", "quantize_linear_layers", "int8_bytes"]
+
+# With reduce_range the activation codes are 0..127; appending -_LOW and +1 makes fbgemm's scale
+# (max - min) / 127 == 1/63 and its zero point exactly 64: 63 steps each side of zero.
+_LOW = 64 / 63
+_TINY = torch.finfo(torch.float32).tiny
+_KEPT_ROWS = 256  # the scaled-input buffer of a step with at most this many rows is reused
+
+
+class _RowScale:
+    """Scales a layer's input row by row; layers that read the same tensor (q/k/v, gate/up) share
+    one, so the first of them scales it and the others take that result. A member asking twice for
+    the same tensor, or any other tensor, gets it scaled afresh: sharing is an optimisation, never
+    an assumption about the call order."""
+
+    __slots__ = ("members", "x", "pending", "scaled", "scale", "_buffer")
+
+    def __init__(self) -> None:
+        self.members = 0  # layers sharing it; each calls with its own index
+        self.x: torch.Tensor | None = None
+        self.pending: set[int] = set()
+        self.scaled = self.scale = torch.empty(0)
+        self._buffer = torch.empty(0)
+
+    def join(self) -> int:
+        """A new member's index."""
+        self.members += 1
+        return self.members - 1
+
+    def __call__(self, x: torch.Tensor, member: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([rows, in + 2] with every row spanning [-_LOW, 1], [rows, 1] scales)`` for ``x [..., in]``."""
+        if self.x is x and member in self.pending:
+            self.pending.discard(member)
+            scaled, scale = self.scaled, self.scale
+            if not self.pending:
+                self.x = None
+                self.scaled = self.scale = torch.empty(0)
+            return scaled, scale
+        flat = x.reshape(-1, x.shape[-1])
+        scaled = self._rows_buffer(flat.shape[0], flat.shape[1], x.device)
+        scale = flat.abs().amax(1, keepdim=True).clamp_min_(_TINY)  # a quarter of vector_norm(inf)'s time
+        torch.div(flat, scale, out=scaled[:, : flat.shape[1]])
+        if self.members > 1:
+            self.x, self.pending, self.scaled, self.scale = x, set(range(self.members)) - {member}, scaled, scale
+        return scaled, scale
+
+    def _rows_buffer(self, rows: int, width: int, device: torch.device) -> torch.Tensor:
+        """A ``[rows, width + 2]`` buffer ending in the two constant columns; a decode step's small
+        one is kept between calls, a prompt's is not (it would stay allocated in every layer)."""
+        if self._buffer.shape == (rows, width + 2):
+            return self._buffer
+        buf = torch.empty(rows, width + 2, dtype=torch.float32, device=device)
+        buf[:, width] = -_LOW
+        buf[:, width + 1] = 1.0
+        if rows <= _KEPT_ROWS:
+            self._buffer = buf
+        return buf
+
+
+class Int8Linear(nn.Module):
+    """``y = x W^T + b`` with W int8 per output channel and x quantized per row (see the module doc).
+
+    The scaled input is written to a buffer kept between decode steps, so a model's forward must
+    not run in two threads at once (the engine's one thread owns the model).
+
+    Args:
+        weight: ``[out, in]`` float weight to quantize.
+        bias: optional ``[out]`` bias, kept in fp32.
+        row_scale: a ``_RowScale`` shared with the layers reading the same input (a new one if None).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 row_scale: _RowScale | None = None) -> None:
+        super().__init__()
+        if weight.device.type != "cpu":
+            raise ValueError("Int8Linear runs on the CPU (fbgemm)")
+        self.out_features, self.in_features = (int(n) for n in weight.shape)
+        w = weight.detach().float()
+        w_scale = (w.abs().amax(1) / 127).clamp_min(_TINY)
+        padded = torch.cat([w, w.new_zeros(self.out_features, 2)], 1)
+        qweight = torch.quantize_per_channel(padded, w_scale.double(), torch.zeros(self.out_features, dtype=torch.long),
+                                             0, torch.qint8)
+        self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
+        self.row_scale = row_scale if row_scale is not None else _RowScale()
+        self._member = self.row_scale.join()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, row_scale: _RowScale | None = None) -> Int8Linear:
+        return cls(linear.weight, linear.bias, row_scale)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def nbytes(self) -> int:
+        """Bytes of the packed int8 weight and its scales (the bias is an ordinary buffer)."""
+        return self.out_features * (self.in_features + 2 + 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            raise TypeError(f"Int8Linear computes in float32, got {x.dtype}")
+        scaled, scale = self.row_scale(x, self._member)
+        out = torch.ops.quantized.linear_dynamic(scaled, self._packed, True).mul_(scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def quantize_linear_layers(model: nn.Module, *, skip: Callable[[str], bool] = lambda name: False,
+                           shared_inputs: tuple[tuple[str, ...], ...] = ()) -> dict[str, Int8Linear]:
+    """Replace, in place, every ``nn.Linear`` of ``model`` (the output head included) by an
+    ``Int8Linear``, except those whose name ``skip`` accepts; return the new layers by name.
+
+    Siblings named together in ``shared_inputs`` (e.g. ``("q_proj", "k_proj", "v_proj")``) under
+    one parent share the row scaling of their common input.
+    """
+    chosen = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not skip(name)]
+    shared: dict[tuple[str, int], _RowScale] = {}
+    done: dict[str, Int8Linear] = {}
+    for name, module in chosen:
+        parent_name, _, child = name.rpartition(".")
+        group = next((i for i, names in enumerate(shared_inputs) if child in names), None)
+        row_scale = None if group is None else shared.setdefault((parent_name, group), _RowScale())
+        layer = Int8Linear.from_linear(module, row_scale)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        done[name] = layer
+    return done
+
+
+def int8_bytes(model: nn.Module) -> int:
+    """Bytes held by the model's ``Int8Linear`` weights (packed, so not in its parameters)."""
+    return sum(m.nbytes() for m in model.modules() if isinstance(m, Int8Linear))
