@@ -164,56 +164,78 @@ def drive(call: Callable[[str, list[int], int], int], clients: int, duration: fl
 # --- adapterhub ----------------------------------------------------------------------------------
 
 
-def run_adapterhub(base: Path, registry: Path, args: argparse.Namespace) -> dict[str, Any]:
-    env = dict(os.environ, ADAPTERHUB_REGISTRY=str(registry))
-    cmd = [sys.executable, "-m", "adapterhub.cli", "serve", "--base", str(base), "--quantize", args.quantize, "--port", "0",
-           "--max-batch-size", str(args.clients), "--max-loaded-adapters", str(args.max_loaded),
-           "--max-lora-rank", "16", "--threads", str(args.clients + 8)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        url = None
-        for line in proc.stderr:
-            found = re.search(r" on http://([\d.]+):(\d+): OpenAI API", line)
+class ServerProcess:
+    """``python -m adapterhub.cli serve`` in a subprocess, reached over HTTP on loopback; one
+    keep-alive connection per client thread. Use as a context manager (the process is stopped after)."""
+
+    def __init__(self, base: Path, registry: Path, *extra: str) -> None:
+        env = dict(os.environ, ADAPTERHUB_REGISTRY=str(registry))
+        cmd = [sys.executable, "-m", "adapterhub.cli", "serve", "--base", str(base), "--port", "0", *extra]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        self.url: tuple[str, int] | None = None
+        self.banner = ""
+        for line in self.proc.stderr:
+            found = re.search(r"serving .* on http://([\d.]+):(\d+): OpenAI API", line)
             if found:
-                url = (found.group(1), int(found.group(2)))
+                self.url, self.banner = (found.group(1), int(found.group(2))), line.strip()
                 break
-        if url is None:
+        if self.url is None:
+            self.close()
             raise RuntimeError("the server did not start")
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        local = threading.local()
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        self._local = threading.local()
 
-        def call(adapter: str, ids: list[int], max_tokens: int) -> int:
-            conn = getattr(local, "conn", None)
-            if conn is None:
-                conn = local.conn = http.client.HTTPConnection(*url, timeout=600)
-            body = json.dumps({"model": adapter, "prompt": ids, "max_tokens": max_tokens, "temperature": 0})
-            try:
-                conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                doc = json.loads(resp.read())
-            except (http.client.HTTPException, OSError):
-                local.conn = None
-                raise
-            if resp.status != 200:
-                raise RuntimeError(f"HTTP {resp.status}: {doc}")
-            return doc["usage"]["completion_tokens"]
+    def post(self, path: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """POST ``doc`` as JSON on this thread's connection; the answer, or ``RuntimeError`` on a non-200."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(*self.url, timeout=600)
+        try:
+            conn.request("POST", path, json.dumps(doc), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            answer = json.loads(resp.read())
+        except (http.client.HTTPException, OSError):
+            self._local.conn = None
+            raise
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {answer}")
+        return answer
 
+    def complete(self, model: str, ids: list[int], max_tokens: int) -> int:
+        """A greedy completion of prompt ``ids``; the number of tokens generated."""
+        doc = self.post("/v1/completions", {"model": model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0})
+        return doc["usage"]["completion_tokens"]
+
+    def get(self, path: str) -> str:
+        conn = http.client.HTTPConnection(*self.url, timeout=60)
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_adapterhub(base: Path, registry: Path, args: argparse.Namespace) -> dict[str, Any]:
+    with ServerProcess(base, registry, "--quantize", args.quantize, "--max-batch-size", str(args.clients),
+                       "--max-loaded-adapters", str(args.max_loaded), "--max-lora-rank", "16",
+                       "--threads", str(args.clients + 8)) as server:
         for k in range(8):  # warm-up: every adapter loaded once
-            call(f"lora{k}" if k < 4 else f"prompt{k - 4}", [65] * args.prompt_len, 2)
-        result = drive(call, args.clients, args.duration, args.prompt_len, lambda: rss_bytes(proc.pid))
-        conn = http.client.HTTPConnection(*url, timeout=60)
-        conn.request("GET", "/health")
-        health = json.loads(conn.getresponse().read())
-        conn.request("GET", "/metrics")
-        metrics = conn.getresponse().read().decode()
+            server.complete(f"lora{k}" if k < 4 else f"prompt{k - 4}", [65] * args.prompt_len, 2)
+        result = drive(server.complete, args.clients, args.duration, args.prompt_len, lambda: rss_bytes(server.pid))
+        health = json.loads(server.get("/health"))
         result["adapters_resident"] = len(health["loaded_adapters"])
         result["adapter_bytes"] = health["memory"]["adapter_bytes"]
         result["base_bytes"] = health["memory"]["base_bytes"]
-        result["mean_decode_batch"] = _mean_batch(metrics)
+        result["mean_decode_batch"] = _mean_batch(server.get("/metrics"))
         return result
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def _mean_batch(metrics: str) -> float | None:
@@ -336,7 +358,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="smol135m")
-    parser.add_argument("--quantize", choices=["none", "nf4"], default="none")
+    parser.add_argument("--quantize", choices=["none", "nf4", "int8", "auto"], default="none")
     parser.add_argument("--max-loaded", type=int, default=4, help="server cache bound per adapter kind")
     parser.add_argument("--only", choices=["adapterhub", "peft_set_adapter", "peft_mixed_batch"], action="append")
     args = parser.parse_args()

@@ -21,6 +21,7 @@ from .registry_protocol import Registry
 
 if TYPE_CHECKING:
     from adapterhub.server.engine.engine import Engine
+    from adapterhub.server.http.lora_names import LoraNames
     from adapterhub.server.http.wsgi import ServerHandle
 
     from .merge import MergeOptions, MergeResult
@@ -49,9 +50,10 @@ RegistryLike = Union[Registry, str, os.PathLike, None]
 def open_registry(location: str | os.PathLike | None = None, *, token: str | None = None) -> Registry:
     """Open the registry at a folder or hub URL, once, for many calls (and to pass a hub token).
 
-    ``None`` picks the default: ``$ADAPTERHUB_REGISTRY``, else the checkout's ``registry.json``,
-    else ``~/.local/share/adapterhub``. A folder that does not exist yet becomes an empty registry
-    on the first push. ``token`` authenticates to a hub URL (default ``$ADAPTERHUB_TOKEN``).
+    ``None`` picks the default: ``$ADAPTERHUB_REGISTRY``, else the checkout's registry (when run
+    from a source checkout), else ``$XDG_DATA_HOME/adapterhub``. A folder that does not exist yet
+    becomes an empty registry on the first push. ``token`` authenticates to a hub URL (default
+    ``$ADAPTERHUB_TOKEN``, else the token ``adapterhub login`` stored for that URL).
 
     Returns a ``LocalRegistry`` for a folder, a ``RemoteRegistry`` for an ``http(s)://`` URL.
     Raises ``RegistryCorrupt`` later, on first read, if the folder's index is unreadable.
@@ -224,6 +226,7 @@ class EngineHandle:
     engine: Engine
     registry: Registry
     server: ServerHandle | None = None
+    lora_names: LoraNames | None = None
 
     @property
     def base(self) -> str:
@@ -283,39 +286,57 @@ class EngineHandle:
         self.stop()
 
 
-def start_engine(base: str | os.PathLike | None = None, *, registry: RegistryLike = None, quantize: str = "nf4",
+def start_engine(base: str | os.PathLike | None = None, *, registry: RegistryLike = None, quantize: str = "auto",
                  device: str | None = None, max_batch_size: int = 16, max_loaded_adapters: int = 16,
                  max_adapter_bytes: int = 1 << 30, max_lora_rank: int = 64, preload: Iterable[str] = (),
-                 http: bool = False, host: str = "127.0.0.1", port: int = 0, http_threads: int = 8) -> EngineHandle:
+                 max_queued_requests: int | None = None, http: bool = False, host: str = "127.0.0.1", port: int = 0,
+                 http_threads: int = 8, api_keys: Iterable[str] = (), admin_api_keys: Iterable[str] = (),
+                 lora_modules: Iterable[tuple[str, str]] = ()) -> EngineHandle:
     """Load ``base`` and start the engine ``adapterhub serve`` runs, in this process.
 
-    ``base`` defaults to ``default_base()``. ``quantize`` is ``nf4``, ``int8`` (bitsandbytes) or
-    ``none``; ``device`` defaults to the GPU when there is one. Adapters load from ``registry`` on
+    ``base`` defaults to ``default_base()``. ``quantize`` is ``auto`` (int8 on a CPU, nf4 on a GPU),
+    ``int8``, ``nf4`` or ``none``; ``device`` defaults to the GPU when there is one. Adapters load from ``registry`` on
     first use, at most ``max_loaded_adapters`` (and ``max_adapter_bytes``) resident per kind;
-    ``preload`` loads some now. With ``http`` the OpenAI API also listens on ``host:port`` (0: a
-    free port) in a background thread.
+    ``preload`` loads some now, and ``lora_modules`` (name, path) pairs serve a registry reference or
+    a PEFT folder (pushed under that name) as ``name``, as vLLM's ``--lora-modules`` does; beyond ``max_queued_requests`` waiting answers (default: the
+    engine's) ``submit`` raises ``QueueFull``. With ``http`` the OpenAI API also listens on
+    ``host:port`` (0: a free port) in a background thread, with the default admission limits and,
+    when given, ``api_keys`` / ``admin_api_keys`` required as ``adapterhub serve --api-key`` does.
 
     Returns an ``EngineHandle``; stop it when done. Raises ``IncompatibleBase`` when the base cannot
-    be loaded, ``AdapterNotFound`` / ``IncompatibleBase`` for a bad ``preload`` (nothing is left
-    running), ``ValueError`` for an unknown quantize mode or device, ``OSError`` when the port is taken.
+    be loaded, ``AdapterNotFound`` / ``IncompatibleBase`` / ``InvalidAdapter`` / ``InvalidName`` for a
+    bad ``preload`` or ``lora_modules`` entry (nothing is left running), ``ValueError`` for an unknown quantize mode or device or an empty or spaced API key,
+    ``OSError`` when the port is taken.
     """
-    from adapterhub.server.engine.engine import create_engine
+    from adapterhub.server.engine.engine import DEFAULT_MAX_QUEUED_REQUESTS, create_engine
     from adapterhub.server.engine.model_loader import load_base_model
 
     store = _open(registry)
     loaded = load_base_model(str(base) if base is not None else default_base(), quantize=quantize, device=device)
     engine = create_engine(loaded, store, max_batch_size=max_batch_size, max_loaded_adapters=max_loaded_adapters,
-                           max_adapter_bytes=max_adapter_bytes, max_lora_rank=max_lora_rank).start()
-    handle = EngineHandle(engine, store)
+                           max_adapter_bytes=max_adapter_bytes, max_lora_rank=max_lora_rank,
+                           max_queued_requests=max_queued_requests or DEFAULT_MAX_QUEUED_REQUESTS).start()
+    from adapterhub.server.http.lora_names import LoraNames, client_folders_allowed
+
+    admin = list(admin_api_keys)
+    handle = EngineHandle(engine, store, lora_names=LoraNames(
+        engine, client_folders=client_folders_allowed(host, admin_keys=bool(admin)) if http else False))
     try:
         for ref in preload:
             engine.load_adapter(engine.resolve(ref))
+        for name, path in lora_modules:
+            handle.lora_names.add(name, path)
         if http:
+            from adapterhub.server.http.admission import AdmissionLimits
+            from adapterhub.server.http.api_keys import ServingKeys
             from adapterhub.server.http.app import create_app
             from adapterhub.server.http.wsgi import start_in_thread
 
-            # send_bytes=1: every server-sent event goes to the socket at once (streaming is token by token).
-            handle.server = start_in_thread(create_app(store, engine=engine), host, port, http_threads, send_bytes=1)
+            limits = AdmissionLimits()
+            app = create_app(store, engine=engine, limits=limits, keys=ServingKeys.of(api_keys, admin),
+                             lora_names=handle.lora_names)
+            handle.server = start_in_thread(app, host, port, http_threads, stream_tokens=True,
+                                            max_request_body_size=limits.max_body_bytes)
     except BaseException:
         engine.stop()
         raise

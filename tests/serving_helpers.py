@@ -10,12 +10,20 @@ peft 0.21.2 and transformers 5.x, PEFT's cached generate looks for the cache und
 from __future__ import annotations
 
 import functools
+import re
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping, Sequence
+
+import pytest
 
 from conftest import save_lora, save_prompt_tuning
 
-__all__ = ["peft_greedy", "push_serving_adapters", "ADAPTER_SPECS"]
+__all__ = ["peft_greedy", "peft_model", "push_serving_adapters", "start_serve_process", "held_engine", "ADAPTER_SPECS"]
 
 # name -> (kind, seed, extra config): two LoRAs of different ranks and targets, two soft prompts.
 ADAPTER_SPECS: dict[str, tuple[str, int, dict[str, Any]]] = {
@@ -41,6 +49,17 @@ def push_serving_adapters(registry: Any, base: Path, workdir: Path) -> dict[str,
     return folders
 
 
+def save_overflowing_lora(base, out, factor: float = 1e20):
+    """A PEFT-saved LoRA on gate/up with ``lora_B`` scaled by ``factor``: finite weights whose MLP
+    activations overflow float32, so the logits are NaN (in PEFT too)."""
+    from safetensors.torch import load_file, save_file
+
+    save_lora(base, out, seed=5, target_modules=["gate_proj", "up_proj"])
+    weights = load_file(out / "adapter_model.safetensors")
+    save_file({k: v * factor if "lora_B" in k else v for k, v in weights.items()}, out / "adapter_model.safetensors")
+    return out
+
+
 def start_test_engine(base: Path, workdir: Path) -> tuple[Any, Any, dict[str, Path]]:
     """A registry holding the ``ADAPTER_SPECS`` adapters and a started engine on ``base`` (fp32, CPU):
     returns (registry, engine, name -> PEFT folder); the caller stops the engine."""
@@ -55,6 +74,55 @@ def start_test_engine(base: Path, workdir: Path) -> tuple[Any, Any, dict[str, Pa
     return registry, engine, folders
 
 
+@contextmanager
+def held_engine(engine: Any, *, in_decode: bool = False) -> Iterator[None]:
+    """Hold the engine thread inside a forward pass of an opener request until the block ends: its
+    prefill (so that everything submitted in the block is admitted in one prefill), or with
+    ``in_decode`` its first decode step (one row running, everything submitted in the block waiting)."""
+    from adapterhub.server.engine.request import SamplingParams
+
+    entered, release = threading.Event(), threading.Event()
+    forwards = []
+    skip = 1 if in_decode else 0  # the opener's prefill runs before its first decode step
+
+    def hold(module, args):
+        forwards.append(1)
+        if len(forwards) > skip and not release.is_set():
+            entered.set()
+            release.wait(60)
+
+    hook = engine.model.register_forward_pre_hook(hold)
+    try:
+        opener = engine.submit([65], SamplingParams(max_tokens=3 if in_decode else 1, temperature=0))
+        assert entered.wait(30)
+        yield
+    finally:
+        release.set()
+        hook.remove()
+    list(opener.stream)
+
+
+def start_serve_process(args: Sequence[str], env: Mapping[str, str]) -> tuple[subprocess.Popen, str, list[str]]:
+    """``adapterhub serve --port 0 ARGS`` as a user runs it, in its own process: returns the
+    process, its URL once it listens, and its stderr lines (a thread keeps reading them, so a
+    chatty server never blocks on a full pipe)."""
+    proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli", "serve", "--port", "0", *args], env=dict(env),
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        found = re.search(r" on (http://\S+): OpenAI API", line)
+        if found:
+            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+            return proc, found.group(1), lines
+    proc.kill()
+    pytest.fail("server did not start:\n" + "".join(lines))
+
+
 @functools.lru_cache(maxsize=16)
 def _model(base: str, adapter: str | None, quantize: str, device: str) -> Any:
     import torch
@@ -62,6 +130,8 @@ def _model(base: str, adapter: str | None, quantize: str, device: str) -> Any:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs: dict[str, Any] = {"dtype": torch.float32, "device_map": {"": device}}
+    if quantize == "int8" and device == "cpu":
+        return peft_cpu_int8_model(base, adapter)
     if quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
@@ -71,6 +141,27 @@ def _model(base: str, adapter: str | None, quantize: str, device: str) -> Any:
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
     return model.eval()
+
+
+def peft_cpu_int8_model(base: str, adapter: str | None) -> Any:
+    """PEFT's model with every base linear layer swapped for the server's CPU int8 layer: the
+    adapter's delta exactly as PEFT computes it, on top of the same quantized layers."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adapterhub.server.engine.int8_linear import quantize_linear_layers
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    quantize_linear_layers(model, skip=lambda name: ".lora_" in name)
+    return model.eval()
+
+
+def peft_model(base: Path, adapter: Path | None) -> Any:
+    """PEFT's model for ``adapter`` on ``base`` (fp32, CPU; the bare base for ``None``), loaded once."""
+    return _model(str(base), None if adapter is None else str(adapter), "none", "cpu")
 
 
 def peft_greedy(base: Path, adapter: Path | None, prompt_ids: list[int], max_new_tokens: int,

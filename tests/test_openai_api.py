@@ -27,7 +27,7 @@ from serving_helpers import peft_greedy, start_test_engine
 def stack(tiny_base, tmp_path_factory):
     registry, engine, folders = start_test_engine(tiny_base, tmp_path_factory.mktemp("api"))
     app = create_app(registry, engine=engine)
-    with start_in_thread(app, threads=8, send_bytes=1) as server:  # as `adapterhub serve` runs it
+    with start_in_thread(app, threads=8, stream_tokens=True) as server:  # as `adapterhub serve` runs it
         yield app, engine, folders, server
     engine.stop()
 
@@ -137,7 +137,7 @@ def test_n_choices_and_seeded_sampling(client):
     ({"model": "lora-qv", "prompt": "x", "stop": [1]}, 400, "invalid_type"),
     ({"model": "lora-qv", "prompt": "x", "stream": "yes"}, 400, "invalid_type"),
     ({"model": "lora-qv", "prompt": "x", "seed": 1.5}, 400, "invalid_type"),
-    ({"model": "lora-qv", "prompt": "x", "seed": 2**70}, 400, "invalid_value"),
+    ({"model": "lora-qv", "prompt": "x", "seed": 2**130}, 400, "invalid_value"),
     ({"model": "lora-qv", "prompt": "x", "temperature": float("nan")}, 400, "invalid_value"),
     ({"model": "lora-qv", "prompt": [1, "a"]}, 400, "invalid_type"),
     ({"model": "lora-qv", "prompt": [[]]}, 400, "invalid_value"),

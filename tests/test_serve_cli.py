@@ -1,14 +1,10 @@
-"""``adapterhub serve`` as a user runs it: a real process, the default tiny base, nf4, a real client."""
+"""``adapterhub serve`` as a user runs it: a real process, the default tiny base and quantization, a real client."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
@@ -17,23 +13,12 @@ from click.testing import CliRunner
 from adapterhub.cli.main import cli
 from conftest import save_lora, save_prompt_tuning
 from adapterhub.location import open_registry
+from serving_helpers import start_serve_process
 
 
 def _start(args, env):
-    proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli", "serve", "--port", "0", *args], env=env,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        found = re.search(r" on (http://\S+): OpenAI API", line)
-        if found:
-            return proc, found.group(1)
-    proc.kill()
-    pytest.fail("server did not start:\n" + "".join(lines))
+    proc, url, _ = start_serve_process(args, env)
+    return proc, url
 
 
 def _get(url):
@@ -41,7 +26,7 @@ def _get(url):
         return json.loads(resp.read())
 
 
-def test_serve_without_base_builds_the_tiny_base_and_serves_nf4(tiny_base, tmp_path, _private_registry):
+def test_serve_without_base_builds_the_tiny_base_and_serves_int8_on_cpu(tiny_base, tmp_path, _private_registry):
     from openai import OpenAI
 
     registry = open_registry(str(_private_registry))
@@ -51,7 +36,7 @@ def test_serve_without_base_builds_the_tiny_base_and_serves_nf4(tiny_base, tmp_p
     proc, url = _start(["--preload", "tenant-a", "--max-batch-size", "4"], env)
     try:
         health = _get(url + "/health")
-        assert health["quantization"] == "nf4"
+        assert health["quantization"] == "int8"  # --quantize auto on a CPU
         assert health["base"] == str(tmp_path / "cache" / "adapterhub" / "tiny-llama")
         assert [a["ref"] for a in health["loaded_adapters"]] == ["tenant-a@1"]
         client = OpenAI(base_url=url + "/v1", api_key="unused")

@@ -46,6 +46,19 @@ def test_page_lists_adapters_by_base_and_task(populated, tiny_base):
     assert "prompt_tuning" in html[html.index('id="adapter-summ"'):]
 
 
+def test_page_reads_one_page_of_the_index_at_a_time(populated, monkeypatch):
+    from adapterhub.server.http import web
+
+    monkeypatch.setattr(web, "PAGE", 2)
+    client = create_app(populated).test_client()
+    first = client.get("/").get_data(as_text=True)
+    assert 'id="adapter-sent"' in first and 'id="adapter-summ"' not in first
+    link = re.search(r'<a href="\?after=([^"]+)">next page</a>', first).group(1)
+    assert link == "sent%402"
+    second = client.get(f"/?after={link}").get_data(as_text=True)
+    assert 'id="adapter-summ"' in second and 'id="adapter-sent"' not in second and "next page" not in second
+
+
 def test_page_escapes_what_people_typed(tmp_path, make_lora):
     reg = LocalRegistry(tmp_path / "hub", durable=False)
     reg.push(make_lora(), name="x", task="<script>alert(1)</script>")

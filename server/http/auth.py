@@ -14,9 +14,10 @@ from flask import Flask, current_app, request
 from adapterhub.errors import AuthError, PermissionDenied
 from adapterhub.tokens import READ, WRITE, TokenRecord, TokenStore
 
+from .api_keys import bearer as _bearer
 from .state import app_state
 
-__all__ = ["init_app", "authorize", "READ", "WRITE", "READ_TOKEN_REQUIRED"]
+__all__ = ["init_app", "authorize", "check_credentials", "READ", "WRITE", "READ_TOKEN_REQUIRED"]
 
 READ_TOKEN_REQUIRED = "READ_TOKEN_REQUIRED"
 
@@ -27,19 +28,15 @@ def init_app(app: Flask) -> None:
     ext["tokens"] = TokenStore(ext["registry"].root)
 
 
-def _presented_token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
+def check_credentials(
+    store: TokenStore, authorization: str | None, scope: str, *, required: bool
+) -> TokenRecord | None:
+    """The token record an ``Authorization`` header value stands for, checked for ``scope``.
 
-
-def authorize(scope: str) -> TokenRecord | None:
-    """Check the request may act with ``scope``; raise ``AuthError`` (401) or ``PermissionDenied`` (403) otherwise."""
-    store: TokenStore = app_state()["tokens"]
-    token = _presented_token()
-    required = scope == WRITE or bool(current_app.config.get(READ_TOKEN_REQUIRED))
+    Flask-free, so the server's header gate applies the same rule before a body is read; raises
+    ``AuthError`` (401) or ``PermissionDenied`` (403) where a token is ``required`` and falls short.
+    """
+    token = _bearer(authorization)
     record = store.authenticate(token) if token is not None else None
     if not required:
         return record
@@ -53,3 +50,9 @@ def authorize(scope: str) -> TokenRecord | None:
     if not record.allows(scope):
         raise PermissionDenied(f"token {record.id} has {record.scope} scope; this operation needs {scope}")
     return record
+
+
+def authorize(scope: str) -> TokenRecord | None:
+    """Check the request may act with ``scope``; raise ``AuthError`` (401) or ``PermissionDenied`` (403) otherwise."""
+    required = scope == WRITE or bool(current_app.config.get(READ_TOKEN_REQUIRED))
+    return check_credentials(app_state()["tokens"], request.headers.get("Authorization"), scope, required=required)

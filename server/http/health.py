@@ -1,30 +1,40 @@
 """``GET /health`` and ``GET /metrics``: what the server holds and what it has done.
 
 ``/health`` is one JSON document for people and load balancers (base, quantization, memory,
-resident adapters). ``/metrics`` is Prometheus text, written by hand (a few counters and
-histograms do not justify a dependency): requests and tokens by adapter, latency and time to first
-token, the adapter caches (hits, misses, evictions, load time), decode batch sizes and adapters
-resident. Request-level figures are recorded by the OpenAI views into ``ServerMetrics``;
-engine-level ones are read from the engine when scraped.
+resident adapters; on a hub without an engine, just ``{"status": "ok"}``). ``/metrics`` is the
+Prometheus exposition written by ``prometheus_client`` from a registry of the app's own (several
+apps in one process, as in the tests, never share or clash), with ``process_*`` from its process
+collector. A serving app exports, under our names, requests and tokens by adapter, latency and time
+to first token, the adapter caches, decode batch sizes, adapters resident and every counter of the
+engine's ``EngineStats``; and, under vLLM's names, the figures dashboards and gateway routers read
+from vLLM (``vllm_metrics``). A hub exports its requests by route and status. Request-level figures
+are recorded by the views into ``ServerMetrics``; engine-level ones are read from the engine when
+scraped (``EngineCollector``). ``/metrics`` can be put behind the API keys (``api_keys``); on a hub
+it follows the read rule (a token when reads need one); ``/health`` stays open for load balancers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import threading
-from bisect import bisect_left
-from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterator
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify, request
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector,
+                               generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from . import vllm_metrics
+from .auth import READ, authorize
 from .state import app_state
 
 if TYPE_CHECKING:
     from adapterhub.server.engine.adapters.cache_stats import CacheStats
     from adapterhub.server.engine.engine import Engine
 
-__all__ = ["bp", "ServerMetrics", "Histogram", "render_metrics", "health_document"]
+    from .lora_names import LoraNames
+
+__all__ = ["bp", "ServerMetrics", "EngineCollector", "HubMetrics", "install_hub_metrics", "health_document"]
 
 bp = Blueprint("health", __name__)
 
@@ -32,131 +42,145 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-class Histogram:
-    """Cumulative-bucket histogram with fixed bounds: constant memory however many observations."""
-
-    def __init__(self, buckets: Iterable[float]) -> None:
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float, times: int = 1) -> None:
-        self.counts[bisect_left(self.buckets, value)] += times
-        self.total += value * times
-        self.count += times
-
-    def lines(self, name: str, labels: dict[str, str]) -> list[str]:
-        out, running = [], 0
-        for bound, n in zip(self.buckets + (float("inf"),), self.counts):
-            running += n
-            le = "+Inf" if bound == float("inf") else _num(bound)
-            out.append(f"{name}_bucket{_labels({**labels, 'le': le})} {running}")
-        out.append(f"{name}_sum{_labels(labels)} {_num(self.total)}")
-        out.append(f"{name}_count{_labels(labels)} {self.count}")
-        return out
+def _new_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    return registry
 
 
 class ServerMetrics:
-    """Per-adapter request counters and latency histograms, shared by every HTTP thread."""
+    """Per-adapter request counters and latency histograms (ours and vLLM's), shared by every HTTP
+    thread; ``registry`` is what ``/metrics`` renders."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.prompt_tokens: dict[str, int] = defaultdict(int)
-        self.completion_tokens: dict[str, int] = defaultdict(int)
-        self.latency: dict[str, Histogram] = {}
-        self.ttft: dict[str, Histogram] = {}
+    def __init__(self, model_name: str = "") -> None:
+        self.registry = _new_registry()
+        reg = self.registry
+        self.requests = Counter("adapterhub_requests", "HTTP requests by adapter, endpoint and status",
+                                ["adapter", "endpoint", "status"], registry=reg)
+        self.prompt_tokens = Counter("adapterhub_prompt_tokens", "prompt tokens by adapter", ["adapter"], registry=reg)
+        self.completion_tokens = Counter("adapterhub_completion_tokens", "generated tokens by adapter", ["adapter"],
+                                         registry=reg)
+        self.latency = Histogram("adapterhub_request_latency_seconds", "time from request to last token",
+                                 ["adapter"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.ttft = Histogram("adapterhub_time_to_first_token_seconds", "time from request to first token",
+                              ["adapter"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.vllm = vllm_metrics.RequestMetrics(reg, model_name)
 
     def count_request(self, adapter: str, endpoint: str, status: int) -> None:
-        with self._lock:
-            self.requests[(adapter, endpoint, str(status))] += 1
+        self.requests.labels(adapter, endpoint, str(status)).inc()
 
     def observe_generation(self, adapter: str, *, prompt_tokens: int, completion_tokens: int,
-                           latency_s: float, ttft_s: float | None) -> None:
-        with self._lock:
-            self.prompt_tokens[adapter] += prompt_tokens
-            self.completion_tokens[adapter] += completion_tokens
-            self.latency.setdefault(adapter, Histogram(LATENCY_BUCKETS)).observe(latency_s)
-            if ttft_s is not None:
-                self.ttft.setdefault(adapter, Histogram(LATENCY_BUCKETS)).observe(ttft_s)
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            out = _family("adapterhub_requests_total", "counter", "HTTP requests by adapter, endpoint and status")
-            out += [f"adapterhub_requests_total{_labels({'adapter': a, 'endpoint': e, 'status': s})} {n}"
-                    for (a, e, s), n in sorted(self.requests.items())]
-            for name, table, what in (("adapterhub_prompt_tokens_total", self.prompt_tokens, "prompt tokens"),
-                                      ("adapterhub_completion_tokens_total", self.completion_tokens,
-                                       "generated tokens")):
-                out += _family(name, "counter", f"{what} by adapter")
-                out += [f"{name}{_labels({'adapter': a})} {n}" for a, n in sorted(table.items())]
-            for name, table, what in (("adapterhub_request_latency_seconds", self.latency,
-                                       "time from request to last token"),
-                                      ("adapterhub_time_to_first_token_seconds", self.ttft,
-                                       "time from request to first token")):
-                out += _family(name, "histogram", what)
-                for a, h in sorted(table.items()):
-                    out += h.lines(name, {"adapter": a})
-            return out
+                           latency_s: float, ttft_s: float | None, finish_reason: str | None = None) -> None:
+        """One finished answer (``finish_reason`` as the engine ended it: stop, length, cancelled)."""
+        self.prompt_tokens.labels(adapter).inc(prompt_tokens)
+        self.completion_tokens.labels(adapter).inc(completion_tokens)
+        self.latency.labels(adapter).observe(latency_s)
+        if ttft_s is not None:
+            self.ttft.labels(adapter).observe(ttft_s)
+        self.vllm.observe(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_s=latency_s,
+                          ttft_s=ttft_s, finish_reason=finish_reason)
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    esc = lambda v: str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")  # noqa: E731
-    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels.items()) + "}"
+# EngineStats counters by field name: (metric, help). A field not listed here is still exported,
+# as adapterhub_engine_<field>_total, so a counter the engine adds is never silently left out.
+_ENGINE_COUNTERS = {
+    "steps": ("adapterhub_decode_steps_total", "decode steps run"),
+    "prefills": ("adapterhub_prefills_total", "prefill passes run"),
+    "generated_tokens": ("adapterhub_generated_tokens_total", "tokens generated"),
+    "failed": ("adapterhub_failed_requests_total", "requests the engine ended with an error, by error code"),
+    "cancelled": ("adapterhub_cancelled_requests_total", "requests cancelled before they finished"),
+    "rejected_queue_full": ("adapterhub_queue_full_rejections_total", "requests refused because the queue was full"),
+}
+_ENGINE_HISTOGRAMS = ("batch_sizes",)  # rendered as adapterhub_batch_size
+
+_CACHE_COUNTERS = (
+    ("adapter_cache_hits_total", "adapter cache hits", "hits"),
+    ("adapter_cache_misses_total", "adapter cache misses (loads)", "misses"),
+    ("adapter_cache_evictions_total", "adapters evicted (least recently used)", "evictions"),
+    ("adapter_loads_total", "adapter loads", "loads"),
+    ("adapter_load_seconds_total", "seconds spent loading adapters", "load_seconds"),
+)
 
 
-def _num(x: float) -> str:
-    return repr(float(x)) if not float(x).is_integer() else str(int(x))
+def histogram_family(name: str, help_text: str, bounds: tuple[float, ...], counts: dict[int, int]) -> Metric:
+    """A histogram family from exact value counts (the engine counts batch sizes, not buckets)."""
+    family = HistogramMetricFamily(name, help_text)
+    buckets = [(str(b), sum(n for v, n in counts.items() if v <= b)) for b in bounds]
+    buckets.append(("+Inf", sum(counts.values())))
+    family.add_metric([], buckets, sum_value=sum(v * n for v, n in counts.items()))
+    return family
 
 
-def _family(name: str, kind: str, help_text: str) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+class EngineCollector:
+    """Engine-level figures, read from the engine at each scrape (nothing to keep in step)."""
 
+    def __init__(self, engine: Engine, lora_names: LoraNames) -> None:
+        self.engine = engine
+        self.lora_names = lora_names
 
-def _cache_lines(kind: str, stats: CacheStats) -> list[str]:
-    labels = _labels({"kind": kind})
-    return [
-        f"adapterhub_adapter_cache_hits_total{labels} {stats.hits}",
-        f"adapterhub_adapter_cache_misses_total{labels} {stats.misses}",
-        f"adapterhub_adapter_cache_evictions_total{labels} {stats.evictions}",
-        f"adapterhub_adapter_loads_total{labels} {stats.loads}",
-        f"adapterhub_adapter_load_seconds_total{labels} {_num(stats.load_seconds)}",
-    ]
-
-
-def render_metrics(engine: Engine | None, metrics: ServerMetrics) -> str:
-    """The whole Prometheus exposition: request metrics, then the engine's."""
-    out = metrics.lines()
-    if engine is not None:
-        batch = Histogram(BATCH_BUCKETS)
-        for size, n in sorted(engine.stats.batch_sizes.items()):
-            batch.observe(size, n)
-        out += _family("adapterhub_batch_size", "histogram", "rows per decode step")
-        out += batch.lines("adapterhub_batch_size", {})
-        out += _family("adapterhub_decode_steps_total", "counter", "decode steps run")
-        out += [f"adapterhub_decode_steps_total {engine.stats.steps}"]
-        caches = [("prompt_tuning", engine.soft_prompts.stats)]
-        if engine.lora_slots is not None:
-            caches.append(("lora", engine.lora_slots.stats))
-        for name, help_text in (("adapter_cache_hits_total", "adapter cache hits"),
-                                ("adapter_cache_misses_total", "adapter cache misses (loads)"),
-                                ("adapter_cache_evictions_total", "adapters evicted (least recently used)"),
-                                ("adapter_loads_total", "adapter loads"),
-                                ("adapter_load_seconds_total", "seconds spent loading adapters")):
-            out += _family("adapterhub_" + name, "counter", help_text)
-            out += [line for kind, stats in caches for line in _cache_lines(kind, stats)
-                    if line.startswith("adapterhub_" + name + "{")]
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine
+        yield histogram_family("adapterhub_batch_size", "rows per decode step", BATCH_BUCKETS,
+                               dict(engine.stats.batch_sizes))
+        yield from self._engine_counters()
+        yield from self._caches()
         resident = engine.loaded_adapters()
-        out += _family("adapterhub_adapters_resident", "gauge", "adapters loaded, by kind")
+        family = GaugeMetricFamily("adapterhub_adapters_resident", "adapters loaded, by kind", labels=["kind"])
         for kind in ("lora", "prompt_tuning"):
-            n = sum(1 for a in resident if a.get("adapter_type") == kind)
-            out.append(f"adapterhub_adapters_resident{_labels({'kind': kind})} {n}")
-        out += _family("adapterhub_running_requests", "gauge", "rows in the running batch")
-        out.append(f"adapterhub_running_requests {engine.running}")
-    return "\n".join(out) + "\n"
+            family.add_metric([kind], sum(1 for a in resident if a.get("adapter_type") == kind))
+        yield family
+        yield GaugeMetricFamily("adapterhub_running_requests", "rows in the running batch", value=engine.running)
+        yield GaugeMetricFamily("adapterhub_queued_requests", "requests waiting for a place in the batch",
+                                value=engine.queued)
+        yield from vllm_metrics.engine_families(engine, resident, self.lora_names)
+
+    def _engine_counters(self) -> Iterator[Metric]:
+        """Every counter of the stats: an int is one sample, a dict one sample per key (its ``code`` label)."""
+        stats = self.engine.stats
+        for f in dataclasses.fields(stats):
+            if f.name in _ENGINE_HISTOGRAMS:
+                continue
+            name, help_text = _ENGINE_COUNTERS.get(f.name, (f"adapterhub_engine_{f.name}_total", f"engine {f.name}"))
+            value = getattr(stats, f.name)
+            if isinstance(value, dict):
+                family = CounterMetricFamily(name, help_text, labels=["code"])
+                for key, n in sorted(value.items()):
+                    family.add_metric([str(key)], n)
+            else:
+                family = CounterMetricFamily(name, help_text, value=value)
+            yield family
+
+    def _caches(self) -> Iterator[Metric]:
+        caches: list[tuple[str, CacheStats]] = [("prompt_tuning", self.engine.soft_prompts.stats)]
+        if self.engine.lora_slots is not None:
+            caches.append(("lora", self.engine.lora_slots.stats))
+        for name, help_text, field in _CACHE_COUNTERS:
+            family = CounterMetricFamily("adapterhub_" + name, help_text, labels=["kind"])
+            for kind, stats in caches:
+                family.add_metric([kind], getattr(stats, field))
+            yield family
+
+
+class HubMetrics:
+    """A hub's requests by route (the URL rule, so the label set stays bounded), method and status."""
+
+    def __init__(self) -> None:
+        self.registry = _new_registry()
+        self.requests = Counter("adapterhub_hub_requests", "hub HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=self.registry)
+
+    def count(self, response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        self.requests.labels(rule, request.method, str(response.status_code)).inc()
+        return response
+
+
+def install_hub_metrics(app: Flask) -> None:
+    """Count every request of a hub app and serve ``/health`` and ``/metrics`` on it."""
+    metrics = HubMetrics()
+    app_state(app)["metrics"] = metrics
+    app.after_request(metrics.count)
+    app.register_blueprint(bp)
 
 
 def _rss_bytes() -> int | None:
@@ -187,18 +211,20 @@ def health_document(engine: Engine | None) -> dict[str, Any]:
         },
         "loaded_adapters": adapters,
         "running_requests": engine.running,
+        "queued_requests": engine.queued,
         "max_batch_size": engine.max_batch_size,
+        "max_queued_requests": engine.max_queued_requests,
     }
 
 
 @bp.get("/health")
 def health():
-    ext = app_state()
-    return jsonify(health_document(ext.get("engine")))
+    return jsonify(health_document(app_state().get("engine")))
 
 
 @bp.get("/metrics")
 def metrics():
-    ext = app_state()
-    text = render_metrics(ext.get("engine"), ext.setdefault("metrics", ServerMetrics()))
-    return Response(text, mimetype="text/plain; version=0.0.4")
+    state = app_state()
+    if state.get("engine") is None and "tokens" in state:  # a hub: its read rule
+        authorize(READ)
+    return Response(generate_latest(state["metrics"].registry), content_type=CONTENT_TYPE_LATEST)

@@ -25,16 +25,16 @@ from adapterhub.registry import AdapterVersion, FileEntry, LocalRegistry
 
 from .auth import READ, authorize
 from .errors import ApiError
-from .registry_api import hide_registry_path
 from .state import app_state
 
 __all__ = ["bp", "commit_id"]
 
-bp = Blueprint("hf_compat", __name__)
-bp.after_request(hide_registry_path)
+bp = Blueprint("hf_compat", __name__)  # registry_api hides the registry's path in its errors, app-wide
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})$")
+# ASCII digits and few of them, as in references: "²".isdigit() is true and int() of 5000 digits raises.
+_VERSION = re.compile(r"[0-9]{1,9}")
 _DEFAULT_BRANCH = "main"
 _LFS_POINTER_SIZE = 134  # what a git-lfs pointer file of a sha256 takes; the client only records it
 _CHUNK = 1 << 20
@@ -59,7 +59,7 @@ def _candidates(name: str, revision: str) -> list[Reference]:
         out.append(Reference(name, tag=validate_tag(revision)))
     except AdapterHubError:
         pass
-    if revision.isdigit() and int(revision) > 0:
+    if _VERSION.fullmatch(revision) and int(revision) > 0:
         out.append(Reference(name, version=int(revision)))
     m = _HEX.match(revision)
     if m:

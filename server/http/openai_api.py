@@ -8,11 +8,27 @@ valid requests. ``stream: true`` answers with server-sent events, one per genera
 
 One extension beyond OpenAI's schema: ``return_token_ids: true`` adds each choice's generated
 ``token_ids`` (the exactness tests compare them with PEFT's).
+
+Scores follow OpenAI's legacy and chat shapes as vLLM returns them: ``logprobs`` (an integer on
+completions, ``true`` plus ``top_logprobs`` on chat) reports each generated token's
+log-probability under the raw model (log-softmax of its logits before penalties and temperature,
+vLLM's default); ``echo`` on completions returns the prompt before the answer, and with
+``logprobs`` the prompt tokens' scores too (the first one ``null``), which is how evaluation
+harnesses score multiple-choice answers. A field this server does not implement (``tools``,
+``response_format``, ``suffix``...) is refused with a 400 naming it, never ignored, unless it holds
+its neutral value (``_NEUTRAL``).
+
+What a request may cost is bounded before the work (``admission``): the body size before it is
+parsed, the number of answers before any prompt is tokenized, a prompt's characters before it is
+tokenized; a full engine queue answers 429 with ``Retry-After``. A non-streamed answer whose client
+has gone is cancelled (``disconnect``), as a streamed one is when its next write fails. An answer
+that fails in the engine fails alone, with a status for its cause (``_EVENT_ERRORS``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -23,29 +39,67 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from adapterhub.errors import IncompatibleBase
 from adapterhub.server.engine.adapters.picker import check_compatible
-from adapterhub.server.engine.engine import ContextTooLong, EngineStopped
-from adapterhub.server.engine.request import GenerationRequest, SamplingParams
+from adapterhub.server.engine.engine import ContextTooLong, EngineStopped, QueueFull
+from adapterhub.server.engine.request import (
+    MAX_LOGPROBS,
+    ErrorCode,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+)
 
+from .admission import AdmissionLimits, PromptBounds
+from .disconnect import DisconnectWatcher
 from .errors import ApiError
+from .header_gate import add_gate
 from .health import ServerMetrics
+from .json_body import json_object
+from .openai_logprobs import chat_logprobs, completion_logprobs
 from .state import app_state
+from .vllm_compat import with_served_names
 
 if TYPE_CHECKING:
     from adapterhub.registry import AdapterVersion
     from adapterhub.server.engine.engine import Engine
 
-__all__ = ["bp"]
+__all__ = ["bp", "init_app", "ADMIN_ENDPOINTS"]
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
+# Views that change what the server holds for every tenant: an admin key's (``api_keys``).
+ADMIN_ENDPOINTS = frozenset({"openai.load_adapter", "openai.unload_adapter"})
 
 MAX_CHOICES = 16
 MAX_STOP = 4
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's (and vLLM's) limit for /v1/completions' integer ``logprobs``
+# The fields each endpoint reads; any other is refused, naming it, unless null or neutral.
+_COMMON_FIELDS = frozenset({"model", "stream", "stream_options", "n", "max_tokens", "max_completion_tokens",
+                            "temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty",
+                            "logit_bias", "logprobs", "user", "return_token_ids"})
+_COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo"}
+_CHAT_FIELDS = _COMMON_FIELDS | {"messages", "top_logprobs"}
+# Unimplemented fields whose value asks for nothing (what some clients send by default).
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "tools": ([],), "functions": ([],), "tool_choice": ("none",), "function_call": ("none",),
+    "response_format": ({"type": "text"},), "suffix": ("",), "best_of": (1,),
+}
 _MISSING = object()
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 # --- plumbing ------------------------------------------------------------------------------------
+
+
+def init_app(app: Any, engine: Engine, limits: AdmissionLimits) -> None:
+    """Register the views with ``limits`` applied to ``engine``'s tokenizer and context."""
+    state = app_state(app)
+    state["limits"] = limits
+    state["prompt_bounds"] = PromptBounds(limits, engine.tokenizer, engine.context_length)
+    state["disconnects"] = DisconnectWatcher()
+    # The server reads no more of a /v1 body than the limit (the view then answers 413 from its headers).
+    add_gate(app, lambda method, path, headers: limits.max_body_bytes if path.startswith(bp.url_prefix) else None)
+    app.register_blueprint(bp)
 
 
 def _engine() -> Engine:
@@ -56,7 +110,7 @@ def _engine() -> Engine:
 
 
 def _metrics() -> ServerMetrics:
-    return app_state().setdefault("metrics", ServerMetrics())
+    return app_state()["metrics"]
 
 
 @bp.after_request
@@ -65,11 +119,13 @@ def _count(response: Response) -> Response:
     return response
 
 
+def _bounds() -> PromptBounds:
+    return app_state()["prompt_bounds"]
+
+
 def _body() -> dict[str, Any]:
-    data = request.get_json(force=True, silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
-    return data
+    app_state()["limits"].check_body(request.content_length)
+    return json_object()
 
 
 def _field(body: dict[str, Any], key: str, types: type | tuple[type, ...], what: str, default: Any = _MISSING) -> Any:
@@ -87,12 +143,35 @@ def _field(body: dict[str, Any], key: str, types: type | tuple[type, ...], what:
 
 def _resolve(engine: Engine, body: dict[str, Any]) -> AdapterVersion | None:
     model = _field(body, "model", str, "a string (an adapter reference or the base model's name)")
-    version = engine.resolve(model)
+    version = engine.resolve(app_state()["lora_names"].target(model))  # a vLLM served name, else a reference
     g.adapter_label = "base" if version is None else version.ref
     return version
 
 
-def _sampling(body: dict[str, Any], *, max_tokens: int) -> SamplingParams:
+def _refuse_unsupported(body: dict[str, Any], supported: frozenset[str]) -> None:
+    """A field the endpoint does not implement is a 400 naming it: a client relying on it must
+    not get an answer that silently ignored it."""
+    for key, value in body.items():
+        if key not in supported and value is not None and value not in _NEUTRAL.get(key, ()):
+            raise ApiError(400, f"'{key}' is not supported by this server", code="unsupported_field")
+
+
+def _logit_bias(body: dict[str, Any], vocab: int) -> dict[int, float]:
+    """``logit_bias`` as OpenAI sends it (token ids as JSON object keys), ids checked against the vocabulary."""
+    bias = _field(body, "logit_bias", dict, "an object mapping token ids to numbers", {})
+    out = {}
+    for key, value in bias.items():
+        if not key.isdigit() or int(key) >= vocab:
+            raise ApiError(400, f"'logit_bias' keys must be token ids in [0, {vocab}), got {key[:32]!r}",
+                           code="invalid_value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ApiError(400, "'logit_bias' values must be numbers", code="invalid_type")
+        out[int(key)] = value
+    return out
+
+
+def _sampling(body: dict[str, Any], *, max_tokens: int, vocab: int, logprobs: int | None,
+              prompt_logprobs: int | None) -> SamplingParams:
     stop = body.get("stop")
     if stop is None:
         stop = []
@@ -107,6 +186,11 @@ def _sampling(body: dict[str, Any], *, max_tokens: int) -> SamplingParams:
             top_p=_field(body, "top_p", (int, float), "a number", 1.0),
             seed=_field(body, "seed", int, "an integer", None),
             stop=tuple(s for s in stop if s),
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            presence_penalty=_field(body, "presence_penalty", (int, float), "a number", 0.0),
+            frequency_penalty=_field(body, "frequency_penalty", (int, float), "a number", 0.0),
+            logit_bias=_logit_bias(body, vocab),
         )
     except ValueError as e:
         raise ApiError(400, str(e), code="invalid_value") from None
@@ -133,6 +217,7 @@ def _n(body: dict[str, Any]) -> int:
 def _check_ids(ids: list[int], vocab: int) -> list[int]:
     if not ids:
         raise ApiError(400, "the prompt is empty", code="invalid_value")
+    _bounds().check_tokens(len(ids), "the prompt")
     if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in ids):
         raise ApiError(400, f"token ids must be integers in [0, {vocab})", code="invalid_value")
     return ids
@@ -151,11 +236,20 @@ class _Choice:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+
+def _cancel(choices: list[_Choice]) -> None:
+    for c in choices:
+        c.request.stream.cancel()
 
 
 def _submit(engine: Engine, version: AdapterVersion | None, prompts: list[list[int]], params: SamplingParams,
             n: int) -> list[_Choice]:
-    """Queue ``n`` answers per prompt; all or nothing (a failure cancels those already queued)."""
+    """Queue ``n`` answers per prompt; all or nothing (a failure cancels those already queued).
+
+    The j-th answer's seed is ``seed + j`` (the engine reduces seeds modulo 2**64)."""
     for ids in prompts:
         try:
             engine.check_fits(len(ids), version, params.max_tokens)
@@ -168,32 +262,59 @@ def _submit(engine: Engine, version: AdapterVersion | None, prompts: list[list[i
                 p = params if params.seed is None else replace(params, seed=params.seed + j)
                 choices.append(_Choice(engine.submit(ids, p, version)))
     except EngineStopped as e:
-        for c in choices:
-            c.request.stream.cancel()
+        _cancel(choices)
         raise ApiError(503, str(e), code="shutting_down") from None
+    except QueueFull as e:
+        _cancel(choices)
+        raise ApiError(429, str(e), code="queue_full", type_="rate_limit_error",
+                       headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}) from None
     except BaseException:
-        for c in choices:
-            c.request.stream.cancel()
+        _cancel(choices)
         raise
     return choices
 
 
-def _events(choice: _Choice, label: str, metrics: ServerMetrics) -> Iterator[tuple[str, int | None]]:
-    """Consume one answer's events, yielding (text, token id); fills ``choice`` and records metrics.
+# An answer the engine ended with an error: the status its cause deserves. Non-finite logits come
+# from the adapter the request chose (a scale or weights that overflow), not from the server: 422.
+# A sampling or detokenizing failure once the parameters passed validation is a defect of ours
+# (or of the tokenizer we ship), so it stays a 500 that monitoring should see, never blamed on
+# the client; requests whose own values are unsafe are refused with a 400 before they run.
+_EVENT_ERRORS: dict[str, tuple[int, str]] = {
+    ErrorCode.NON_FINITE_LOGITS: (422, "the model produced non-finite logits for this request (check the "
+                                       "adapter's weights and scale)"),
+    ErrorCode.SHUTTING_DOWN: (503, "the server is shutting down"),
+    ErrorCode.SAMPLING_FAILED: (500, "sampling the next token failed"),
+    ErrorCode.DETOKENIZE_FAILED: (500, "turning the tokens into text failed"),
+    ErrorCode.INTERNAL_ERROR: (500, "generation failed"),
+}
+
+
+def _event_error(event: TokenEvent) -> ApiError:
+    code = event.error_code or ErrorCode.INTERNAL_ERROR
+    status, what = _EVENT_ERRORS.get(code, _EVENT_ERRORS[ErrorCode.INTERNAL_ERROR])
+    return ApiError(status, f"{what}: {event.error}", code=str(code))
+
+
+def _events(choice: _Choice, label: str, metrics: ServerMetrics) -> Iterator[TokenEvent]:
+    """Consume one answer's events, yielding each; fills ``choice`` and records metrics.
 
     Streaming responses run this after the view returned (outside the app context), so the
     metrics object is passed in rather than looked up."""
     req = choice.request
     for event in req.stream:
         if event.error is not None:
-            raise ApiError(500, f"generation failed: {event.error}", code="generation_failed")
+            raise _event_error(event)
         if event.token_id is not None:
             choice.token_ids.append(event.token_id)
+        if event.logprob is not None:
+            choice.logprobs.append(event.logprob)
+        if event.prompt_logprobs is not None:
+            choice.prompt_logprobs = event.prompt_logprobs
         choice.text += event.text
         if event.finish_reason is not None:
             choice.finish_reason = event.finish_reason
             choice.prompt_tokens, choice.completion_tokens = event.prompt_tokens, event.completion_tokens
-        yield event.text, event.token_id
+        yield event
     stream = req.stream
     metrics.observe_generation(
         label,
@@ -201,6 +322,7 @@ def _events(choice: _Choice, label: str, metrics: ServerMetrics) -> Iterator[tup
         completion_tokens=choice.completion_tokens,
         latency_s=(stream.finished_at or time.monotonic()) - req.submitted_at,
         ttft_s=None if stream.first_token_at is None else stream.first_token_at - req.submitted_at,
+        finish_reason=choice.finish_reason,
     )
 
 
@@ -212,19 +334,25 @@ def _usage(choices: list[_Choice], n: int) -> dict[str, int]:
 
 
 def _sse(chunks: Iterator[dict[str, Any]], choices: list[_Choice]) -> Response:
+    """The event stream of ``chunks``. The client's connection is watched from the start (taken
+    here, in the view, where the WSGI environ is at hand): a streamed answer still waiting in the
+    queue writes nothing, so a failed write would notice a departed client only once it ran."""
+    watcher = app_state()["disconnects"]
+    gone = request.environ.get("waitress.client_disconnected")
+
     def generate() -> Iterator[str]:
         done = False
         try:
-            for chunk in chunks:
-                yield f"data: {json.dumps(chunk)}\n\n"
-            yield "data: [DONE]\n\n"
-            done = True
+            with watcher.watch(gone, lambda: _cancel(choices)):
+                for chunk in chunks:
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                yield "data: [DONE]\n\n"
+                done = True
         except ApiError as e:
             yield f"data: {json.dumps(e.to_dict())}\n\n"
         finally:
             if not done:  # the client went away (or generation failed): stop decoding for it
-                for c in choices:
-                    c.request.stream.cancel()
+                _cancel(choices)
 
     return Response(generate(), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -251,18 +379,26 @@ class _Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def drain(self) -> None:
-        _drain(self.choices, self.label, self.metrics)
+        """Wait for every answer, cancelling them all if one fails or the client goes away."""
+        try:
+            with app_state()["disconnects"].watch(request.environ.get("waitress.client_disconnected"),
+                                                  lambda: _cancel(self.choices)):
+                _drain(self.choices, self.label, self.metrics)
+        except BaseException:
+            _cancel(self.choices)
+            raise
 
     def usage(self) -> dict[str, int]:
         return _usage(self.choices, self.n)
 
 
-def _start(engine: Engine, body: dict[str, Any], version: AdapterVersion | None, prompts: list[list[int]], *,
-           token_keys: tuple[str, ...], default_tokens: int | None) -> _Job:
+def _start(engine: Engine, body: dict[str, Any], version: AdapterVersion | None, prompts: list[list[int]], n: int,
+           *, default_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None) -> _Job:
     """Read the sampling and response options both endpoints take, and queue the answers."""
     room = engine.context_length - max(len(p) for p in prompts) - engine.virtual_tokens(version)
-    params = _sampling(body, max_tokens=_max_tokens(body, token_keys, default_tokens, room))
-    n = _n(body)
+    max_tokens = _max_tokens(body, ("max_completion_tokens", "max_tokens"), default_tokens, room)
+    params = _sampling(body, max_tokens=max_tokens, vocab=engine.vocab_size, logprobs=logprobs,
+                       prompt_logprobs=prompt_logprobs)
     stream = _field(body, "stream", bool, "a boolean", False)
     want_ids = _field(body, "return_token_ids", bool, "a boolean", False)
     want_usage = _want_usage(body)
@@ -274,54 +410,96 @@ def _start(engine: Engine, body: dict[str, Any], version: AdapterVersion | None,
 # --- /v1/completions -----------------------------------------------------------------------------
 
 
-def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int) -> list[list[int]]:
+def _encode_text(tokenizer: Any, text: str, vocab: int, **kwargs: Any) -> list[int]:
+    """Tokenize a prompt text, refused first if it is too long to fit in any case."""
+    _bounds().check_chars(len(text), "the prompt")
+    return _check_ids(tokenizer.encode(text, **kwargs), vocab)
+
+
+def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int, n: int) -> list[tuple[list[int], str]]:
+    """The prompts as (token ids, text as sent or decoded); their count (times ``n``) is checked
+    before any is tokenized."""
     prompt = body.get("prompt")
+    limits = app_state()["limits"]
     if isinstance(prompt, str):
-        return [_check_ids(tokenizer.encode(prompt), vocab)]
+        limits.check_generations(1, n)
+        return [(_encode_text(tokenizer, prompt, vocab), prompt)]
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-            return [_check_ids(list(prompt), vocab)]
+            prompt = [prompt]  # one prompt of token ids
         if all(isinstance(p, str) for p in prompt):
-            return [_check_ids(tokenizer.encode(p), vocab) for p in prompt]
+            limits.check_generations(len(prompt), n)
+            return [(_encode_text(tokenizer, p, vocab), p) for p in prompt]
         if all(isinstance(p, list) for p in prompt):
-            return [_check_ids(list(p), vocab) for p in prompt]
+            limits.check_generations(len(prompt), n)
+            return [(ids, tokenizer.decode(ids)) for ids in (_check_ids(list(p), vocab) for p in prompt)]
     raise ApiError(400, "'prompt' must be a string, a list of strings, or token ids", code="invalid_type")
+
+
+def _top_k(body: dict[str, Any], key: str, most: int) -> int | None:
+    value = _field(body, key, int, f"an integer between 0 and {most}", None)
+    if value is not None and not 0 <= value <= most:
+        raise ApiError(400, f"'{key}' must be an integer between 0 and {most}, got {value}", code="invalid_value")
+    return value
+
+
+def _decoder(tokenizer: Any) -> Callable[[int], str]:
+    return lambda token_id: tokenizer.decode([token_id])
 
 
 @bp.post("/completions")
 def completions():
     engine = _engine()
     body = _body()
+    _refuse_unsupported(body, _COMPLETION_FIELDS)
     version = _resolve(engine, body)
-    prompts = _completion_prompts(body, engine.tokenizer, engine.vocab_size)
-    job = _start(engine, body, version, prompts, token_keys=("max_tokens",), default_tokens=DEFAULT_COMPLETION_TOKENS)
+    n = _n(body)
+    logprobs = _top_k(body, "logprobs", MAX_COMPLETION_LOGPROBS)
+    echo = _field(body, "echo", bool, "a boolean", False)
+    prompts = _completion_prompts(body, engine.tokenizer, engine.vocab_size, n)
+    job = _start(engine, body, version, [ids for ids, _ in prompts], n, default_tokens=DEFAULT_COMPLETION_TOKENS,
+                 logprobs=logprobs, prompt_logprobs=logprobs if echo else None)
     head = {"id": f"cmpl-{job.id}", "object": "text_completion", **job.head}
+    decode, offsets = _decoder(engine.tokenizer), [0] * len(job.choices)
+
+    def choice_of(i: int, c: _Choice, text: str, steps: list[tuple[int, TokenLogprob | None]],
+                  first: bool) -> dict[str, Any]:
+        """One choice (or one streamed piece of it); with ``echo`` its first piece starts with the prompt."""
+        if echo and first:
+            ids, prompt_text = prompts[i // n]
+            text = prompt_text + text
+            steps = [*zip(ids, c.prompt_logprobs or [None] * len(ids)), *steps]
+        scores = None
+        if logprobs is not None:
+            scores = completion_logprobs(decode, steps, offsets[i])
+            offsets[i] += sum(map(len, scores["tokens"]))
+        return {"index": i, "text": text, "logprobs": scores, "finish_reason": c.finish_reason}
 
     if not job.stream:
         job.drain()
         return jsonify({**head, "choices": [
-            {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason,
+            {**choice_of(i, c, c.text, list(zip(c.token_ids, c.logprobs)), True),
              **({"token_ids": c.token_ids} if job.want_ids else {})}
             for i, c in enumerate(job.choices)], "usage": job.usage()})
 
-    return _stream(job, head, choice_of=lambda i, c, text: {"index": i, "text": text, "logprobs": None,
-                                                            "finish_reason": c.finish_reason})
+    return _stream(job, head, choice_of=lambda i, c, event, first: choice_of(
+        i, c, event.text, [] if event.token_id is None else [(event.token_id, event.logprob)], first))
 
 
-def _stream(job: _Job, head: dict[str, Any], *, choice_of: Callable[[int, _Choice, str], dict[str, Any]],
+def _stream(job: _Job, head: dict[str, Any], *, choice_of: Callable[[int, _Choice, TokenEvent, bool], dict[str, Any]],
             opening: Callable[[int], dict[str, Any]] | None = None) -> Response:
     """The SSE response both endpoints stream: per choice an optional opening chunk, then one
-    chunk per token event (``choice_of`` shapes it; token ids added when asked), and a last
-    usage chunk when asked."""
+    chunk per token event (``choice_of`` shapes it, told whether it is the choice's first; token
+    ids added when asked), and a last usage chunk when asked."""
 
     def chunks() -> Iterator[dict[str, Any]]:
         for i, c in enumerate(job.choices):
             if opening is not None:
                 yield {**head, "choices": [opening(i)]}
-            for text, token in _events(c, job.label, job.metrics):
-                choice = choice_of(i, c, text)
+            for j, event in enumerate(_events(c, job.label, job.metrics)):
+                choice = choice_of(i, c, event, j == 0)
                 if job.want_ids:
-                    choice["token_ids"] = [] if token is None else [token]
+                    choice["token_ids"] = [] if event.token_id is None else [event.token_id]
                 yield {**head, "choices": [choice]}
         if job.want_usage:
             yield {**head, "choices": [], "usage": job.usage()}
@@ -339,7 +517,7 @@ def _drain(choices: list[_Choice], label: str, metrics: ServerMetrics) -> None:
 # --- /v1/chat/completions ------------------------------------------------------------------------
 
 
-def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int) -> list[int]:
+def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int) -> list[int]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", code="invalid_type")
@@ -356,32 +534,51 @@ def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int) -> list[int]:
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string", code="invalid_type")
         clean.append({"role": m["role"], "content": content})
+    app_state()["limits"].check_generations(1, n)
+    _bounds().check_chars(sum(len(m["content"]) for m in clean), "the conversation")  # before templating it
     if getattr(tokenizer, "chat_template", None) is None:
         raise ApiError(400, "the base model has no chat template; use /v1/completions", code="no_chat_template")
     text = tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=False)
-    return _check_ids(tokenizer.encode(text, add_special_tokens=False), vocab)
+    return _encode_text(tokenizer, text, vocab, add_special_tokens=False)
+
+
+def _chat_top_logprobs(body: dict[str, Any]) -> int | None:
+    """Chat's ``logprobs: true`` with ``top_logprobs`` alternatives (0 when absent); ``None`` when not asked."""
+    wanted = _field(body, "logprobs", bool, "a boolean", False)
+    top = _top_k(body, "top_logprobs", MAX_LOGPROBS)
+    if top is not None and not wanted:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", code="invalid_value")
+    return (top or 0) if wanted else None
 
 
 @bp.post("/chat/completions")
 def chat_completions():
     engine = _engine()
     body = _body()
+    _refuse_unsupported(body, _CHAT_FIELDS)
     version = _resolve(engine, body)
-    prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size)
-    job = _start(engine, body, version, [prompt], token_keys=("max_completion_tokens", "max_tokens"),
-                 default_tokens=None)
+    n = _n(body)
+    top_logprobs = _chat_top_logprobs(body)
+    prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size, n)
+    job = _start(engine, body, version, [prompt], n, default_tokens=None, logprobs=top_logprobs)
     head = {"id": f"chatcmpl-{job.id}", **job.head}
+    decode = _decoder(engine.tokenizer)
+
+    def scores(found: list[TokenLogprob]) -> dict[str, Any] | None:
+        return None if top_logprobs is None else chat_logprobs(decode, found)
 
     if not job.stream:
         job.drain()
         return jsonify({**head, "object": "chat.completion", "choices": [
-            {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
+            {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": scores(c.logprobs),
              "finish_reason": c.finish_reason, **({"token_ids": c.token_ids} if job.want_ids else {})}
             for i, c in enumerate(job.choices)], "usage": job.usage()})
 
     return _stream(job, {**head, "object": "chat.completion.chunk"},
-                   choice_of=lambda i, c, text: {"index": i, "delta": {"content": text} if text else {},
-                                                 "logprobs": None, "finish_reason": c.finish_reason},
+                   choice_of=lambda i, c, event, first: {
+                       "index": i, "delta": {"content": event.text} if event.text else {},
+                       "logprobs": scores([] if event.logprob is None else [event.logprob]),
+                       "finish_reason": c.finish_reason},
                    opening=lambda i: {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                       "finish_reason": None})
 
@@ -402,12 +599,10 @@ def models():
     g.adapter_label = "base"
     data = [{"id": engine.base_name, "object": "model", "created": 0, "owned_by": "adapterhub",
              "root": engine.base_name, "parent": None, "loaded": True, "quantization": engine.loaded.quantize}]
-    latest: dict[str, AdapterVersion] = {}
-    for version in engine.registry.list():
-        if version.adapter_type in ("lora", "prompt_tuning") and (
-                version.name not in latest or "latest" in version.tags):
-            latest[version.name] = version
-    for name, version in sorted(latest.items()):
+    for version in engine.registry.list(tag="latest"):  # one row per name, read from the index
+        if version.adapter_type not in ("lora", "prompt_tuning"):
+            continue
+        name = version.name
         try:
             check_compatible(version, engine.loaded.info)
         except IncompatibleBase:
@@ -415,6 +610,7 @@ def models():
         data.append({"id": name, "object": "model", "created": _created(version), "owned_by": "adapterhub",
                      "root": version.ref, "parent": engine.base_name, "adapter_type": version.adapter_type,
                      "version": version.version, "loaded": engine.is_loaded(version.ref)})
+    data = with_served_names(data, app_state()["lora_names"])  # vLLM's served LoRA names
     return jsonify({"object": "list", "data": data})
 
 

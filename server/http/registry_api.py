@@ -13,27 +13,33 @@ Objects are named by digest and file names are checked against a strict alphabet
 named by a filesystem path is refused unless the app allows it (``ALLOW_LOCAL_BASES``), so no
 request can name a path outside the registry folder. Downloads (``GET /api/objects/sha256/<digest>``)
 honour ``Range`` so interrupted pulls resume.
+
+Writes are refused from their headers before their bodies are read (``header_gate``): a request
+without a write token, or declaring more bytes than the route takes, costs the hub its headers
+only, and a chunked body is cut off at the route's limit. No answer names a path of the hub's
+machine: error messages read "this hub" for the registry folder (on every route of the app) and
+"the pushed adapter" for the folder a commit is checked in.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
 from adapterhub.adapter_folder import read_adapter_folder
-from adapterhub.errors import InvalidAdapter, InvalidName
+from adapterhub.errors import AdapterHubError, InvalidAdapter, InvalidName
 from adapterhub.refs import validate_name
 from adapterhub.registry import LocalRegistry
 from adapterhub.remote import check_file_name
 
-from .auth import READ, WRITE, authorize
+from .auth import READ, WRITE, authorize, check_credentials
 from .errors import ApiError
+from .header_gate import add_gate
+from .json_body import json_object
 from .state import app_state
 
 __all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "ALLOW_LOCAL_BASES", "hide_registry_path"]
@@ -48,6 +54,7 @@ ALLOW_LOCAL_BASES = "ALLOW_LOCAL_BASES"
 _DEFAULT_MAX_OBJECT = 4 << 30
 _DEFAULT_MAX_JSON = 1 << 20
 _MAX_FILES = 32
+MAX_PAGE = 1000  # most versions one GET /api/versions answers; `next` is the cursor of the rest
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -57,16 +64,26 @@ def _registry() -> LocalRegistry:
 
 def hide_registry_path(response: Response) -> Response:
     """Hub errors name the registry folder (they are written for local users); a hub's clients
-    read "this hub" instead, so no error reveals where the hub keeps its files."""
-    if response.status_code >= 400 and response.mimetype == "application/json":
-        root = str(_registry().root)
-        body = response.get_data(as_text=True)
-        if root in body:
-            response.set_data(body.replace(root, "this hub"))
+    read "this hub" instead, so no error reveals where the hub keeps its files. ``create_app``
+    registers it for every route of any app over a registry folder, serving or hub."""
+    registry = app_state().get("registry")
+    if response.status_code < 400 or response.mimetype != "application/json" or not isinstance(registry, LocalRegistry):
+        return response
+    try:
+        doc = json.loads(response.get_data())
+        message = doc["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response
+    if not isinstance(message, str):
+        return response
+    hidden = message
+    for root in {str(registry.root), os.path.abspath(registry.root), os.path.realpath(registry.root)}:
+        hidden = hidden.replace(root, "this hub")
+    if hidden != message:
+        doc["error"]["message"] = hidden
+        response.set_data(json.dumps(doc))
     return response
 
-
-bp.after_request(hide_registry_path)
 
 
 def _check_digest(digest: Any) -> str:
@@ -87,10 +104,7 @@ def _json_body() -> dict[str, Any]:
     limit = current_app.config.get(MAX_JSON_BYTES, _DEFAULT_MAX_JSON)
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body over {limit} bytes", code="too_large")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "expected a JSON object body", code="invalid_json")
-    return body
+    return json_object()
 
 
 def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -107,13 +121,29 @@ def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
 def list_versions():
     authorize(READ)
     args = request.args
+    limit = _count(args, "limit", MAX_PAGE)
     found = _registry().list(
         base=args.get("base") or None,
         task=args.get("task") or None,
         adapter_type=args.get("type") or None,
         name=args.get("name") or None,
+        tag=args.get("tag") or None,
+        limit=limit + 1,
+        offset=_count(args, "offset", 0),
+        after=args.get("after") or None,
     )
-    return jsonify({"versions": [v.to_json() for v in found]})
+    more, found = len(found) > limit, found[:limit]
+    return jsonify({"versions": [v.to_json() for v in found], "next": found[-1].ref if more else None})
+
+
+def _count(args: Any, key: str, default: int) -> int:
+    """A page parameter: a count, the page size at most MAX_PAGE (one answer stays bounded)."""
+    raw = args.get(key)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        raise ApiError(400, f"{key} must be a count", code="invalid_field")
+    return min(int(raw), MAX_PAGE) if key == "limit" else int(raw)
 
 
 @bp.get("/versions/<path:ref>")
@@ -174,20 +204,16 @@ def _manifest(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _staged_folder(registry: LocalRegistry, files: list[dict[str, Any]]) -> Path:
-    """A temporary folder of links to the stored objects, laid out as the pushed adapter folder."""
+def _check_objects(registry: LocalRegistry, files: list[dict[str, Any]]) -> None:
+    """Every object of the manifest is stored, with the size the manifest gives."""
     missing = [f["sha256"] for f in files if not registry.store.has(f["sha256"])]
     if missing:
         raise ApiError(409, f"upload these objects first: {', '.join(missing)}", code="objects_missing")
-    folder = Path(tempfile.mkdtemp(prefix="adapterhub-commit-"))
     for f in files:
-        obj = registry.object_path(f["sha256"])
-        if obj.stat().st_size != f["size"]:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise ApiError(400, f"{f['path']}: object has {obj.stat().st_size} bytes, manifest says {f['size']}",
+        size = registry.object_path(f["sha256"]).stat().st_size
+        if size != f["size"]:
+            raise ApiError(400, f"{f['path']}: object has {size} bytes, manifest says {f['size']}",
                            code="invalid_manifest")
-        os.symlink(obj, folder / f["path"])
-    return folder
 
 
 def _check_base(base: str | None) -> None:
@@ -217,28 +243,38 @@ def commit_version(name: str):
     body = _json_body()
     files = _manifest(body)
     registry = _registry()
-    folder = _staged_folder(registry, files)
-    try:
-        adapter = read_adapter_folder(folder)
-        extra = sorted({f["path"] for f in files} - set(adapter.files))
-        if extra:
-            raise InvalidAdapter(f"not part of a PEFT adapter folder: {', '.join(extra)}")
-        base = _field(body, "base", (str, type(None)), None)
-        _check_base(base or adapter.base_model)
-        version = registry.push(
-            folder,
-            name=name,
-            task=_field(body, "task", str, ""),
-            base=base,
-            tags=_field(body, "tags", list, []),
-            description=_field(body, "description", str, ""),
-            metrics=_field(body, "metrics", dict, {}),
-            lineage=_lineage(body),
-            training=_field(body, "training", (dict, type(None)), None),
-        )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    _check_objects(registry, files)
+    with registry.store.staged({f["path"]: f["sha256"] for f in files}) as folder:
+        try:
+            adapter = read_adapter_folder(folder)
+            extra = sorted({f["path"] for f in files} - set(adapter.files))
+            if extra:
+                raise InvalidAdapter(f"not part of a PEFT adapter folder: {', '.join(extra)}")
+            base = _field(body, "base", (str, type(None)), None)
+            _check_base(base or adapter.base_model)
+            version = registry.push(
+                folder,
+                name=name,
+                task=_field(body, "task", str, ""),
+                base=base,
+                tags=_field(body, "tags", list, []),
+                description=_field(body, "description", str, ""),
+                metrics=_field(body, "metrics", dict, {}),
+                lineage=_lineage(body),
+                training=_field(body, "training", (dict, type(None)), None),
+            )
+        except AdapterHubError as e:
+            raise _without_folder(e, str(folder)) from None
     return jsonify(version.to_json()), 201
+
+
+def _without_folder(error: AdapterHubError, folder: str) -> AdapterHubError:
+    """The same error, naming "the pushed adapter" instead of the hub's temporary folder."""
+    message = str(error)
+    if folder not in message:
+        return error
+    error.args = (message.replace(folder, "the pushed adapter"),) + error.args[1:]
+    return error
 
 
 # --- other writes ----------------------------------------------------------------------------
@@ -252,6 +288,17 @@ def tag_version():
     if ref is None or tag is None:
         raise InvalidName("give 'ref' and 'tag'")
     return jsonify(_registry().tag(ref, tag).to_json())
+
+
+@bp.delete("/tags")
+def untag_version():
+    """Remove a tag, keeping its version: ``{"ref": "name:tag"}`` or ``{"ref": REF, "tag": TAG}``."""
+    authorize(WRITE)
+    body = _json_body()
+    ref, tag = _field(body, "ref", str, None), _field(body, "tag", (str, type(None)), None)
+    if ref is None:
+        raise InvalidName("give 'ref' (name:tag), or 'ref' and 'tag'")
+    return jsonify(_registry().untag(ref, tag).to_json())
 
 
 @bp.patch("/versions/<path:ref>/metrics")
@@ -272,3 +319,31 @@ def remove_version(ref: str):
 def verify():
     authorize(WRITE)  # re-hashes every object: not for anonymous callers
     return jsonify(_registry().verify().to_dict())
+
+
+# --- the header gate -------------------------------------------------------------------------
+
+_BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def _body_limit(app: Flask, method: str, path: str, headers: Mapping[str, str]) -> int | None:
+    """How many body bytes a hub write may send, decided from its headers (see ``header_gate``):
+    0 when its token is missing or short of write scope, or a chunked object upload (which needs
+    a Content-Length); otherwise the route's size limit. None for every other request."""
+    if method not in _BODY_METHODS or not path.startswith(bp.url_prefix + "/"):
+        return None
+    try:
+        check_credentials(app_state(app)["tokens"], headers.get("authorization"), WRITE, required=True)
+    except AdapterHubError:
+        return 0
+    if method == "PUT" and path.startswith(bp.url_prefix + "/objects/"):
+        if "content-length" not in headers:
+            return 0
+        return app.config.get(MAX_OBJECT_BYTES, _DEFAULT_MAX_OBJECT)
+    return app.config.get(MAX_JSON_BYTES, _DEFAULT_MAX_JSON)
+
+
+@bp.record_once
+def _install_gate(state) -> None:
+    app = state.app
+    add_gate(app, lambda method, path, headers: _body_limit(app, method, path, headers))

@@ -58,14 +58,22 @@ def _groups(versions: list[AdapterVersion]) -> list[dict[str, Any]]:
     ]
 
 
+# Versions per page: the page reads one page of the index, however many versions the hub holds.
+PAGE = 500
+
+
 @bp.get("/")
 def index():
     authorize(READ)
-    versions = app_state()["registry"].list()
+    after = request.args.get("after") or None
+    versions = app_state()["registry"].list(limit=PAGE + 1, after=after)
+    more = len(versions) > PAGE
+    versions = versions[:PAGE]
     return render_template(
         "hub.html",
         groups=_groups(versions),
         count=len({v.name for v in versions}),
         hub_url=request.host_url.rstrip("/"),
         size=_size,
+        next_page=f"{versions[-1].name}@{versions[-1].version}" if more else None,
     )

@@ -1,21 +1,54 @@
 """Serve any WSGI app with waitress: blocking for the CLI, in a background thread for tests and benches.
 
 Waitress is a production server in pure Python (threads, no fork), so it runs the same on every
-development machine and keeps one process holding the one model. It buffers each request body
-(spilling to a temporary file past ``inbuf_overflow``) before the app sees it, and refuses bodies
-over ``max_request_body_size`` with 413 on its own.
+development machine and keeps one process holding the one model. Its design already suits hostile
+clients better than a thread-per-connection server: connections live in one event loop and a worker
+thread is taken only once a whole request (headers and body) has arrived, so idle and slow clients
+cost a file descriptor, never a thread. What starves real clients under its defaults is the
+connection limit (100) and ``select``'s 1024-descriptor ceiling, so this module raises the limit to
+what the process may open, polls with ``poll``, closes idle connections sooner, and adds what
+waitress lacks: a deadline for receiving a request (headers within ``REQUEST_HEADER_TIMEOUT_S``,
+the body at no less than ``MIN_BODY_BYTES_PER_S`` after that), so a client trickling bytes cannot
+hold a connection for ever. Connections parse requests with the app's header gate
+(``header_gate``), so a route can refuse a body from its headers before a byte of it is read. Its
+own errors (a body over ``max_request_body_size``, a malformed
+request) leave as the JSON error shape every other answer uses, and bodies over the limit are
+refused from their ``Content-Length`` before they are read.
+
+Memory: glibc's allocator keeps what a large request freed. Its mmap threshold rises to the size
+of the last large block freed, so the next ones come from heaps it rarely returns (each refused
+10 MB prompt left 10 MB behind), and every worker thread may get an arena of its own, whose heaps
+held 20 MB more per refused request as requests moved between threads. So the server caps the
+arenas its threads may create (``M_ARENA_MAX``, as ``MALLOC_ARENA_MAX`` would) and, after a request
+whose body was large, asks the allocator to give free memory back (``malloc_trim``: a few
+milliseconds, only then). Elsewhere than glibc both are no-ops.
+
+``channel_request_lookahead=1`` keeps reading a connection while its request runs, so the app can
+see a client that has gone (``environ["waitress.client_disconnected"]``) and stop generating for it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import json
 import logging
+import os
+import resource
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from waitress.server import create_server
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask
 
-__all__ = ["run", "start_in_thread", "ServerHandle", "DEFAULT_THREADS"]
+from .header_gate import parser_for
+
+__all__ = ["run", "start_in_thread", "ServerHandle", "DEFAULT_THREADS", "CONNECTION_LIMIT", "CHANNEL_TIMEOUT_S",
+           "REQUEST_HEADER_TIMEOUT_S", "MIN_BODY_BYTES_PER_S"]
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +57,146 @@ _GIB = 1 << 30
 # Waitress moves 8 KB per recv and 18 KB per send by default: fine for JSON, a syscall storm
 # for 100 MB uploads and downloads through its event loop. 256 KB keeps per-call overhead low.
 _SOCKET_CHUNK = 256 << 10
+CONNECTION_LIMIT = 4096  # capped by the process's descriptor limit (see _connection_limit)
+CHANNEL_TIMEOUT_S = 30  # an idle keep-alive connection is closed after this long
+CLEANUP_INTERVAL_S = 2  # how often idle and overdue connections are looked for
+REQUEST_HEADER_TIMEOUT_S = 30  # from a request's first byte to its last header line
+MIN_BODY_BYTES_PER_S = 64 << 10  # after the headers, the body gets this rate (plus the header timeout)
+_SPARE_DESCRIPTORS = 256  # kept for files, the model, the registry and waitress's own trigger
+TRIM_AFTER_BODY_BYTES = 1 << 20  # a request body this large is followed by malloc_trim
+MALLOC_ARENAS = 2  # arenas the HTTP threads share (glibc's default allows 8 per core)
+_M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
 
 
-def _create(app: Callable, host: str, port: int, threads: int, max_request_body_size: int, **adjustments: Any):
-    return create_server(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        max_request_body_size=max_request_body_size,
-        ident="adapterhub",
-        **({"recv_bytes": _SOCKET_CHUNK, "send_bytes": _SOCKET_CHUNK} | adjustments),
-    )
+def _connection_limit(wanted: int) -> int:
+    """``wanted``, raising the soft descriptor limit toward the hard one if needed, never above it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + _SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else max(1, min(wanted, soft - _SPARE_DESCRIPTORS))
+
+
+def _glibc_function(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """A function of glibc's allocator, or ``None`` where the C library has none (macOS, musl)."""
+    try:
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
+def _malloc_trim() -> Callable[[], None]:
+    trim = _glibc_function("malloc_trim", [ctypes.c_size_t])
+    return (lambda: None) if trim is None else (lambda: trim(0))
+
+
+def _cap_malloc_arenas() -> None:
+    """Before the worker threads start: they share ``MALLOC_ARENAS`` arenas (unless the
+    environment already chose, with ``MALLOC_ARENA_MAX``)."""
+    mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is not None and "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+
+
+class _TrimAfterLargeBodies:
+    """WSGI wrapper: once the app has answered a request with a large body (and dropped it), hand
+    the memory it freed back to the system."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+        self._trim = _malloc_trim()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
+        try:
+            return self.app(environ, start_response)
+        finally:
+            try:
+                large = int(environ.get("CONTENT_LENGTH") or 0) >= TRIM_AFTER_BODY_BYTES
+            except ValueError:
+                large = False
+            if large:
+                self._trim()
+
+
+class _JsonErrorTask(ErrorTask):
+    """Waitress's own refusals (413 body too large, 400 malformed, 431 headers too large) in the
+    ``{"error": {...}}`` shape the app answers with, instead of a plain-text page."""
+
+    def execute(self) -> None:
+        e = self.request.error
+        body = json.dumps({"error": {"message": f"{e.reason}: {e.body}", "type": "invalid_request_error",
+                                     "code": e.reason.lower().replace(" ", "_")}}).encode()
+        self.status = f"{e.code} {e.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    """One connection; remembers when its request in progress began, for the receive deadline."""
+
+    error_task_class = _JsonErrorTask
+    request_started = 0.0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and data:
+            self.request_started = time.time()
+        return super().received(data)
+
+    def overdue(self, now: float) -> bool:
+        """Still receiving a request it should have finished sending (never while one is answered)."""
+        partial = self.request
+        if partial is None or self.requests:
+            return False
+        allowed = REQUEST_HEADER_TIMEOUT_S
+        if partial.headers_finished:
+            # A chunked body has no declared size: the route's own limit bounds it where the header
+            # gate set one (1 MiB for a JSON write), not the server-wide limit (hours at the floor rate).
+            limit = getattr(partial, "body_limit", None) or self.adj.max_request_body_size
+            size = limit if partial.chunked else partial.content_length
+            allowed += size / MIN_BODY_BYTES_PER_S
+        return now - self.request_started > allowed
+
+
+class _Server(TcpWSGIServer):
+    channel_class = _Channel
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)
+        for channel in list(self.active_channels.values()):
+            if isinstance(channel, _Channel) and channel.overdue(now):
+                channel.will_close = True
+
+
+def _create(app: Callable, host: str, port: int, threads: int, max_request_body_size: int, stream_tokens: bool,
+            **adjustments: Any) -> _Server:
+    settings = {
+        "recv_bytes": _SOCKET_CHUNK,
+        # Token streaming hands every server-sent event to the socket at once: waitress's own default
+        # (``send_bytes`` 1, an adjustment it deprecates, so left unset); the hub gathers 256 KB.
+        **({} if stream_tokens else {"send_bytes": _SOCKET_CHUNK}),
+        "connection_limit": _connection_limit(CONNECTION_LIMIT),
+        "channel_timeout": CHANNEL_TIMEOUT_S,
+        "cleanup_interval": CLEANUP_INTERVAL_S,
+        "asyncore_use_poll": True,
+        "channel_request_lookahead": 1,
+    } | adjustments
+    adj = Adjustments(host=host, port=port, threads=threads, ident="adapterhub",
+                      # waitress refuses a body of exactly its limit: allow the limit itself
+                      max_request_body_size=max_request_body_size + 1, **settings)
+    _cap_malloc_arenas()
+    server = _Server(_TrimAfterLargeBodies(app), map={}, adj=adj)
+    # Connections parse with the app's header gate, if it has one (one class per server).
+    server.channel_class = type("Channel", (_Channel,), {"parser_class": parser_for(app)})
+    return server
 
 
 def run(
@@ -45,11 +206,16 @@ def run(
     threads: int = DEFAULT_THREADS,
     *,
     max_request_body_size: int = 4 * _GIB,
+    stream_tokens: bool = False,
     ready: Callable[[str], None] | None = None,
     **adjustments: Any,
 ) -> None:
-    """Serve ``app`` until interrupted; ``ready(url)`` is called once the socket listens."""
-    server = _create(app, host, port, threads, max_request_body_size, **adjustments)
+    """Serve ``app`` until interrupted; ``ready(url)`` is called once the socket listens.
+
+    ``stream_tokens`` sends each write of a response at once (server-sent events, token by token)
+    instead of gathering 256 KB; other waitress ``adjustments`` override the defaults above.
+    """
+    server = _create(app, host, port, threads, max_request_body_size, stream_tokens, **adjustments)
     url = f"http://{_url_host(host)}:{server.effective_port}"
     if ready is not None:
         ready(url)
@@ -99,10 +265,11 @@ def start_in_thread(
     threads: int = DEFAULT_THREADS,
     *,
     max_request_body_size: int = 4 * _GIB,
+    stream_tokens: bool = False,
     **adjustments: Any,
 ) -> ServerHandle:
     """Start ``app`` on ``host:port`` (0 = a free port) in a daemon thread and return at once."""
-    server = _create(app, host, port, threads, max_request_body_size, **adjustments)
+    server = _create(app, host, port, threads, max_request_body_size, stream_tokens, **adjustments)
     stop = threading.Event()
     thread = threading.Thread(target=_serve_until, args=(server, stop), name="waitress", daemon=True)
     thread.start()

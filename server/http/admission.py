@@ -1,0 +1,84 @@
+"""How much one request may ask of the server, checked before the work it would cost.
+
+Three bounds, each a flag of ``adapterhub serve``: the request body (``max_body_bytes``: refused from
+``Content-Length`` before it is read), the tokens of one prompt (``max_prompt_tokens``, default the
+model's context) and the answers one request queues (``max_generations_per_request``: ``n`` times
+the prompts). The fourth, how many answers wait for the engine, is the engine's own
+(``max_queued_requests``: ``QueueFull``, answered 429).
+
+Order matters more than the numbers: the count of answers is checked before any prompt is
+tokenized, and a text prompt's length in characters before it is tokenized. Tokenizing is what made
+a 10 MB prompt cost a minute and a gigabyte: no tokenizer turns ``c`` characters into fewer than
+``c / L`` tokens, ``L`` being the longest string in its vocabulary (a token never covers more text
+than its own string: byte-level BPE strings spell one character per byte, SentencePiece and
+WordPiece strings carry their marker on top of the text). So a text longer than
+``max_prompt_tokens × L`` characters cannot fit, and is refused without tokenizing it. (A tokenizer
+whose normalizer deletes characters, collapsing runs of spaces say, could fit such a text; none of
+the causal models we serve does.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ApiError
+
+__all__ = ["AdmissionLimits", "PromptBounds", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_GENERATIONS_PER_REQUEST"]
+
+# A request is JSON: 64 prompts of 32k token ids, written as decimal text, stay well below this.
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+# Four full batches of the default size: a request may ask for several answers, never for a flood.
+DEFAULT_MAX_GENERATIONS_PER_REQUEST = 64
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """The per-request bounds; ``max_prompt_tokens=None`` means the model's context length."""
+
+    max_prompt_tokens: int | None = None
+    max_generations_per_request: int = DEFAULT_MAX_GENERATIONS_PER_REQUEST
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("max_generations_per_request", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError("max_prompt_tokens must be at least 1")
+
+    def check_body(self, content_length: int | None) -> None:
+        if content_length is not None and content_length > self.max_body_bytes:
+            raise ApiError(413, f"the request body is {content_length} bytes; this server takes at most "
+                                f"{self.max_body_bytes}", code="body_too_large")
+
+    def check_generations(self, prompts: int, n: int) -> None:
+        if prompts * n > self.max_generations_per_request:
+            raise ApiError(400, f"{prompts} prompt(s) x n={n} asks for {prompts * n} answers; this server "
+                                f"answers at most {self.max_generations_per_request} per request",
+                           code="too_many_generations")
+
+
+def _longest_token_chars(tokenizer: Any) -> int:
+    vocab = tokenizer.get_vocab()
+    added = getattr(tokenizer, "get_added_vocab", dict)()
+    return max(1, max((len(t) for t in vocab), default=1), max((len(t) for t in added), default=1))
+
+
+class PromptBounds:
+    """``AdmissionLimits.max_prompt_tokens`` applied to one model's tokenizer: built once per app."""
+
+    def __init__(self, limits: AdmissionLimits, tokenizer: Any, context_length: int) -> None:
+        self.max_tokens = min(limits.max_prompt_tokens or context_length, context_length)
+        self.max_chars = self.max_tokens * _longest_token_chars(tokenizer)
+
+    def check_chars(self, chars: int, what: str) -> None:
+        """Refuse a text that cannot fit, before it is tokenized."""
+        if chars > self.max_chars:
+            raise ApiError(400, f"{what} is {chars} characters, more than {self.max_tokens} tokens can hold; "
+                                f"prompts take at most {self.max_tokens} tokens", code="prompt_too_long")
+
+    def check_tokens(self, tokens: int, what: str) -> None:
+        if tokens > self.max_tokens:
+            raise ApiError(400, f"{what} is {tokens} tokens; prompts take at most {self.max_tokens}",
+                           code="prompt_too_long")
