@@ -16,8 +16,11 @@ quiet_ml_libraries()
 
 _COMMAND_MODULES = (
     ".registry_cmds",
+    ".auth_cmd",
     ".base_cmds",
+    ".data_cmd",
     ".demo",
+    ".eval_cmd",
     ".hub_cmd",
     ".merge_cmd",
     ".serve_cmd",

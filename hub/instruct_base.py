@@ -35,7 +35,7 @@ def instruct_tune_base(base_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     from transformers import AutoModelForCausalLM, set_seed
 
     from .train.config import TrainConfig
-    from .train.data import data_digest, encode_examples, load_examples
+    from .train.data import data_digest, load_examples
     from .train.trainer import fit, load_tokenizer
 
     if threads:
@@ -43,12 +43,12 @@ def instruct_tune_base(base_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     config = TrainConfig(max_steps=max_steps, lr=lr, batch_size=batch_size, seed=seed, save_steps=max_steps,
                          max_length=256)
     tokenizer = load_tokenizer(str(base_dir))
-    data = encode_examples(load_examples(data_file), tokenizer, config.max_length)
+    examples = load_examples(data_file)
     set_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     out = Path(out_dir)
     with staged_folder(out) as work:
-        stats = fit(model, tokenizer, data.rows, work / "checkpoints", config, progress=progress,
+        stats = fit(model, tokenizer, examples, work / "checkpoints", config, progress=progress,
                     description="instruction-tune base")
         shutil.rmtree(work / "checkpoints")
         model.save_pretrained(work, safe_serialization=True)

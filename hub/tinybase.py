@@ -23,14 +23,20 @@ DEFAULT_TINY_BASE_NAME = "adapterhub/tiny-llama"
 
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")
 
-# A plain, documented template: role headers in text, the assistant turn closed by <|eos|>.
+# A plain, documented template: role headers in text, messages joined by a newline, the assistant
+# turn closed by <|eos|>. The {% generation %} markers change nothing in the text; they tell TRL
+# (``assistant_only_loss``) which tokens are the assistant's, so every assistant turn of a
+# conversation is learned, end token included. A conversation ends on the assistant's <|eos|>, so a
+# training row is exactly prompt + response + <|eos|>.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '### ' + message['role'] + ':\n' + message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{{ '\n' }}"
+    "{% if not loop.first %}{{ '\n' }}{% endif %}"
+    "{{ '### ' + message['role'] + ':\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% else %}{{ message['content'] }}{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '\n### assistant:\n' }}{% endif %}"
 )
 
 

@@ -41,7 +41,7 @@ def test_train_lora_push_stores_metrics_training_record_and_lineage(tiny_base, d
     doc = json.loads(result.output)
     m = doc["metrics"]
     for key in ("train_loss", "train_tokens_per_s", "eval_loss", "eval_perplexity", "eval_exact_match",
-                "base_eval_exact_match", "truncated_rows"):
+                "eval_rouge_l", "base_eval_exact_match", "base_eval_rouge_l", "truncated_rows"):
         assert key in m
     assert m["train_steps"] == 4 and m["train_rows"] == 24 and m["eval_rows"] == 6
     assert math.isclose(m["eval_perplexity"], math.exp(m["eval_loss"]), rel_tol=1e-9)
@@ -62,8 +62,9 @@ def test_reported_metrics_match_peft_reloading_the_saved_adapter(tiny_base, data
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adapterhub.train.data import encode_examples, load_examples
+    from adapterhub.train.data import load_examples
     from adapterhub.train.evaluate import evaluate_model
+    from adapterhub.train.sft import prepared_rows
     from adapterhub.train.trainer import load_tokenizer
 
     result = _train(tiny_base, data, tmp_path / "run", "--target-modules", "all-linear")
@@ -72,9 +73,10 @@ def test_reported_metrics_match_peft_reloading_the_saved_adapter(tiny_base, data
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), doc["adapter_dir"])
     tokenizer = load_tokenizer(str(tiny_base))
     examples = load_examples(data[1])
-    again = evaluate_model(model, tokenizer, examples, encode_examples(examples, tokenizer, 512).rows)
+    again = evaluate_model(model, tokenizer, examples, prepared_rows(model, tokenizer, examples, 512))
     assert again.loss == pytest.approx(doc["metrics"]["eval_loss"], rel=1e-4)
     assert again.exact_match == doc["metrics"]["eval_exact_match"]
+    assert again.rouge_l == pytest.approx(doc["metrics"]["eval_rouge_l"])
     assert doc["metrics"]["eval_loss"] != pytest.approx(doc["metrics"]["base_eval_loss"])
 
 

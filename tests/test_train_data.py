@@ -1,4 +1,4 @@
-"""Instruction data: row checks with file:line errors, the prompt template, response-only labels."""
+"""Instruction data: every row shape checked with file:line errors and put in TRL's shape; the prompt template."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from adapterhub.datasets.demo import DEMO_TASKS, REFUSAL, make_rows, write_demo_datasets
 from adapterhub.errors import TrainingDataError
-from adapterhub.train.data import IGNORE_INDEX, data_digest, encode_examples, encode_prompt, load_examples, render_prompt
+from adapterhub.train.data import data_digest, encode_prompt, load_examples, render_prompt
 
 
 def _write(path, lines):
@@ -24,20 +24,40 @@ def tokenizer(tiny_base):
     return load_tokenizer(str(tiny_base))
 
 
-def test_alpaca_and_chat_rows_become_prompt_and_response(tmp_path):
+def test_every_row_shape_becomes_a_trl_row(tmp_path):
     f = _write(tmp_path / "d.jsonl", [
         json.dumps({"instruction": "Shout.", "input": "hi", "output": "HI"}),
         "",
         json.dumps({"instruction": "Say yes.", "output": "yes"}),
         json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
                                  {"role": "assistant", "content": "4"}]}),
+        json.dumps({"conversations": [{"from": "human", "value": "a?"}, {"from": "gpt", "value": "b"},
+                                      {"from": "user", "value": "c?"}, {"from": "assistant", "value": "d"}]}),
     ])
     rows = load_examples(f)
-    assert [r.response for r in rows] == ["HI", "yes", "4"]
-    assert rows[0].messages == ({"role": "user", "content": "Shout.\n\nhi"},)
-    assert rows[1].messages == ({"role": "user", "content": "Say yes."},)
-    assert [m["role"] for m in rows[2].messages] == ["system", "user"]
+    assert [r.response for r in rows] == ["HI", "yes", "4", "d"]
+    assert rows[0].row == {"messages": [{"role": "user", "content": "Shout.\n\nhi"},
+                                        {"role": "assistant", "content": "HI"}]}
+    assert rows[1].prompt == ({"role": "user", "content": "Say yes."},)
+    assert [m["role"] for m in rows[2].prompt] == ["system", "user"]
+    assert [m["role"] for m in rows[3].row["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert {r.kind for r in rows} == {"messages"}
     assert rows[2].source == f"{f}:4"
+
+
+def test_prompt_completion_rows_keep_their_shape(tmp_path):
+    text = load_examples(_write(tmp_path / "t.jsonl", [json.dumps({"prompt": "The sky is", "completion": " blue."})]))
+    assert text[0].kind == "text" and text[0].prompt == "The sky is" and text[0].response == " blue."
+    chat = {"prompt": [{"role": "user", "content": "Sky?"}], "completion": [{"role": "assistant", "content": "Blue"}]}
+    rows = load_examples(_write(tmp_path / "c.jsonl", [json.dumps(chat)]))
+    assert rows[0].kind == "prompt-completion" and rows[0].row == chat and rows[0].response == "Blue"
+
+
+def test_a_file_is_one_trl_kind(tmp_path):
+    f = _write(tmp_path / "mixed.jsonl", [json.dumps({"instruction": "a", "output": "b"}),
+                                          json.dumps({"prompt": "x", "completion": "y"})])
+    with pytest.raises(TrainingDataError, match=r"mixed.jsonl:2: a text row cannot follow messages rows"):
+        load_examples(f)
 
 
 @pytest.mark.parametrize(
@@ -51,6 +71,12 @@ def test_alpaca_and_chat_rows_become_prompt_and_response(tmp_path):
         ('{"instruction": "x", "input": null, "output": "y"}', 'field "input" must be a string, not NoneType'),
         ('{"instruction": "x", "output": ""}', 'field "output" is empty'),
         ('{"text": "x"}', 'expected "instruction"/"output"'),
+        ('{"conversations": [{"from": "bot", "value": "x"}]}', "role 'bot'"),
+        ('{"conversations": [{"from": "human", "value": "x"}, {"from": "gpt"}]}', 'missing field "value"'),
+        ('{"prompt": "x"}', 'missing field "completion"'),
+        ('{"prompt": "x", "completion": [{"role": "assistant", "content": "y"}]}', "both be strings or both"),
+        ('{"prompt": [{"role": "user", "content": "x"}], "completion": [{"role": "user", "content": "y"}]}',
+         "one non-empty assistant message"),
         ('{"messages": []}', "non-empty list"),
         ('{"messages": [{"role": "user", "content": "x"}]}', "last message must be the assistant"),
         ('{"messages": [{"role": "assistant", "content": "x"}]}', "need a prompt"),
@@ -89,33 +115,9 @@ def test_alpaca_template_when_the_tokenizer_has_none(tokenizer):
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = None
     text = render_prompt(plain, [{"role": "user", "content": "Do it."}])
-    assert text.endswith("### Instruction:\nDo it.\n\n### Response:\n")
-
-
-def test_labels_cover_only_the_response_and_its_end_token(tmp_path, tokenizer):
-    f = _write(tmp_path / "d.jsonl", [json.dumps({"instruction": "Shout.", "input": "hi", "output": "HI"})])
-    ex = load_examples(f)
-    data = encode_examples(ex, tokenizer, max_length=512)
-    row = data.rows[0]
-    prompt = encode_prompt(tokenizer, ex[0].messages)
-    assert row.input_ids[: len(prompt)] == prompt
-    assert row.labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
-    response = row.labels[len(prompt):]
-    assert response == row.input_ids[len(prompt):]
-    assert tokenizer.decode(response[:-1]) == "HI" and response[-1] == tokenizer.eos_token_id
-    assert (data.truncated, data.dropped) == (0, 0)
-
-
-def test_truncation_is_counted_and_rows_without_response_are_dropped(tmp_path, tokenizer):
-    short = json.dumps({"instruction": "a", "output": "b"})
-    long_answer = json.dumps({"instruction": "a", "output": "x" * 100})
-    long_prompt = json.dumps({"instruction": "a" * 200, "output": "b"})
-    ex = load_examples(_write(tmp_path / "d.jsonl", [short, long_answer, long_prompt]))
-    prompt_len = len(encode_prompt(tokenizer, ex[0].messages))
-    data = encode_examples(ex, tokenizer, max_length=prompt_len + 10)
-    assert (data.truncated, data.dropped) == (2, 1)
-    assert len(data.rows) == 2
-    assert all(len(r.input_ids) <= prompt_len + 10 for r in data.rows)
+    assert text == ("<|bos|>Below is an instruction that describes a task. Write a response that appropriately "
+                    "completes the request.\n\n### Instruction:\nDo it.\n\n### Response:\n")
+    assert encode_prompt(plain, [{"role": "user", "content": "Do it."}])[0] == tokenizer.bos_token_id
 
 
 def test_data_digest_is_the_file_sha256(tmp_path):

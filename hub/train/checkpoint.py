@@ -26,7 +26,7 @@ __all__ = ["CHECKPOINTS", "CONFIG_FILE", "StopOnSignal", "catch_stop_signals", "
 CHECKPOINTS = "checkpoints"
 CONFIG_FILE = "train_config.json"
 _STATE = "trainer_state.json"
-_MAY_CHANGE_ON_RESUME = {"max_steps", "epochs", "save_steps", "eval_batch_size"}
+_MAY_CHANGE_ON_RESUME = {"max_steps", "epochs", "save_steps", "eval_batch_size", "eval_steps", "report_to"}
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:

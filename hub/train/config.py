@@ -13,9 +13,23 @@ from typing import Any, Mapping
 
 from ..errors import TrainingConfigError
 
-__all__ = ["METHODS", "TrainConfig"]
+__all__ = ["METHODS", "REPORT_TO", "TRL_NAMES", "TrainConfig"]
 
 METHODS = ("lora", "qlora", "prompt-tuning")
+REPORT_TO = ("none", "tensorboard", "trackio")
+
+# TRL's (SFTConfig / TrainingArguments) and PEFT's (LoraConfig) names for our fields: a config file
+# written for TRL or PEFT reads the same here.
+TRL_NAMES = {
+    "learning_rate": "lr",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,10 @@ class TrainConfig:
         seed: seeds adapter initialisation and data order: same seed, same data, same weights.
         save_steps: write a resumable checkpoint every this many steps.
         eval_batch_size: rows per batch in the final evaluation (loss and greedy generation).
+        packing: pack rows into ``max_length`` sequences (TRL's best-fit decreasing), no padding.
+        eval_steps: also measure the held-out loss every this many steps (0: only at the end).
+        report_to: where TRL logs the run: ``none``, ``tensorboard`` or ``trackio``.
+        chat_template_path: a Jinja chat template to train with instead of the base's.
     """
 
     method: str = field(default="lora", metadata={"help": "lora | qlora | prompt-tuning"})
@@ -59,6 +77,10 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps"})
     eval_batch_size: int = field(default=32, metadata={"help": "rows per evaluation batch"})
+    packing: bool = field(default=False, metadata={"help": "pack rows into max_length sequences"})
+    eval_steps: int = field(default=0, metadata={"help": "held-out loss every N steps; 0: at the end only"})
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | trackio"})
+    chat_template_path: str = field(default="", metadata={"help": "Jinja chat template to train with"})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,8 +92,14 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TrainingConfigError(f"{name} must be a positive integer, not {value!r}")
-        if not isinstance(self.max_steps, int) or self.max_steps < 0:
-            raise TrainingConfigError(f"max_steps must be 0 or more, not {self.max_steps!r}")
+        for name in ("max_steps", "eval_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TrainingConfigError(f"{name} must be 0 or more, not {value!r}")
+        if self.report_to not in REPORT_TO:
+            raise TrainingConfigError(f"report_to {self.report_to!r} is not one of {', '.join(REPORT_TO)}")
+        if not isinstance(self.packing, bool):
+            raise TrainingConfigError(f"packing must be true or false, not {self.packing!r}")
         for name in ("alpha", "lr", "epochs"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -92,5 +120,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Our field names or TRL's/PEFT's (``learning_rate``, ``lora_r``...); other keys are ignored."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        named = {TRL_NAMES.get(k, k): v for k, v in d.items()}
+        return cls(**{k: v for k, v in named.items() if k in known})

@@ -1,10 +1,11 @@
-"""Evaluation that tells a user whether an adapter is any good: loss, perplexity, exact match.
+"""Evaluation that tells a user whether an adapter is any good: loss, perplexity, exact match, ROUGE-L.
 
-- ``loss``: mean cross-entropy per response token (prompt tokens are masked exactly as in
-  training), so it is comparable between the adapter and the bare base.
+- ``loss``: mean cross-entropy per trained token, on the rows as TRL prepared them (the same
+  label masks as training), so it is comparable between the adapter and the bare base.
 - ``perplexity``: ``exp(loss)``.
 - ``exact_match``: share of rows whose greedy generation, decoded without special tokens and
   stripped of surrounding whitespace, equals the reference response stripped the same way.
+- ``rouge_l``: mean ROUGE-L F-measure of those generations against the references (partial credit).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .data import IGNORE_INDEX, EncodedRow, Example, encode_prompt
+from ..data.rouge import rouge_l
+from .data import IGNORE_INDEX, Example, encode_prompt
 
-__all__ = ["EvalResult", "evaluate_model", "greedy_answers"]
+__all__ = ["EvalResult", "answer_scores", "evaluate_model", "greedy_answers", "response_loss"]
+
+Prompt = Sequence[dict[str, str]] | str
 
 
 @dataclass(frozen=True)
@@ -23,11 +27,19 @@ class EvalResult:
     loss: float
     perplexity: float
     exact_match: float
+    rouge_l: float
     rows: int
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}loss": self.loss, f"{prefix}perplexity": self.perplexity,
-                f"{prefix}exact_match": self.exact_match}
+                f"{prefix}exact_match": self.exact_match, f"{prefix}rouge_l": self.rouge_l}
+
+
+def answer_scores(answers: Sequence[str], references: Sequence[str]) -> tuple[float, float]:
+    """Exact match (stripped) and mean ROUGE-L of ``answers`` against ``references``."""
+    hits = sum(a.strip() == r.strip() for a, r in zip(answers, references))
+    rouge = sum(rouge_l(a, r) for a, r in zip(answers, references))
+    return hits / len(references), rouge / len(references)
 
 
 def _batches(items: Sequence, size: int):
@@ -35,21 +47,20 @@ def _batches(items: Sequence, size: int):
         yield items[i : i + size]
 
 
-def _response_loss(model: Any, rows: Sequence[EncodedRow], pad_id: int, batch_size: int) -> float:
+def response_loss(model: Any, rows: Sequence[dict[str, list[int]]], pad_id: int, batch_size: int) -> float:
+    """Mean cross-entropy per labelled token of TRL-prepared rows (``input_ids``, ``labels``), batched with
+    TRL's collator."""
     import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    collate = DataCollatorForLanguageModeling(pad_token_id=pad_id)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for batch in _batches(rows, batch_size):
-        width = max(len(r.input_ids) for r in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            labels[i, : len(r.labels)] = torch.tensor(r.labels)
-            mask[i, : len(r.input_ids)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        inputs = collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in batch])
+        ids, labels = inputs["input_ids"], inputs["labels"]
+        width = ids.size(1)
+        logits = model(input_ids=ids.to(device), attention_mask=inputs["attention_mask"].to(device)).logits.float()
         logits = logits[:, logits.size(1) - width :]  # a soft prompt adds its virtual positions in front
         shifted = labels[:, 1:].to(device)
         ce = torch.nn.functional.cross_entropy(
@@ -94,9 +105,9 @@ def _generate_with_soft_prompt(model: Any, soft: Any, encoded: list[list[int]], 
     return base.generate(inputs_embeds=torch.stack(rows), attention_mask=torch.stack(masks), **kw)
 
 
-def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, str]]], max_new_tokens: int,
+def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Prompt], max_new_tokens: int,
                    batch_size: int = 32) -> list[str]:
-    """Greedy generations for chat prompts, batched with left padding (LoRA, soft prompt or bare base)."""
+    """Greedy generations for chat (or text) prompts, batched with left padding (LoRA, soft prompt or bare base)."""
     import torch
 
     device = next(model.parameters()).device
@@ -122,9 +133,10 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[s
     return answers
 
 
-def evaluate_model(model: Any, tokenizer: Any, examples: Sequence[Example], rows: Sequence[EncodedRow],
+def evaluate_model(model: Any, tokenizer: Any, examples: Sequence[Example], rows: Sequence[dict[str, list[int]]],
                    batch_size: int = 32) -> EvalResult:
-    """Loss and perplexity on ``rows``, exact match of greedy answers to ``examples``' prompts."""
+    """Loss and perplexity on TRL-prepared ``rows``, exact match and ROUGE-L of greedy answers to ``examples``'
+    prompts."""
     import torch
 
     was_training = model.training
@@ -132,11 +144,16 @@ def evaluate_model(model: Any, tokenizer: Any, examples: Sequence[Example], rows
     try:
         with torch.no_grad():
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            loss = _response_loss(model, rows, pad_id, batch_size)
-            longest = max(len(tokenizer(e.response, add_special_tokens=False)["input_ids"]) for e in examples)
-            answers = greedy_answers(model, tokenizer, [e.messages for e in examples], longest + 8, batch_size)
+            loss = response_loss(model, rows, pad_id, batch_size) if rows else math.nan
+            answers = greedy_answers(model, tokenizer, [e.prompt for e in examples],
+                                     answer_budget(tokenizer, examples), batch_size)
     finally:
         model.train(was_training)
-    hits = sum(a.strip() == e.response.strip() for a, e in zip(answers, examples))
-    return EvalResult(loss=loss, perplexity=math.exp(min(loss, 50.0)), exact_match=hits / len(examples),
+    exact, rouge = answer_scores(answers, [e.response for e in examples])
+    return EvalResult(loss=loss, perplexity=math.exp(min(loss, 50.0)), exact_match=exact, rouge_l=rouge,
                       rows=len(examples))
+
+
+def answer_budget(tokenizer: Any, examples: Sequence[Example]) -> int:
+    """New tokens to generate: the longest reference and some slack, so a near miss is seen in full."""
+    return max(len(tokenizer(e.response, add_special_tokens=False)["input_ids"]) for e in examples) + 8

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_4bit_base", "quantization_summary"]
+__all__ = ["compute_dtype", "load_4bit_base", "quantization_summary"]
 
 
-def _compute_dtype(device: str):
+def compute_dtype(device: str):
+    """bf16 where CUDA supports it, else fp32 (bitsandbytes on CPU computes in fp32)."""
     import torch
 
     return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
@@ -23,7 +24,7 @@ def _compute_dtype(device: str):
 def quantization_summary(device: str) -> dict[str, Any]:
     """How the base was quantized, for the registry's training record."""
     return {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True,
-            "compute_dtype": str(_compute_dtype(device)).removeprefix("torch.")}
+            "compute_dtype": str(compute_dtype(device)).removeprefix("torch.")}
 
 
 def load_4bit_base(base: str, device: str, *, gradient_checkpointing: bool = False) -> Any:
@@ -35,7 +36,7 @@ def load_4bit_base(base: str, device: str, *, gradient_checkpointing: bool = Fal
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=_compute_dtype(device),
+        bnb_4bit_compute_dtype=compute_dtype(device),
     )
     model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, device_map={"": device})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)

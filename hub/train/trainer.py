@@ -1,9 +1,9 @@
-"""Data file to trained adapter: transformers' ``Trainer`` with a PEFT model, then evaluation.
+"""Data file to trained adapter: TRL's ``SFTTrainer`` with a PEFT config, then evaluation.
 
-The loop itself is the Trainer's (optimiser, schedule, gradient accumulation, checkpoints with
-optimiser and RNG state, resume); this module chooses the model (full precision or nf4 for QLoRA),
-wraps it with the PEFT config, feeds it the response-masked rows from ``data``, and adds the
-progress bar, throughput and the signal-safe stop. The output folder holds::
+The loop, the tokenizing and the label masks are TRL's (``sft.py``; optimiser, schedule, gradient
+accumulation, checkpoints with optimiser and RNG state, resume); this module chooses the model
+(full precision or nf4 for QLoRA) and the PEFT config, and adds the progress bar, throughput and
+the signal-safe stop. The output folder holds::
 
     train_config.json   settings, base and data digest of the run (checked on --resume)
     checkpoints/        resumable Trainer checkpoints
@@ -13,17 +13,19 @@ progress bar, throughput and the signal-safe stop. The output folder holds::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import TrainingConfigError, TrainingInterrupted
+from ..errors import TrainingConfigError, TrainingDataError, TrainingInterrupted
 from .checkpoint import CHECKPOINTS, catch_stop_signals, prepare_output, run_record
 from .config import TrainConfig
-from .data import EncodedRow, data_digest, encode_examples, load_examples
+from .data import Example, data_digest, load_examples
 from .evaluate import evaluate_model
 
 __all__ = ["TrainResult", "train_adapter", "fit", "load_tokenizer", "load_base_model", "training_device"]
@@ -110,63 +112,43 @@ def _peft_config(config: TrainConfig, base: str) -> Any:
     return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens)
 
 
-class _Rows:
-    """The encoded rows as the map-style dataset the Trainer's dataloader indexes."""
-
-    def __init__(self, rows: Sequence[EncodedRow]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        r = self.rows[i]
-        return {"input_ids": r.input_ids, "labels": r.labels}
-
-
 @dataclass(frozen=True)
 class FitStats:
-    """What ``fit`` reports: the step reached (counting steps before a resume), the loss, this session's speed."""
+    """What ``fit`` reports: the step reached (counting steps before a resume), the loss, this session's
+    speed, the trained model (a PEFT model when a ``peft_config`` was given) and the rows TRL kept."""
 
     steps: int
     train_loss: float
     tokens_per_s: float
     runtime_s: float
+    model: Any = None
+    train_rows: int = 0
+    truncated_rows: int = 0
+    eval_rows: list[dict[str, list[int]]] = field(default_factory=list)
 
 
-def fit(model: Any, tokenizer: Any, rows: Sequence[EncodedRow], checkpoint_dir: Path, config: TrainConfig, *,
-        resume_from: Path | None = None, progress: bool = True, description: str = "train") -> FitStats:
-    """Run the Trainer on ``rows``; raise ``TrainingInterrupted`` after a signal (checkpoint saved)."""
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+def _at_max_length(dataset: Any, max_length: int) -> int:
+    return sum(1 for ids in dataset["input_ids"] if len(ids) >= max_length)
+
+
+def fit(model: Any, tokenizer: Any, examples: Sequence[Example], checkpoint_dir: Path, config: TrainConfig, *,
+        eval_examples: Sequence[Example] | None = None, peft_config: Any = None,
+        before_training: Callable[[], Path | None] | None = None, progress: bool = True,
+        description: str = "train") -> FitStats:
+    """Run TRL's ``SFTTrainer`` on ``examples``; raise ``TrainingInterrupted`` after a signal (checkpoint saved).
+
+    ``before_training`` runs once the trainer is built (data tokenized, adapter attached) and before
+    the first step, and returns the checkpoint to resume from: the place to check and write the run
+    folder, so bad input never leaves one behind.
+    """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from .progress import ProgressBar, SaveAndStopOnSignal, Throughput
+    from .sft import build_trainer
 
-    args = TrainingArguments(
-        output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.lr,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        lr_scheduler_type="linear",
-        warmup_steps=0.05,
-        weight_decay=0.0,
-        logging_steps=5,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to=[],
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        use_cpu=training_device() == "cpu",
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-    )
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
-    trainer = Trainer(model=model, args=args, train_dataset=_Rows(rows), data_collator=collator)
+    trainer = build_trainer(model, tokenizer, examples, checkpoint_dir, config, eval_examples=eval_examples,
+                            peft_config=peft_config, use_cpu=training_device() == "cpu")
+    resume_from = before_training() if before_training is not None else None
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     throughput = Throughput()
@@ -182,8 +164,13 @@ def fit(model: Any, tokenizer: Any, rows: Sequence[EncodedRow], checkpoint_dir: 
         where = checkpoint_dir / f"checkpoint-{step}"
         raise TrainingInterrupted(f"training stopped at step {step}; checkpoint {where} (continue with --resume)",
                                   checkpoint=str(where))
+    eval_rows = ([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in trainer.eval_dataset]
+                 if trainer.eval_dataset is not None else [])
+    truncated = 0 if config.packing else _at_max_length(trainer.train_dataset, config.max_length)
     return FitStats(steps=trainer.state.global_step, train_loss=float(output.training_loss),
-                    tokens_per_s=throughput.tokens_per_s, runtime_s=time.perf_counter() - started)
+                    tokens_per_s=throughput.tokens_per_s, runtime_s=time.perf_counter() - started,
+                    model=trainer.model, train_rows=len(trainer.train_dataset), truncated_rows=truncated,
+                    eval_rows=eval_rows)
 
 
 def train_adapter(base: str, train_file: str | Path, output_dir: str | Path, config: TrainConfig, *,
@@ -192,24 +179,23 @@ def train_adapter(base: str, train_file: str | Path, output_dir: str | Path, con
     """Train one adapter on ``train_file`` and evaluate it on ``eval_file``.
 
     Order matters for "nothing happens on bad input": data files are read and checked, then the
-    tokenizer, base model and target modules, and only then does the output folder get written.
-    ``compare_base`` also evaluates the bare base (adapter disabled), so the registry entry says
-    how much the adapter adds. ``threads`` sets torch's CPU threads for this process (on a
-    shared machine one thread per process avoids the oversubscription that makes steps 5x slower).
+    tokenizer, base model and target modules, then TRL tokenizes, and only then does the output
+    folder get written. ``compare_base`` also evaluates the bare base (adapter disabled), so the
+    registry entry says how much the adapter adds. ``threads`` sets torch's CPU threads for this
+    process (on a shared machine one thread per process avoids the oversubscription that makes
+    steps 5x slower).
     """
     import torch
-    from peft import get_peft_model
     from transformers import set_seed
 
+    from .sft import check_report_to, with_run_template
+
+    check_report_to(config)
     train_file, output_dir = Path(train_file), Path(output_dir)
     train_examples = load_examples(train_file)
     eval_examples = load_examples(eval_file) if eval_file is not None else None
     base = _base_location(base)
-    tokenizer = load_tokenizer(base)
-    train_data = encode_examples(train_examples, tokenizer, config.max_length)
-    if not train_data.rows:
-        raise TrainingConfigError(f"{train_file}: no row keeps a response token within max_length={config.max_length}")
-    eval_data = encode_examples(eval_examples, tokenizer, config.max_length) if eval_examples else None
+    tokenizer = with_run_template(load_tokenizer(base), config)
 
     if threads:
         torch.set_num_threads(threads)
@@ -218,43 +204,47 @@ def train_adapter(base: str, train_file: str | Path, output_dir: str | Path, con
     model = load_base_model(base, config.method, device)
     if config.is_lora:
         _check_target_modules(model, config.target_modules)
-    try:
-        model = get_peft_model(model, _peft_config(config, base))
-    except ValueError as e:
-        raise TrainingConfigError(f"cannot build the {config.method} adapter: {str(e).splitlines()[0]}") from e
 
     digest = data_digest(train_file)
     run = run_record(config, base, digest)
-    resume_from = prepare_output(output_dir, run, resume)
-    stats = fit(model, tokenizer, train_data.rows, output_dir / CHECKPOINTS, config, resume_from=resume_from,
-                progress=progress, description=f"train {config.method}")
+    prepared: list[Path | None] = []
 
+    def prepare() -> Path | None:
+        prepared.append(prepare_output(output_dir, run, resume))
+        return prepared[0]
+
+    with _removed_on_failure(output_dir, unless=lambda: bool(prepared)):
+        stats = fit(model, tokenizer, train_examples, output_dir / CHECKPOINTS, config, eval_examples=eval_examples,
+                    peft_config=_peft_config(config, base), before_training=prepare, progress=progress,
+                    description=f"train {config.method}")
+    model = stats.model
     adapter_dir = output_dir / ADAPTER_DIR
     model.save_pretrained(adapter_dir)
     metrics: dict[str, float] = {
         "train_loss": stats.train_loss,
         "train_steps": stats.steps,
-        "train_rows": len(train_data.rows),
+        "train_rows": stats.train_rows,
         "train_tokens_per_s": stats.tokens_per_s,
         "train_runtime_s": stats.runtime_s,
-        "truncated_rows": train_data.truncated,
-        "dropped_rows": train_data.dropped,
+        "truncated_rows": stats.truncated_rows,
+        "dropped_rows": 0 if config.packing else len(train_examples) - stats.train_rows,
     }
-    if eval_data is not None and eval_examples:
-        adapted = evaluate_model(model, tokenizer, eval_examples, eval_data.rows, config.eval_batch_size)
+    if eval_examples:
+        adapted = evaluate_model(model, tokenizer, eval_examples, stats.eval_rows, config.eval_batch_size)
         metrics.update(adapted.metrics("eval_"))
         metrics["eval_rows"] = len(eval_examples)
         if compare_base:
             with model.disable_adapter(), torch.no_grad():
-                metrics.update(evaluate_model(model, tokenizer, eval_examples, eval_data.rows,
+                metrics.update(evaluate_model(model, tokenizer, eval_examples, stats.eval_rows,
                                               config.eval_batch_size).metrics("base_eval_"))
     training: dict[str, Any] = {
         "config": config.to_dict(),
         "base": base,
-        "data": {"train": str(train_file), "train_sha256": digest, "train_rows": len(train_examples)},
-        "prompt_template": "chat_template" if getattr(tokenizer, "chat_template", None) else "alpaca",
+        "data": {"train": str(train_file), "train_sha256": digest, "train_rows": len(train_examples),
+                 "kind": train_examples[0].kind},
+        "prompt_template": _template_name(config, tokenizer),
         "device": device,
-        "trainer": "transformers.Trainer",
+        "trainer": f"trl.SFTTrainer {_version('trl')}",
     }
     if eval_file is not None:
         training["data"].update(eval=str(eval_file), eval_sha256=data_digest(eval_file))
@@ -264,3 +254,30 @@ def train_adapter(base: str, train_file: str | Path, output_dir: str | Path, con
         training["quantization"] = quantization_summary(device)
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return TrainResult(adapter_dir=adapter_dir, base=base, metrics=metrics, training=training)
+
+
+def _template_name(config: TrainConfig, tokenizer: Any) -> str:
+    from .templates import ALPACA_CHAT_TEMPLATE
+
+    if config.chat_template_path:
+        return config.chat_template_path
+    return "alpaca" if tokenizer.chat_template == ALPACA_CHAT_TEMPLATE else "chat_template"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(folder: Path, unless: Callable[[], bool]) -> Iterator[None]:
+    """Remove ``folder`` if it did not exist and setup fails before ``unless()`` is true (TRL's Trainer
+    creates its output folder when built, before the data is known to be usable)."""
+    existed = folder.exists()
+    try:
+        yield
+    except (TrainingConfigError, TrainingDataError):
+        if not existed and not unless():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -1,0 +1,49 @@
+"""Greedy answers for many (adapter, prompt) pairs through the serving engine's public API.
+
+Requests are submitted interleaved (row 1 for every adapter, then row 2...) with a bounded number in
+flight, so the engine's continuous batching decodes different adapters (LoRA, soft prompt, the bare
+base) in the same batch, as ``adapterhub serve`` does for its clients.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Sequence
+
+from ..train.templates import encode_prompt
+
+__all__ = ["engine_answers"]
+
+
+def _text(request: Any) -> str:
+    parts = []
+    for event in request.stream:
+        if event.error is not None:
+            raise RuntimeError(f"generation failed: {event.error}")
+        parts.append(event.text)
+    return "".join(parts)
+
+
+def engine_answers(engine: Any, versions: Sequence[Any], prompts: Sequence[Any], max_tokens: int,
+                   in_flight: int = 64) -> list[list[str]]:
+    """``answers[i][j]``: greedy answer of ``versions[i]`` (None: the base) to ``prompts[j]``."""
+    from adapterhub.server.engine.request import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0)
+    ids = [encode_prompt(engine.tokenizer, p) for p in prompts]
+    answers = [[""] * len(prompts) for _ in versions]
+    window: deque[tuple[int, int, Any]] = deque()
+    try:
+        for j, prompt_ids in enumerate(ids):
+            for i, version in enumerate(versions):
+                if len(window) >= in_flight:
+                    a, b, request = window.popleft()
+                    answers[a][b] = _text(request)
+                window.append((i, j, engine.submit(prompt_ids, params, version)))
+        while window:
+            a, b, request = window.popleft()
+            answers[a][b] = _text(request)
+    finally:
+        for _, _, request in window:
+            request.stream.cancel()
+    return answers
