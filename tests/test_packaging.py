@@ -7,6 +7,7 @@ subpackage left out of the list, a template not shipped or a second top-level na
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -71,3 +72,90 @@ def test_import_and_command_in_a_fresh_interpreter() -> None:
     cmd = Path(sys.executable).parent / "adapterhub"
     assert subprocess.run([str(cmd), "--version"], capture_output=True, text=True, check=True).stdout.startswith(
         "adapterhub")
+
+
+def _torch_requirement():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (torch,) = [r for r in map(Requirement, deps) if r.name == "torch"]
+    return torch
+
+
+def test_torch_requirement_is_a_range_that_keeps_a_users_torch() -> None:
+    """A pin would make `pip install adapterhub` replace a CUDA machine's torch (and clash with vLLM's)."""
+    from importlib.metadata import version
+
+    spec = _torch_requirement().specifier
+    installed = version("torch")  # 2.13.0+cpu, what scripts/_env.sh installs
+    for admitted in ("2.6.0", "2.9.1", "2.13.0", installed):
+        assert spec.contains(admitted), admitted
+    for refused in ("2.5.1", "3.0.0"):
+        assert not spec.contains(refused), refused
+
+
+def _fake_wheel(folder: Path, name: str, version: str) -> Path:
+    """A wheel of distribution ``name`` holding only its metadata: what pip's resolver reads."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    files = {
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: adapterhub-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{path},,\n" for path in files) + f"{dist}.dist-info/RECORD,,\n"
+    path = folder / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name_in_zip, text in files.items():
+            zf.writestr(name_in_zip, text)
+        zf.writestr(f"{dist}.dist-info/RECORD", record)
+    return path
+
+
+def _plan(tmp: Path, adapterhub_wheel: Path, index: Path, installed_torch: str) -> dict:
+    """What `pip install adapterhub` would do in a fresh venv whose torch is ``installed_torch``:
+    pip's own resolver, offline, against ``index`` (``--report`` of a ``--dry-run``)."""
+    import json
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    # This machine's pip configuration (its wheel folders, indexes, constraints) stays out.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"PIP_CONFIG_FILE": os.devnull}
+    venv = tmp / f"venv-{installed_torch}"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "--disable-pip-version-check"]
+    own = tmp / f"torch-{installed_torch}"
+    own.mkdir()
+    subprocess.run([*pip, "install", "-q", "--no-index", str(_fake_wheel(own, "torch", installed_torch))],
+                   check=True, capture_output=True, env=env)
+    # Every other dependency, at the version this environment has (each satisfies its requirement).
+    with zipfile.ZipFile(adapterhub_wheel) as zf:
+        (meta,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = [line.split(":", 1)[1].strip() for line in zf.read(meta).decode().splitlines()
+                    if line.startswith("Requires-Dist:")]
+    for req in map(Requirement, requires):
+        if req.marker is None and req.name != "torch" and not list(index.glob(f"{req.name.replace('-', '_')}-*")):
+            _fake_wheel(index, req.name, version(req.name))
+    report = tmp / f"report-{installed_torch}.json"
+    subprocess.run([*pip, "install", "--dry-run", "--no-index", "--find-links", str(index), "--report", str(report),
+                    "-q", str(adapterhub_wheel)], check=True, capture_output=True, env=env)
+    return json.loads(report.read_text())
+
+
+def test_pip_install_keeps_an_installed_torch_in_range(wheel: zipfile.ZipFile, tmp_path: Path) -> None:
+    """The index offers torch 2.13.0 (the CPU build's version); a venv that already has torch 2.9.0
+    keeps it, while one with torch 3.0.0 (out of range) would get 2.13.0: the check can fail."""
+    built = tmp_path / Path(wheel.filename).name
+    shutil.copy(wheel.filename, built)
+    index = tmp_path / "index"
+    index.mkdir()
+    _fake_wheel(index, "torch", "2.13.0")
+
+    def installs(installed_torch: str) -> dict[str, str]:
+        plan = _plan(tmp_path, built, index, installed_torch)
+        return {item["metadata"]["name"]: item["metadata"]["version"] for item in plan["install"]}
+
+    kept = installs("2.9.0")
+    assert "adapterhub" in kept and "torch" not in kept
+    assert installs("3.0.0")["torch"] == "2.13.0"
