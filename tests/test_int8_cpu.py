@@ -50,6 +50,23 @@ def test_a_row_gets_the_same_bits_alone_and_in_any_batch():
         assert not torch.equal(dynamic(x[:1])[0], dynamic(x[:2])[0])
 
 
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_row_fails_alone(poison):
+    """A row gone NaN or inf upstream (an adapter whose activations overflow) comes out NaN, and
+    every other row gets exactly the bits it gets without it: fbgemm's per-tensor quantization
+    parameters never see the broken row."""
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(nn.Linear(96, 160))
+    x = _rows_with_an_outlier(6, 96, seed=2)
+    with torch.inference_mode():
+        clean = layer(x).clone()
+        x[3, 7] = poison
+        mixed = layer(x)
+    assert torch.isnan(mixed[3]).all()
+    others = [i for i in range(6) if i != 3]
+    assert torch.equal(mixed[others], clean[others])
+
+
 def test_int8_error_is_int8_sized_and_bias_is_not_rescaled():
     torch.manual_seed(0)
     linear = nn.Linear(256, 64)

@@ -79,3 +79,22 @@ def test_joins_steps_and_leaves_match_concatenation():
             mask = mask[:, drop:]
             kv = [(k[keep][:, :, drop:], v[keep][:, :, drop:]) for k, v in kv]
         _assert_same(batch, mask, kv)
+
+
+def test_a_row_that_left_non_finite_values_poisons_no_later_row():
+    """A row that failed with NaN keys leaves them in its buffer row; the next row to take that
+    buffer row must not see them even under its mask (softmax weight 0 times a NaN value is NaN)."""
+    rng = torch.Generator().manual_seed(1)
+    batch = BatchCache(torch.device("cpu"))
+    cache, _, _ = _prefill(2, 5, rng)
+    for layer in cache.layers:
+        layer.keys[1] = float("nan")
+        layer.values[1] = float("inf")
+    batch.join(cache, torch.ones(2, 5, dtype=torch.long))
+    batch.keep([0])
+    short, _, _ = _prefill(1, 2, rng)
+    batch.join(short, torch.ones(1, 2, dtype=torch.long))
+    long_, _, _ = _prefill(1, 9, rng)  # longer than the window: the running rows' window widens
+    batch.join(long_, torch.ones(1, 9, dtype=torch.long))
+    for layer in batch.cache.layers:
+        assert torch.isfinite(layer.keys).all() and torch.isfinite(layer.values).all()

@@ -65,6 +65,13 @@ class _RowScale:
         scaled = self._rows_buffer(flat.shape[0], flat.shape[1], x.device)
         scale = flat.abs().amax(1, keepdim=True).clamp_min_(_TINY)  # a quarter of vector_norm(inf)'s time
         torch.div(flat, scale, out=scaled[:, : flat.shape[1]])
+        broken = ~torch.isfinite(scale)  # a row holding NaN or inf (an adapter gone wrong upstream)
+        if bool(broken.any()):
+            # fbgemm derives one set of quantization parameters from the whole tensor: one NaN row
+            # would make every row NaN. Quantize zeros there and give the row a NaN scale, so that
+            # row alone comes out NaN (and fails alone in the engine) while the others are untouched.
+            scaled[broken.squeeze(1), : flat.shape[1]] = 0
+            scale = scale.masked_fill(broken, float("nan"))
         if self.members > 1:
             self.x, self.pending, self.scaled, self.scale = x, set(range(self.members)) - {member}, scaled, scale
         return scaled, scale

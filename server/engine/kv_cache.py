@@ -45,7 +45,8 @@ class _SlabLayer(DynamicLayer):
     """One decoder layer's keys and values in ``[row room, heads, column room, dim]`` buffers; the
     batch is rows ``[:rows]``, columns ``[start:end]`` (``keys`` / ``values`` are views of them).
 
-    Buffers start zeroed, so columns that are padding for a row hold finite values the mask hides.
+    Buffers start zeroed, and columns that join the window unwritten are zeroed, so every column
+    that is padding for a row holds a finite value the mask hides.
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -82,11 +83,18 @@ class _SlabLayer(DynamicLayer):
         if self.rows + added > self._k.shape[0] or self.end - length < 0:
             self._relayout(self.rows + added, max(length, self.end - self.start))
         first = self.end - length
-        # Columns the new rows do not use (left of ``first``) may hold old rows' values: the mask hides them.
+        start = min(self.start, first)
+        # Columns that become part of the batch's window without being written (left of ``first``
+        # for the new rows, left of the old start for the running ones) may hold values of rows
+        # that have left. The mask hides them from attention, but a hidden NaN still poisons it
+        # (0 * NaN), and a row that failed with non-finite logits leaves NaN behind: zero them.
+        for buf in (self._k, self._v):
+            buf[: self.rows, :, start : self.start] = 0
+            buf[self.rows : self.rows + added, :, start:first] = 0
         self._k[self.rows : self.rows + added, :, first : self.end] = keys
         self._v[self.rows : self.rows + added, :, first : self.end] = values
         self.rows += added
-        self.start = min(self.start, first)
+        self.start = start
         self._views()
 
     def keep_rows(self, indices: list[int], drop_columns: int) -> None:
