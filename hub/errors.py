@@ -13,6 +13,7 @@ from typing import Mapping
 
 __all__ = [
     "AdapterBusy",
+    "AdapterInUse",
     "AdapterHubError",
     "AdapterNotFound",
     "AuthError",
@@ -135,7 +136,12 @@ class ConcurrentModification(AdapterHubError):
 
 
 class AdapterBusy(AdapterHubError):
-    """Every adapter slot is held by running requests, or an adapter to unload is in use; retry later."""
+    """Every adapter slot is held by running requests (or their bytes exceed the bound); retry later."""
+
+
+class AdapterInUse(AdapterBusy):
+    """An adapter asked to be unloaded while running requests use it: a conflict with the server's
+    state (409), where ``AdapterBusy`` is a server out of room for now (503)."""
 
 
 # --- remote ----------------------------------------------------------------------------------
@@ -197,6 +203,7 @@ ERROR_TABLE: Mapping[type[AdapterHubError], WireCode] = {
     RegistryCorrupt: WireCode("registry_corrupt", 500),
     ConcurrentModification: WireCode("busy", 503),
     AdapterBusy: WireCode("adapter_busy", 503),
+    AdapterInUse: WireCode("adapter_in_use", 409),
     RemoteError: WireCode("remote_error", 502),
     EndpointError: WireCode("endpoint_error", 502),
     NameTaken: WireCode("already_loaded", 400),

@@ -86,7 +86,7 @@ class LoraNames:
         """Stop serving ``lora_name`` and free its adapter; returns the reference it served.
 
         A name never loaded here but resident as a registry reference is unloaded too. Raises
-        ``AdapterNotFound`` (not served), ``AdapterBusy`` (in use by running requests)."""
+        ``AdapterNotFound`` (not served), ``AdapterInUse`` (in use by running requests)."""
         if not isinstance(lora_name, str) or not lora_name:
             raise InvalidName("'lora_name' needs to be provided to unload a LoRA adapter")
         with self._lock:

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
-from adapterhub.errors import AdapterBusy
+from adapterhub.errors import AdapterBusy, AdapterInUse
 
 from .cache_stats import CacheStats
 
@@ -124,13 +124,13 @@ class PinnedLRU(Generic[V]):
             self._cond.notify_all()
 
     def remove(self, key: str) -> bool:
-        """Drop ``key`` now; ``False`` if it is not resident, ``AdapterBusy`` while a request uses it."""
+        """Drop ``key`` now; ``False`` if it is not resident, ``AdapterInUse`` while a request uses it."""
         with self._cond:
             entry = self._entries.get(key)
             if entry is None:
                 return False
             if entry.pins or not entry.ready:
-                raise AdapterBusy(f"{entry.label} is in use by {entry.pins} running request(s)")
+                raise AdapterInUse(f"{entry.label} is in use by {entry.pins} running request(s); unload it when they end")
             self._evict(entry, count=False)
             return True
 
