@@ -447,13 +447,17 @@ def _decoder(tokenizer: Any) -> Callable[[int], str]:
     return lambda token_id: tokenizer.decode([token_id])
 
 
-@bp.post("/completions")
-def completions():
+def _begin(fields: frozenset[str]) -> tuple[Engine, dict[str, Any], AdapterVersion | None, int]:
+    """What both endpoints check first: the engine, the body (only ``fields`` allowed), the model, n."""
     engine = _engine()
     body = _body()
-    _refuse_unsupported(body, _COMPLETION_FIELDS)
-    version = _resolve(engine, body)
-    n = _n(body)
+    _refuse_unsupported(body, fields)
+    return engine, body, _resolve(engine, body), _n(body)
+
+
+@bp.post("/completions")
+def completions():
+    engine, body, version, n = _begin(_COMPLETION_FIELDS)
     logprobs = _top_k(body, "logprobs", MAX_COMPLETION_LOGPROBS)
     echo = _field(body, "echo", bool, "a boolean", False)
     prompts = _completion_prompts(body, engine.tokenizer, engine.vocab_size, n)
@@ -553,11 +557,7 @@ def _chat_top_logprobs(body: dict[str, Any]) -> int | None:
 
 @bp.post("/chat/completions")
 def chat_completions():
-    engine = _engine()
-    body = _body()
-    _refuse_unsupported(body, _CHAT_FIELDS)
-    version = _resolve(engine, body)
-    n = _n(body)
+    engine, body, version, n = _begin(_CHAT_FIELDS)
     top_logprobs = _chat_top_logprobs(body)
     prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size, n)
     job = _start(engine, body, version, [prompt], n, default_tokens=None, logprobs=top_logprobs)
