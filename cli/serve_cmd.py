@@ -11,6 +11,7 @@ import re
 import click
 
 from .output import registry_option
+from .ray_options import ray_options
 
 __all__ = ["COMMANDS"]
 
@@ -77,9 +78,10 @@ class ByteSize(click.ParamType):
 @click.option("--with-hub", is_flag=True,
               help="Also serve the registry here (adapterhub API, HF protocol, web page; the hub's token rules). "
                    "Needs a registry folder.")
+@ray_options
 def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter_memory, preload, lora_modules,
           max_batch_size, max_lora_rank, threads, device, max_queued_requests, max_prompt_tokens,
-          max_generations_per_request, max_body_bytes, api_keys, admin_api_keys, metrics_auth, with_hub):
+          max_generations_per_request, max_body_bytes, api_keys, admin_api_keys, metrics_auth, with_hub, fleet):
     """Serve a base model with a different adapter per request (OpenAI API at /v1).
 
     One engine thread owns the model and batches requests for different LoRA adapters, soft prompts
@@ -105,6 +107,16 @@ def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter
         raise click.BadParameter(str(e), param_hint="--lora-modules") from None
     if with_hub and is_remote(registry or default_location()):
         raise click.UsageError("--with-hub serves a registry folder; this registry is a remote hub")
+    if fleet.wanted:
+        if with_hub or modules:
+            raise click.UsageError("--with-hub and --lora-modules apply to one process; with Ray replicas, serve "
+                                   "the hub with `adapterhub hub serve` and push adapters to it")
+        fleet.run(base=base, registry=registry, quantize=quantize, device=device, max_batch_size=max_batch_size,
+                  max_loaded_adapters=max_loaded_adapters, max_adapter_bytes=max_adapter_memory,
+                  max_lora_rank=max_lora_rank, max_queued_requests=max_queued_requests, preload=tuple(preload),
+                  max_prompt_tokens=max_prompt_tokens, max_generations_per_request=max_generations_per_request,
+                  max_body_bytes=max_body_bytes, keys=keys, host=host, port=port)
+        return
     limits = AdmissionLimits(max_prompt_tokens=max_prompt_tokens,
                              max_generations_per_request=max_generations_per_request, max_body_bytes=max_body_bytes)
     with start_engine(base, registry=registry, quantize=quantize, device=device, max_batch_size=max_batch_size,

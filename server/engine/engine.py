@@ -151,6 +151,15 @@ class Engine:
         self._scheduler.start()
         return self
 
+    def is_alive(self) -> bool:
+        """Whether the engine loop runs: a health check's answer (Ray restarts a replica whose loop died)."""
+        return self._scheduler.is_alive()
+
+    def adapter_loads(self) -> int:
+        """Adapters loaded since start, every kind: what affinity routing exists to keep low."""
+        caches = [self.soft_prompts] + ([self.lora_slots] if self.lora_slots is not None else [])
+        return sum(cache.stats.loads for cache in caches)
+
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the loop; requests still queued or running end with finish reason ``error``
         (``ErrorCode.SHUTTING_DOWN``)."""

@@ -185,6 +185,11 @@ class Scheduler:
     def has_room(self) -> bool:
         return self._queued < self.max_queued
 
+    def is_alive(self) -> bool:
+        """Whether the loop's thread runs (false before ``start``, after ``stop``, or if it died)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def count_refusal(self) -> None:
         """Record a request refused because the queue was full (HTTP threads race here)."""
         with self._lock:

@@ -1,0 +1,64 @@
+"""The multiplexed model id of a request: which adapter bytes it needs, whatever name it used.
+
+``name``, ``name:prod`` and ``name@3`` for the same version map to one id,
+``name@sha256:<digest>``, a reference the replica resolves back to exactly that version, so
+they share one cache entry and moving a tag moves the traffic. Anything that names no registry
+adapter (the base, an unknown or malformed name, a body that is not JSON) gets no id: any
+replica takes it, and the replica's app gives the same answer or error ``adapterhub serve`` would.
+Resolutions are remembered briefly, so a hot adapter costs one index read per interval, not one
+per request; a moved tag is followed within ``ttl_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from adapterhub.errors import AdapterHubError
+
+if TYPE_CHECKING:
+    from adapterhub.registry_protocol import Registry
+
+__all__ = ["AffinityKeys"]
+
+
+class AffinityKeys:
+    """Maps request bodies to multiplexed model ids; thread-safe, bounded."""
+
+    def __init__(self, registry: Registry, *, ttl_s: float = 2.0, max_entries: int = 4096) -> None:
+        self.registry = registry
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def for_body(self, body: bytes) -> str:
+        """The id for a JSON request body's ``model`` (or ``adapter``, as ``/v1/adapters/load`` takes it)."""
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        model = parsed.get("model", parsed.get("adapter")) if isinstance(parsed, dict) else None
+        return self.for_model(model) if isinstance(model, str) else ""
+
+    def for_model(self, model: str) -> str:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(model)
+            if hit is not None and hit[1] > now:
+                self._cache.move_to_end(model)
+                return hit[0]
+        try:
+            version = self.registry.resolve(model)
+            key = f"{version.name}@sha256:{version.digest}"
+        except (AdapterHubError, ValueError):
+            key = ""
+        with self._lock:
+            self._cache[model] = (key, now + self.ttl_s)
+            self._cache.move_to_end(model)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return key

@@ -1,0 +1,126 @@
+"""The Ray Serve HTTP ingress: reads a request, picks its adapter's replica, relays the answer.
+
+It holds no model. For each request it reads the body (bounded as ``adapterhub serve`` bounds it),
+derives the multiplexed model id (``affinity``) and calls the engine deployment with it, so Ray's
+router prefers a replica that already holds the adapter and loads it on a less busy one when those
+are full. The replica's answer streams back unchanged: status, headers, and one chunk per
+server-sent event. Failures of the fleet itself get the API's error shape: a replica that died
+under a request is a 503 with ``Retry-After`` (not retried here: the request may have produced
+tokens already, and a client retry is the only one that can decide), a full fleet a 429. vLLM's
+``/v1/load_lora_adapter`` binds a name on one process, which a fleet cannot honour: refused, with
+the registry as the way to add adapters.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from adapterhub.server.http.errors import ApiError
+
+from .affinity import AffinityKeys
+from .forwarding import ForwardedRequest, ResponseHead
+from .settings import ReplicaSettings
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+__all__ = ["OpenAIIngress", "RETRY_AFTER_S"]
+
+RETRY_AFTER_S = 1
+_PER_PROCESS_ROUTES = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+
+
+def _response(error: ApiError) -> Response:
+    """The API's one error shape, as a Starlette response."""
+    return Response(json.dumps(error.to_dict()), status_code=error.status, media_type="application/json",
+                    headers=error.headers)
+
+
+def _replica_stopped(error: BaseException) -> ApiError:
+    return ApiError(503, f"the replica serving this request stopped ({type(error).__name__}); retry",
+                    code="replica_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _fleet_errors() -> tuple[type[BaseException], ...]:
+    from ray.exceptions import RayError
+    from ray.serve.exceptions import RayServeException
+
+    return RayError, RayServeException
+
+
+class OpenAIIngress:
+    """The ingress deployment's class (``app.build`` wraps it in ``serve.deployment``)."""
+
+    def __init__(self, engine: DeploymentHandle, settings: ReplicaSettings) -> None:
+        from adapterhub.api import open_registry
+
+        self._engine = engine
+        self._max_body_bytes = settings.max_body_bytes
+        self._affinity = AffinityKeys(open_registry(settings.registry, token=settings.token))
+
+    async def __call__(self, request: Request) -> Response:
+        import asyncio
+
+        from ray.serve.exceptions import BackPressureError
+
+        path = request.url.path
+        if path in _PER_PROCESS_ROUTES:
+            return _response(ApiError(400, f"{path} binds a name in one process; behind Ray, push the adapter to "
+                                           "the registry and name it in 'model'", code="not_supported_by_fleet"))
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        model_id = ""
+        if request.method == "POST" and path.startswith("/v1/"):
+            model_id = await asyncio.to_thread(self._affinity.for_body, body)
+        forwarded = ForwardedRequest.of(request.method, path, request.url.query, request.headers.items(),
+                                        body)
+        stream = self._engine.options(multiplexed_model_id=model_id, stream=True).forward.remote(forwarded)
+        try:
+            head: ResponseHead = await stream.__anext__()
+            if dict((k.lower(), v) for k, v in head.headers).get("content-type", "").startswith("text/event-stream"):
+                return StreamingResponse(_relay(stream), status_code=head.status, headers=dict(head.headers))
+            content = b"".join([chunk async for chunk in stream])
+        except BackPressureError:
+            stream.cancel()
+            return _response(ApiError(429, "every replica's queue is full", code="queue_full", type_="rate_limit_error",
+                                      headers={"Retry-After": str(RETRY_AFTER_S)}))
+        except _fleet_errors() as e:
+            stream.cancel()
+            return _response(_replica_stopped(e))
+        except BaseException:
+            stream.cancel()  # the client left (the task is cancelled): stop the replica's work too
+            raise
+        headers = {k: v for k, v in head.headers if k.lower() != "content-length"}
+        return Response(content, status_code=head.status, headers=headers)
+
+    async def _body(self, request: Request) -> bytes | Response:
+        """The body, read no further than the limit (a declared length over it is refused unread)."""
+        too_large = _response(ApiError(413, f"the request body is over {self._max_body_bytes} bytes, the most this "
+                                            "server takes", code="body_too_large"))
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
+            return too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                return too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+async def _relay(stream: DeploymentResponseGenerator) -> AsyncIterator[bytes]:
+    """A streamed answer's chunks; if its replica dies midway, the stream ends with an error event,
+    as the single-process server ends a stream whose generation failed."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except _fleet_errors() as e:
+        yield f"data: {json.dumps(_replica_stopped(e).to_dict())}\n\n".encode()
+    finally:
+        stream.cancel()

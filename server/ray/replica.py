@@ -1,0 +1,122 @@
+"""One Ray Serve replica: a base model, our engine, and the Flask app ``adapterhub serve`` runs.
+
+Adapters are Ray Serve multiplexed models keyed by their version's digest. Ray's router sends a
+request to a replica whose multiplexed ids include the request's; the replica's per-model LRU
+(``max_num_models_per_replica`` = ``max_loaded_adapters``) is the one eviction policy: when Ray
+drops an adapter, ``ResidentAdapter.__del__`` unloads it from the engine. The engine's own caches
+are as large as Ray's count, so they never evict an adapter Ray still lists; the one exception is
+an adapter Ray drops while a request still uses it, which stays until that request ends and is then
+the least recently used entry the engine's cache evicts first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, AsyncIterator
+
+from ray import serve
+
+from .forwarding import ForwardedRequest, ResponseHead, call_app
+from .settings import ReplicaSettings
+
+__all__ = ["EngineReplica", "ResidentAdapter", "REPLICA_HEADER", "LOADS_HEADER"]
+
+# Every answer says which replica made it and how many adapter loads that replica has done
+# (cumulative): operators see where a request ran; the affinity benchmark counts loads from them.
+REPLICA_HEADER = "X-Adapterhub-Replica"
+LOADS_HEADER = "X-Adapterhub-Replica-Adapter-Loads"
+_DONE = object()
+
+
+class ResidentAdapter:
+    """An adapter Ray counts as loaded on this replica; unloads it from the engine when Ray evicts it."""
+
+    def __init__(self, engine: Any, ref: str) -> None:
+        self.engine = engine
+        self.ref = ref
+        self._evicted = False
+
+    def __del__(self) -> None:
+        """Ray's eviction calls this, and garbage collection again later: only the first unloads
+        (by then Ray may have loaded the same adapter anew, under another object)."""
+        from adapterhub.errors import AdapterInUse
+
+        if self._evicted:
+            return
+        self._evicted = True
+        try:
+            self.engine.unload_adapter(self.ref)
+        except AdapterInUse:
+            pass  # still generating: the engine's LRU evicts it once idle, before anything Ray holds
+
+
+class EngineReplica:
+    """The engine deployment's class (``app.build`` wraps it in ``serve.deployment``)."""
+
+    def __init__(self, settings: ReplicaSettings) -> None:
+        from adapterhub.api import open_registry, start_engine
+        from adapterhub.server.http.admission import AdmissionLimits
+        from adapterhub.server.http.api_keys import ADMIN_API_KEY_ENV, API_KEY_ENV, ServingKeys, keys_from_env
+        from adapterhub.server.http.app import create_app
+
+        registry = open_registry(settings.registry, token=settings.token)
+        self._handle = start_engine(
+            settings.base, registry=registry, quantize=settings.quantize, device=settings.device,
+            max_batch_size=settings.max_batch_size, max_loaded_adapters=settings.max_loaded_adapters,
+            max_adapter_bytes=settings.max_adapter_bytes, max_lora_rank=settings.max_lora_rank,
+            preload=settings.preload, max_queued_requests=settings.max_queued_requests)
+        engine = self._handle.engine
+        from_env = ServingKeys.of(keys_from_env(API_KEY_ENV), keys_from_env(ADMIN_API_KEY_ENV))
+        keys = ServingKeys(api=tuple(bytes.fromhex(h) for h in settings.api_key_digests) + from_env.api,
+                           admin=tuple(bytes.fromhex(h) for h in settings.admin_key_digests) + from_env.admin,
+                           metrics_need_key=settings.metrics_need_key)
+        limits = AdmissionLimits(max_prompt_tokens=settings.max_prompt_tokens,
+                                 max_generations_per_request=settings.max_generations_per_request,
+                                 max_body_bytes=settings.max_body_bytes)
+        self._app = create_app(registry, engine=engine, limits=limits, keys=keys, with_hub=False,
+                               lora_names=self._handle.lora_names)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+
+        async def resident(model_id: str) -> ResidentAdapter:
+            version = await asyncio.to_thread(engine.resolve, model_id)
+            await asyncio.to_thread(engine.load_adapter, version)
+            return ResidentAdapter(engine, version.ref)
+
+        self._resident = serve.multiplexed(max_num_models_per_replica=settings.max_loaded_adapters)(resident)
+
+    async def forward(self, forwarded: ForwardedRequest) -> AsyncIterator[ResponseHead | bytes]:
+        """Answer one forwarded request: its head, then its body's chunks (one per streamed event)."""
+        model_id = serve.get_multiplexed_model_id()
+        if model_id:
+            await self._ensure_resident(model_id)
+        gone = threading.Event()
+        head, body = await asyncio.to_thread(call_app, self._app, forwarded, gone.is_set)
+        try:
+            loads = self._handle.engine.adapter_loads()
+            yield ResponseHead(head.status, (*head.headers, (REPLICA_HEADER, self._replica_id),
+                                             (LOADS_HEADER, str(loads))))
+            while (chunk := await asyncio.to_thread(next, body, _DONE)) is not _DONE:
+                yield chunk
+        finally:
+            gone.set()  # a cancelled request (the client left, or the ingress gave up) stops its generation
+            await asyncio.to_thread(body.close)
+
+    async def _ensure_resident(self, model_id: str) -> None:
+        """Tell Ray's multiplexer this replica holds the adapter (loading it on a miss); a failure
+        here (a version removed meanwhile, a load error) is left to the app, which resolves the
+        request again and answers with the cause's own status."""
+        try:
+            await self._resident(model_id)
+        except Exception:
+            pass
+
+    def check_health(self) -> None:
+        """Ray restarts a replica whose engine thread died."""
+        if not self._handle.engine.is_alive():
+            raise RuntimeError("the engine thread has stopped")
+
+    def __del__(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle is not None:  # Ray calls it when it stops the replica: end the engine thread
+            handle.stop()

@@ -1,0 +1,97 @@
+"""What every replica of a deployment is started with: the ``adapterhub serve`` options, made explicit.
+
+The driver (``adapterhub serve --replicas``) resolves everything that depends on where it runs
+(the default registry folder, a relative path, the token ``adapterhub login`` stored) before the
+settings travel, since a replica may start on another machine. API keys travel as the digests
+``ServingKeys`` keeps, never as the keys themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+__all__ = ["ReplicaSettings"]
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """One replica's engine and HTTP options (the defaults are ``adapterhub serve``'s)."""
+
+    registry: str
+    base: str | None = None
+    token: str | None = None
+    quantize: str = "auto"
+    device: str | None = None
+    max_batch_size: int = 16
+    max_loaded_adapters: int = 16
+    max_adapter_bytes: int = 1 << 30
+    max_lora_rank: int = 64
+    max_queued_requests: int = 256
+    preload: tuple[str, ...] = ()
+    max_prompt_tokens: int | None = None
+    max_generations_per_request: int = 64
+    max_body_bytes: int = 16 << 20
+    api_key_digests: tuple[str, ...] = ()
+    admin_key_digests: tuple[str, ...] = ()
+    metrics_need_key: bool = False
+
+    @classmethod
+    def resolved(cls, registry: str | None, **options: Any) -> ReplicaSettings:
+        """Settings whose registry is absolute (a folder) or carries its token (a hub URL)."""
+        from adapterhub.credentials import stored_token
+        from adapterhub.location import default_location, is_remote, local_root
+        from adapterhub.remote import ENV_TOKEN
+
+        location = registry or default_location()
+        if is_remote(location):
+            token = options.pop("token", None) or os.environ.get(ENV_TOKEN) or stored_token(location)
+            return cls(registry=location, token=token, **options)
+        return cls(registry=local_root(location), **options)
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> ReplicaSettings:
+        """Settings from a Ray Serve config's ``args`` (``serve run``/``serve deploy``); unknown keys refused."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ValueError(f"unknown adapterhub args: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        values = {k: _coerce(k, v, hints[k]) for k, v in args.items()
+                  for hints in [typing.get_type_hints(cls)]}
+        if "registry" not in values:
+            raise ValueError("args.registry is required: a registry folder every replica can read, or a hub URL")
+        return cls.resolved(values.pop("registry"), **values)
+
+    def as_args(self) -> dict[str, Any]:
+        """The settings as a Ray Serve config's ``args`` (what ``from_args`` reads back), without the
+        hub token: a file is no place for it (replicas read ``$ADAPTERHUB_TOKEN``, e.g. from the
+        config's ``runtime_env.env_vars`` or the pod's secret)."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "token"}
+        return {k: v for k, v in out.items() if v is not None and v != []}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """A config value as its field's type; ``serve run key=value`` gives every value as a string."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kind = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
+    kind = typing.get_origin(kind) or kind
+    if kind is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    if not isinstance(value, str):
+        return value
+    if optional and value.lower() in ("", "none", "null"):
+        return None
+    if kind is str:
+        return value
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"args.{name}: {value!r} is not a {kind.__name__}") from None
