@@ -1,9 +1,9 @@
 """``adapterhub login`` / ``logout``: keep a hub's token so commands against its URL need no ``--token``.
 
-Login checks the token on the hub before storing it (``hub.credentials`` keeps it, mode 0600). The hub
-has no who-am-I route, so the check is its cheapest write-scoped call, ``POST /api/objects/check``
-with no digests, which changes nothing: 200 means a write token, 403 a known read-only token, 401 a
-token the hub does not know (refused, nothing stored). Tokens are never printed.
+Login checks the token on the hub before storing it (``hub.credentials`` keeps it, mode 0600) with the
+Hub protocol's who-am-I route, ``GET /api/whoami-v2`` (what ``hf auth login`` calls): it answers the
+token's role, ``write`` or ``read``, or 401 for a token the hub does not know (refused, nothing
+stored). Tokens are never printed.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import click
 
 from adapterhub.credentials import credentials_path, forget_token, hub_key, store_token
-from adapterhub.errors import PermissionDenied, RemoteError
+from adapterhub.errors import RemoteError
 from adapterhub.location import ENV_REGISTRY, default_location, is_remote
 
 from .output import emit_json, json_option
 
 __all__ = ["COMMANDS"]
 
-_CHECK_ROUTE = "/api/objects/check"
+_CHECK_ROUTE = "/api/whoami-v2"
 
 
 def _hub_url(registry: str | None) -> str:
@@ -40,14 +40,17 @@ def _scope_of(url: str, token: str) -> str:
     headers = {"Authorization": f"Bearer {token}", "User-Agent": "adapterhub"}
     try:
         with httpx2.Client(base_url=url, headers=headers, timeout=30.0) as client:
-            response = client.post(_CHECK_ROUTE, json={"digests": []})
+            response = client.get(_CHECK_ROUTE)
     except httpx2.HTTPError as e:
         raise RemoteError(f"cannot reach the hub at {url}: {e}") from None
+    raise_for_status(response, f"GET {_CHECK_ROUTE}")
     try:
-        raise_for_status(response, f"POST {_CHECK_ROUTE}")
-    except PermissionDenied:
-        return "read"
-    return "write"
+        role = response.json()["auth"]["accessToken"]["role"]
+    except (ValueError, KeyError, TypeError):
+        role = None
+    if role not in ("read", "write"):
+        raise RemoteError(f"{url} answered GET {_CHECK_ROUTE} without a token role: is it an adapterhub hub?")
+    return role
 
 
 def _check_token_text(token: str) -> str:

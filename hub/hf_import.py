@@ -34,8 +34,8 @@ class HfSource:
 
     @property
     def default_name(self) -> str:
-        """``org/repo`` becomes ``org--repo`` (names may not hold '/')."""
-        return self.repo_id.replace("/", "--")
+        """The repo id itself: registry names take the Hub's ``org/repo`` form."""
+        return self.repo_id
 
 
 def parse_hf_url(url: str) -> HfSource:

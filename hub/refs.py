@@ -8,7 +8,9 @@ Grammar (as in container registries and MLflow aliases)::
     name@sha256:<hex>    the version whose content digest starts with <hex> (at least 6 digits)
 
 Names and tags double as folder and URL segments, so anything that could escape a folder
-(separators, ``..``) or be confused with the grammar is refused here, once, for every front end.
+(``..``, a leading or doubled ``/``, backslashes) or be confused with the grammar is refused here,
+once, for every front end. A name may be ``org/name``, as Hub repo ids are: one ``/`` between two
+parts that are each a plain name.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ _VERSION = re.compile(r"[0-9]{1,9}")
 
 
 def validate_name(name: str) -> str:
-    """Return ``name`` if it is a safe adapter name; raise ``InvalidName`` saying why not."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+    """Return ``name`` if it is a safe adapter name; raise ``InvalidName`` saying why not.
+
+    A name is one part or two joined by one ``/`` (``org/name``, as Hub repo ids are), each part
+    checked on its own, so no name is empty, absolute, ``..`` or more than one folder deep.
+    """
+    parts = name.split("/") if isinstance(name, str) else [name]
+    if len(parts) > 2 or not all(isinstance(p, str) and _NAME.fullmatch(p) and ".." not in p for p in parts):
         raise InvalidName(
-            f"invalid adapter name {name!r}: use letters, digits, '.', '_' and '-' (no '/', no '..'), "
-            "starting with a letter or digit, at most 128 characters"
+            f"invalid adapter name {name!r}: use letters, digits, '.', '_' and '-' (no '..'), starting with a "
+            "letter or digit, at most 128 characters; an 'org/name' form may hold one '/'"
         )
     return name
 

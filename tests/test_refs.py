@@ -10,7 +10,8 @@ from adapterhub.errors import InvalidName, InvalidReference
 from adapterhub.refs import parse_reference, validate_name, validate_tag
 
 
-@pytest.mark.parametrize("name", ["name\n", "name\r", "na\x00me", "\nname", "a/b", "..", "a..b", "-a", "a" * 129, ""])
+@pytest.mark.parametrize("name", ["name\n", "name\r", "na\x00me", "\nname", "..", "a..b", "-a", "a" * 129, "",
+                                  "a/b/c", "/a", "a/", "a//b", "a\\b", "a/..", "../a", "org/-a", "org/a\n"])
 def test_names_with_control_characters_or_escapes_are_refused(name):
     with pytest.raises(InvalidName):
         validate_name(name)
@@ -27,6 +28,14 @@ def test_bad_tags_are_refused(tag):
 def test_malformed_references_are_one_clear_error(ref):
     with pytest.raises(InvalidReference):
         parse_reference(ref)
+
+
+def test_org_names_take_one_slash_between_two_plain_parts():
+    assert validate_name("org/name.v1") == "org/name.v1"
+    assert parse_reference("org/name@3").name == "org/name" and parse_reference("org/name@3").version == 3
+    assert parse_reference("org/name:prod").tag == "prod"
+    with pytest.raises(InvalidReference):
+        parse_reference("org/name:a/b")
 
 
 def test_well_formed_references_parse():

@@ -13,14 +13,14 @@ the hub's own token rules.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flask import Flask
 
 from adapterhub.registry import LocalRegistry
 from adapterhub.registry_protocol import Registry
 
-from . import api_keys, auth, hf_compat, registry_api, web
+from . import api_keys, auth, hf_commit, hf_compat, hf_lfs, hf_listing, hf_repos, registry_api, web
 from .admission import AdmissionLimits
 from .api_keys import ServingKeys
 from .errors import install_error_handlers
@@ -69,7 +69,8 @@ def create_app(
         body_prefixes.append(registry_api.bp.url_prefix)
         auth.init_app(app)
         app.register_blueprint(registry_api.bp)
-        app.register_blueprint(hf_compat.bp)
+        for hf_bp in (hf_compat.bp, hf_repos.bp, hf_lfs.bp, hf_commit.bp, hf_listing.bp):
+            app.register_blueprint(hf_bp)
         app.register_blueprint(web.bp)
     if engine is not None:
         # they import the engine's modules: only a serving app pays for them
@@ -91,17 +92,18 @@ def create_app(
         from .health import install_hub_metrics
 
         install_hub_metrics(app)
-    _refuse_bodies_outside(app, tuple(body_prefixes))
+    _refuse_bodies_outside(app, tuple(body_prefixes), also=hf_lfs.takes_body if hf_lfs.bp.name in app.blueprints else None)
     return app
 
 
-def _refuse_bodies_outside(app: Flask, prefixes: tuple[str, ...]) -> None:
+def _refuse_bodies_outside(app: Flask, prefixes: tuple[str, ...], also: Callable[[str], bool] | None = None) -> None:
     """The routes' own gates only speak for their requests; every other request (a GET, a POST to
     /health or to no route) would have its body read up to the server-wide limit, which on a hub is
     its 4 GiB object limit, before the app answers. None of them is read: they are answered from
-    their headers."""
+    their headers. ``also`` names more paths that take bodies (the Hub protocol's Git LFS routes)."""
     def gate(method: str, path: str, headers: Mapping[str, str]) -> int | None:
-        taken = method not in _BODYLESS_METHODS and any(path == p or path.startswith(p + "/") for p in prefixes)
+        taken = method not in _BODYLESS_METHODS and (
+            any(path == p or path.startswith(p + "/") for p in prefixes) or (also is not None and also(path)))
         return None if taken else 0
 
     add_gate(app, gate)

@@ -2,7 +2,8 @@
 
 With ``HF_ENDPOINT`` pointing here, ``huggingface_hub`` (``hf_hub_download``, ``snapshot_download``)
 and everything built on it (``PeftModel.from_pretrained``) download adapters unchanged. The repo id
-is the adapter name; a revision is a tag (``main`` means ``latest`` unless a tag is called
+is the adapter name (``name`` or ``org/name``); a repo created empty (``hf_repos``) has no files
+until its first commit. A revision is a tag (``main`` means ``latest`` unless a tag is called
 ``main``), a version number, or a commit id. A version's commit id is the first 40 hex digits of
 its manifest digest, so it looks like a git commit to the client and stays unique per content;
 any prefix of at least 6 digits, with or without ``sha256:``, also resolves. File ETags are the
@@ -20,22 +21,25 @@ from typing import Any, Iterator
 from flask import Blueprint, Response, jsonify, request
 
 from adapterhub.errors import AdapterNotFound, AdapterHubError
-from adapterhub.refs import LATEST, Reference, validate_name, validate_tag
+from adapterhub.refs import LATEST, Reference, validate_tag
 from adapterhub.registry import AdapterVersion, FileEntry, LocalRegistry
 
 from .auth import READ, authorize
 from .errors import ApiError
+from .hf_errors import add_error_header
+from .hf_repo_id import DEFAULT_BRANCH, checked_repo_id, repo_not_found, repo_route
+from .hf_repos import empty_repos
 from .state import app_state
 
-__all__ = ["bp", "commit_id"]
+__all__ = ["bp", "commit_id", "model_tags", "repo_head", "repo_info"]
 
 bp = Blueprint("hf_compat", __name__)  # registry_api hides the registry's path in its errors, app-wide
+add_error_header(bp)
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})$")
 # ASCII digits and few of them, as in references: "²".isdigit() is true and int() of 5000 digits raises.
 _VERSION = re.compile(r"[0-9]{1,9}")
-_DEFAULT_BRANCH = "main"
 _LFS_POINTER_SIZE = 134  # what a git-lfs pointer file of a sha256 takes; the client only records it
 _CHUNK = 1 << 20
 
@@ -64,20 +68,23 @@ def _candidates(name: str, revision: str) -> list[Reference]:
     m = _HEX.match(revision)
     if m:
         out.append(Reference(name, digest=m.group(1)))
-    if revision == _DEFAULT_BRANCH:
+    if revision == DEFAULT_BRANCH:
         out.append(Reference(name, tag=LATEST))
     return out
 
 
-def _resolve(repo_id: str, revision: str) -> AdapterVersion:
+def repo_head(repo_id: str, revision: str) -> AdapterVersion | None:
+    """The version ``revision`` names in the repo; ``None`` for ``main`` of a repo created empty.
+    404 ``RepoNotFound`` / ``RevisionNotFound`` as the Hub answers them."""
     authorize(READ)
     registry = _registry()
-    try:
-        validate_name(repo_id)
-    except AdapterHubError:
-        raise _not_found("RepoNotFound", f"repository {repo_id!r} not found") from None
-    if not registry.list(name=repo_id):
-        raise _not_found("RepoNotFound", f"repository {repo_id!r} not found")
+    checked_repo_id(repo_id)
+    if not registry.list(name=repo_id, limit=1):
+        if repo_id in empty_repos():
+            if revision == DEFAULT_BRANCH:
+                return None
+            raise _not_found("RevisionNotFound", f"{repo_id} is empty: it has no revision {revision!r}")
+        raise repo_not_found(repo_id)
     for ref in _candidates(repo_id, revision):
         try:
             return registry.resolve(ref)
@@ -86,13 +93,25 @@ def _resolve(repo_id: str, revision: str) -> AdapterVersion:
     raise _not_found("RevisionNotFound", f"{repo_id} has no revision {revision!r}")
 
 
-def _with_commit(response, v: AdapterVersion):
-    response.headers["X-Repo-Commit"] = commit_id(v)
+def _with_commit(response, v: AdapterVersion | None):
+    if v is not None:
+        response.headers["X-Repo-Commit"] = commit_id(v)
     return response
 
 
-def _repo_info(v: AdapterVersion) -> dict[str, Any]:
-    tags = ["peft", v.adapter_type] + ([f"task:{v.task}"] if v.task else [])
+def model_tags(v: AdapterVersion) -> list[str]:
+    """The Hub tags of a version, which ``list_models(filter=...)`` matches."""
+    base = v.base.get("name")
+    return (["peft", v.adapter_type] + ([f"task:{v.task}"] if v.task else [])
+            + ([f"base_model:{base}"] if base else []))
+
+
+def _empty_info(repo_id: str) -> dict[str, Any]:
+    return {"id": repo_id, "modelId": repo_id, "private": False, "disabled": False, "gated": False,
+            "downloads": 0, "likes": 0, "tags": [], "siblings": []}
+
+
+def repo_info(v: AdapterVersion) -> dict[str, Any]:
     return {
         "_id": v.digest[:24],
         "id": v.name,
@@ -104,7 +123,7 @@ def _repo_info(v: AdapterVersion) -> dict[str, Any]:
         "downloads": 0,
         "likes": 0,
         "library_name": "peft",
-        "tags": tags,
+        "tags": model_tags(v),
         "lastModified": v.created,
         "createdAt": v.created,
         "cardData": {"base_model": v.base.get("name"), "library_name": "peft"},
@@ -113,17 +132,17 @@ def _repo_info(v: AdapterVersion) -> dict[str, Any]:
     }
 
 
-@bp.get("/api/models/<repo_id>")
-@bp.get("/api/models/<repo_id>/revision/<path:revision>")
-def model_info(repo_id: str, revision: str = _DEFAULT_BRANCH):
-    v = _resolve(repo_id, revision)
-    return _with_commit(jsonify(_repo_info(v)), v)
+@repo_route(bp, "/api/models/{repo}", methods=["GET"])
+@repo_route(bp, "/api/models/{repo}/revision/<path:revision>", methods=["GET"])
+def model_info(repo_id: str, revision: str = DEFAULT_BRANCH):
+    v = repo_head(repo_id, revision)
+    return _with_commit(jsonify(repo_info(v) if v is not None else _empty_info(repo_id)), v)
 
 
-@bp.get("/api/models/<repo_id>/tree/<revision>")
-@bp.get("/api/models/<repo_id>/tree/<revision>/<path:path_in_repo>")
+@repo_route(bp, "/api/models/{repo}/tree/<revision>", methods=["GET"])
+@repo_route(bp, "/api/models/{repo}/tree/<revision>/<path:path_in_repo>", methods=["GET"])
 def model_tree(repo_id: str, revision: str, path_in_repo: str = ""):
-    v = _resolve(repo_id, revision)
+    v = repo_head(repo_id, revision)
     path_in_repo = path_in_repo.strip("/")
     if path_in_repo:  # the repo is flat: no folders to list
         raise _not_found("EntryNotFound", f"{repo_id}@{revision} has no folder {path_in_repo!r}")
@@ -135,19 +154,22 @@ def model_tree(repo_id: str, revision: str, path_in_repo: str = ""):
             "oid": f.sha256,
             "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": _LFS_POINTER_SIZE},
         }
-        for f in v.files
+        for f in (v.files if v is not None else ())
     ]
     return _with_commit(jsonify(entries), v)
 
 
-@bp.route("/<repo_id>/resolve/<revision>/<path:filename>", methods=["GET", "HEAD"])
+@repo_route(bp, "/{repo}/resolve/<revision>/<path:filename>", methods=["GET", "HEAD"])
 def resolve_file(repo_id: str, revision: str, filename: str):
-    v = _resolve(repo_id, revision)
+    v = repo_head(repo_id, revision)
     try:
+        if v is None:
+            raise AdapterNotFound(f"{repo_id} is empty")
         entry = v.file(filename)
     except AdapterNotFound:
         err = _not_found("EntryNotFound", f"{repo_id}@{revision} has no file {filename!r}")
-        err.headers["X-Repo-Commit"] = commit_id(v)
+        if v is not None:
+            err.headers["X-Repo-Commit"] = commit_id(v)
         raise err from None
     return _with_commit(_verified_file(_registry().object_path(entry.sha256), entry, filename), v)
 

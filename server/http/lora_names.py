@@ -108,7 +108,7 @@ class LoraNames:
 
     def _version_ref(self, lora_name: str, lora_path: str, *, client: bool) -> str:
         """The pinned reference ``lora_path`` stands for, pushing a folder first."""
-        if client and not self.client_folders and ("/" in lora_path or os.sep in lora_path):
+        if client and not self.client_folders and _names_a_folder(lora_path):
             raise PermissionDenied("this server loads client-named folders only behind an admin API key or on a "
                                    "loopback address; push the adapter and name its registry reference")
         if not os.path.isdir(lora_path):
@@ -118,6 +118,13 @@ class LoraNames:
         if stored is None:
             stored = registry.push(lora_path, name=lora_name, task=PUSH_TASK, base=self.engine.base_name)
         return stored.ref
+
+
+def _names_a_folder(path: str) -> bool:
+    """Whether a ``lora_path`` is (or would be read as) a folder rather than a registry reference,
+    which has at most one ``/`` (``org/name``) and never starts like a path."""
+    return (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+            or (os.sep != "/" and os.sep in path) or os.path.isdir(path))
 
 
 def _stored_copy(registry: Registry, name: str, folder: str) -> AdapterVersion | None:

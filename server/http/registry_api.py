@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
@@ -33,26 +34,33 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 from adapterhub.adapter_folder import read_adapter_folder
 from adapterhub.errors import AdapterHubError, InvalidAdapter, InvalidName
 from adapterhub.refs import validate_name
-from adapterhub.registry import LocalRegistry
+from adapterhub.registry import AdapterVersion, LocalRegistry
 from adapterhub.remote import check_file_name
 
 from .auth import READ, WRITE, authorize, check_credentials
 from .errors import ApiError
 from .header_gate import add_gate
+from .hf_repo_id import repo_route
 from .json_body import json_object
 from .state import app_state
 
-__all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "ALLOW_LOCAL_BASES", "hide_registry_path"]
+__all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "MAX_COMMIT_BYTES", "ALLOW_LOCAL_BASES", "hide_registry_path",
+           "DEFAULT_MAX_OBJECT", "DEFAULT_MAX_JSON", "json_body", "push_folder", "write_body_limit"]
 
 bp = Blueprint("registry_api", __name__, url_prefix="/api")
 
 MAX_OBJECT_BYTES = "MAX_OBJECT_BYTES"  # app.config key: largest object one PUT may carry
 MAX_JSON_BYTES = "MAX_JSON_BYTES"  # app.config key: largest JSON request body
+# app.config key: largest Hugging Face commit body (its small files ride inline, base64, see hf_commit)
+MAX_COMMIT_BYTES = "MAX_COMMIT_BYTES"
 # app.config key: let pushes name their base by a folder on the hub's machine (one-machine setups);
 # otherwise a request could make the hub read config and headers from any folder it can see.
 ALLOW_LOCAL_BASES = "ALLOW_LOCAL_BASES"
-_DEFAULT_MAX_OBJECT = 4 << 30
-_DEFAULT_MAX_JSON = 1 << 20
+DEFAULT_MAX_OBJECT = 4 << 30
+DEFAULT_MAX_JSON = 1 << 20
+DEFAULT_MAX_COMMIT = 64 << 20
+# The Hugging Face commit route (hf_commit), the one JSON-ish write that carries file bytes.
+_HF_COMMIT = re.compile(r"/api/models/[^/]+(?:/[^/]+)?/commit/[^/]+")
 _MAX_FILES = 32
 MAX_PAGE = 1000  # most versions one GET /api/versions answers; `next` is the cursor of the rest
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -100,8 +108,8 @@ def _check_file_name(path: Any) -> str:
         raise ApiError(400, str(e), code="invalid_path") from None
 
 
-def _json_body() -> dict[str, Any]:
-    limit = current_app.config.get(MAX_JSON_BYTES, _DEFAULT_MAX_JSON)
+def json_body() -> dict[str, Any]:
+    limit = current_app.config.get(MAX_JSON_BYTES, DEFAULT_MAX_JSON)
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body over {limit} bytes", code="too_large")
     return json_object()
@@ -165,7 +173,7 @@ def get_object(digest: str):
 @bp.post("/objects/check")
 def check_objects():
     authorize(WRITE)
-    digests = _field(_json_body(), "digests", list, [])
+    digests = _field(json_body(), "digests", list, [])
     if len(digests) > 1000:
         raise ApiError(400, "at most 1000 digests per check", code="too_many")
     store = _registry().store
@@ -179,7 +187,7 @@ def put_object(digest: str):
     size = request.content_length
     if size is None:
         raise ApiError(411, "object uploads need a Content-Length", code="length_required")
-    limit = current_app.config.get(MAX_OBJECT_BYTES, _DEFAULT_MAX_OBJECT)
+    limit = current_app.config.get(MAX_OBJECT_BYTES, DEFAULT_MAX_OBJECT)
     if size > limit:
         raise ApiError(413, f"object of {size} bytes is over this hub's limit of {limit} bytes", code="too_large")
     stored = _registry().put_object(request.stream, digest)
@@ -236,36 +244,43 @@ def _lineage(body: dict[str, Any]) -> list[dict[str, Any]]:
     return lineage
 
 
-@bp.post("/adapters/<name>/versions")
+@repo_route(bp, "/adapters/{repo}/versions", methods=["POST"])
 def commit_version(name: str):
     authorize(WRITE)
     validate_name(name)
-    body = _json_body()
+    body = json_body()
     files = _manifest(body)
     registry = _registry()
     _check_objects(registry, files)
     with registry.store.staged({f["path"]: f["sha256"] for f in files}) as folder:
-        try:
-            adapter = read_adapter_folder(folder)
-            extra = sorted({f["path"] for f in files} - set(adapter.files))
-            if extra:
-                raise InvalidAdapter(f"not part of a PEFT adapter folder: {', '.join(extra)}")
-            base = _field(body, "base", (str, type(None)), None)
-            _check_base(base or adapter.base_model)
-            version = registry.push(
-                folder,
-                name=name,
-                task=_field(body, "task", str, ""),
-                base=base,
-                tags=_field(body, "tags", list, []),
-                description=_field(body, "description", str, ""),
-                metrics=_field(body, "metrics", dict, {}),
-                lineage=_lineage(body),
-                training=_field(body, "training", (dict, type(None)), None),
-            )
-        except AdapterHubError as e:
-            raise _without_folder(e, str(folder)) from None
+        version = push_folder(
+            registry,
+            folder,
+            name=name,
+            task=_field(body, "task", str, ""),
+            base=_field(body, "base", (str, type(None)), None),
+            tags=_field(body, "tags", list, []),
+            description=_field(body, "description", str, ""),
+            metrics=_field(body, "metrics", dict, {}),
+            lineage=_lineage(body),
+            training=_field(body, "training", (dict, type(None)), None),
+        )
     return jsonify(version.to_json()), 201
+
+
+def push_folder(registry: LocalRegistry, folder: Path, *, name: str, base: str | None, **metadata: Any) -> AdapterVersion:
+    """Record a folder assembled on the hub as the next version of ``name``: the one commit path of
+    the registry API and of Hugging Face commits, so both validate exactly as ``adapterhub push``
+    does (``LocalRegistry.push``), plus the hub's own rules: no stray files, no base by local path."""
+    try:
+        adapter = read_adapter_folder(folder)
+        extra = sorted({p.name for p in folder.iterdir()} - set(adapter.files))
+        if extra:
+            raise InvalidAdapter(f"not part of a PEFT adapter folder: {', '.join(extra)}")
+        _check_base(base or adapter.base_model)
+        return registry.push(folder, name=name, base=base, **metadata)
+    except AdapterHubError as e:
+        raise _without_folder(e, str(folder)) from None
 
 
 def _without_folder(error: AdapterHubError, folder: str) -> AdapterHubError:
@@ -283,7 +298,7 @@ def _without_folder(error: AdapterHubError, folder: str) -> AdapterHubError:
 @bp.post("/tags")
 def tag_version():
     authorize(WRITE)
-    body = _json_body()
+    body = json_body()
     ref, tag = _field(body, "ref", str, None), _field(body, "tag", str, None)
     if ref is None or tag is None:
         raise InvalidName("give 'ref' and 'tag'")
@@ -294,7 +309,7 @@ def tag_version():
 def untag_version():
     """Remove a tag, keeping its version: ``{"ref": "name:tag"}`` or ``{"ref": REF, "tag": TAG}``."""
     authorize(WRITE)
-    body = _json_body()
+    body = json_body()
     ref, tag = _field(body, "ref", str, None), _field(body, "tag", (str, type(None)), None)
     if ref is None:
         raise InvalidName("give 'ref' (name:tag), or 'ref' and 'tag'")
@@ -304,7 +319,7 @@ def untag_version():
 @bp.patch("/versions/<path:ref>/metrics")
 def set_metrics(ref: str):
     authorize(WRITE)
-    return jsonify(_registry().set_metrics(ref, _json_body()).to_json())
+    return jsonify(_registry().set_metrics(ref, json_body()).to_json())
 
 
 @bp.delete("/versions/<path:ref>")
@@ -332,15 +347,22 @@ def _body_limit(app: Flask, method: str, path: str, headers: Mapping[str, str]) 
     a Content-Length); otherwise the route's size limit. None for every other request."""
     if method not in _BODY_METHODS or not path.startswith(bp.url_prefix + "/"):
         return None
+    if method == "PUT" and path.startswith(bp.url_prefix + "/objects/"):
+        if "content-length" not in headers:
+            return 0
+        return write_body_limit(app, headers, app.config.get(MAX_OBJECT_BYTES, DEFAULT_MAX_OBJECT))
+    if method == "POST" and _HF_COMMIT.fullmatch(path):
+        return write_body_limit(app, headers, app.config.get(MAX_COMMIT_BYTES, DEFAULT_MAX_COMMIT))
+    return write_body_limit(app, headers, app.config.get(MAX_JSON_BYTES, DEFAULT_MAX_JSON))
+
+
+def write_body_limit(app: Flask, headers: Mapping[str, str], limit: int) -> int:
+    """``limit`` for a request with a write token, 0 (no body read) for any other."""
     try:
         check_credentials(app_state(app)["tokens"], headers.get("authorization"), WRITE, required=True)
     except AdapterHubError:
         return 0
-    if method == "PUT" and path.startswith(bp.url_prefix + "/objects/"):
-        if "content-length" not in headers:
-            return 0
-        return app.config.get(MAX_OBJECT_BYTES, _DEFAULT_MAX_OBJECT)
-    return app.config.get(MAX_JSON_BYTES, _DEFAULT_MAX_JSON)
+    return limit
 
 
 @bp.record_once
