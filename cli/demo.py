@@ -2,11 +2,14 @@
 
 The field's order on a model small enough for a 2-core CPU: build the tiny base (the pre-trained
 stand-in), instruction-tune it, train two LoRA adapters and a soft prompt on the demo instruction
-data, push them with their metrics, pull and verify them, fold one LoRA into a standalone model
-(checked against PEFT), then serve the base on an nf4-quantized copy with every adapter at once and
-send one request per adapter in the same moment: each is answered by its own adapter. Everything
-happens under one work folder (a temporary one unless ``--workdir`` is given), so the checkout
-stays clean.
+data, push them with their metrics, and push a prompt template per task (the zero-parameter
+adapter) with a soft prompt or LoRA for each task that lacks one; pull and verify them, fold one
+LoRA into a standalone model (checked against PEFT), then serve the base on an nf4-quantized copy
+with every adapter at once and send one request per adapter in the same moment: each is answered
+by its own adapter. Last, ``adapterhub eval`` per task: the bare base, the prompt template, the
+soft prompt and the LoRA on the same held-out rows, stored in the registry (and plotted when
+matplotlib is installed). Everything happens under one work folder (a temporary one unless
+``--workdir`` is given), so the checkout stays clean.
 """
 
 from __future__ import annotations
@@ -63,8 +66,9 @@ def demo(workdir, quantize):
     from adapterhub.merge.plan import MergeOptions
     from adapterhub.registry import LocalRegistry
     from adapterhub.tinybase import build_tiny_base
-    from adapterhub.train.demo import DEMO_ADAPTERS, train_demo_adapters
+    from adapterhub.train.demo import train_demo_adapters
     from adapterhub.api import start_engine
+    from adapterhub.evaluation.demo import compare_demo_tasks, push_demo_templates, train_comparison_adapters
 
     started = time.perf_counter()
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="adapterhub-demo-"))
@@ -85,6 +89,11 @@ def demo(workdir, quantize):
                 for v in registry.list()]
         click.echo(render_table(("NAME", "VER", "TYPE", "TASK", "EXACT MATCH", "BASE ALONE", "DIGEST"), rows))
 
+        _step("push a prompt template per task (zero parameters); add a soft prompt or LoRA where a task lacks one")
+        versions += push_demo_templates(registry, instruct_base, work)
+        versions += train_comparison_adapters(instruct_base, work / "data", work, registry,
+                                              progress=sys.stderr.isatty())
+
         _step("pull every adapter back and verify the registry")
         for v in versions:
             registry.pull(v.ref, work / "pulled" / v.name)
@@ -102,7 +111,7 @@ def demo(workdir, quantize):
 
         _step(f"serve the base ({quantize}) with every adapter at once; one request per adapter, concurrently")
         data = work / "data"
-        asks = [(spec.name, _first_eval_row(data / spec.task / "eval.jsonl")) for spec in DEMO_ADAPTERS]
+        asks = [(v.name, _first_eval_row(data / v.task / "eval.jsonl")) for v in versions]
         asks.append(("base", asks[0][1]))
         with start_engine(instruct_base, registry=registry, quantize=quantize, http=True) as server:
             click.echo(f"OpenAI-compatible API at {server.url}/v1")
@@ -113,7 +122,16 @@ def demo(workdir, quantize):
                   "yes" if answer.strip() == row["output"].strip() else "no")
                  for (model, row), answer in zip(asks, answers)]
         click.echo(render_table(("MODEL", "PROMPT", "ANSWER", "= REFERENCE"), table))
-        click.echo(f"\ndone in {time.perf_counter() - started:.0f} s")
+
+        _step("adapterhub eval per task: bare base, prompt template, soft prompt and LoRA on the held-out rows")
+        compared = compare_demo_tasks(registry, instruct_base, data, plot_dir=work if workdir else None)
+        for task, (report, plot) in compared.items():
+            click.echo(f"task {task} ({report.rows} rows of {data / task / 'eval.jsonl'})")
+            click.echo(render_table(("REF", "TYPE", "EXACT MATCH", "ROUGE-L"), [
+                (s.ref, s.adapter_type, f"{s.exact_match:.1%}", f"{s.rouge_l:.3f}") for s in report.scores]))
+            click.echo(f"stored in each version's metrics as eval.{report.data_sha256.removeprefix('sha256:')[:12]}..."
+                       + (f"; plot: {plot}" if plot else "") + "\n")
+        click.echo(f"done in {time.perf_counter() - started:.0f} s")
     finally:
         if not workdir:
             shutil.rmtree(work, ignore_errors=True)

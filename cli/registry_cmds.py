@@ -47,7 +47,7 @@ def _version_line(v: AdapterVersion) -> str:
 @index_option
 @json_option
 def push(folder, name, task, base, tags, description, registry, index, json_output):
-    """Store a PEFT adapter FOLDER as the next version of NAME."""
+    """Store a PEFT adapter FOLDER (or a prompt template's: prompt_template.json) as the next version of NAME."""
     reg = open_registry(registry, index=index)
     v = reg.push(folder, name=name, task=task, base=base, tags=tags, description=description)
     if json_output:
@@ -78,7 +78,7 @@ def pull(ref, out, force, registry, index, json_output):
 @click.command(name="list")
 @click.option("--base", default=None, help="Only adapters for this base (name as pushed, or fingerprint prefix).")
 @click.option("--task", default=None, help="Only adapters for this task.")
-@click.option("--type", "adapter_type", type=click.Choice(["lora", "prompt_tuning"]), default=None)
+@click.option("--type", "adapter_type", type=click.Choice(["lora", "prompt_tuning", "prompt_template"]), default=None)
 @click.option("--name", default=None, help="Only versions of this adapter.")
 @click.option("--tag", default=None, help="Only versions this tag points at ('latest': the newest of each name).")
 @click.option("--limit", type=click.IntRange(min=0), default=DEFAULT_PAGE, show_default=True,
@@ -134,6 +134,8 @@ def _config_brief(v: AdapterVersion) -> str:
     if v.adapter_type == "lora":
         rs = " rs" if p.get("use_rslora") else ""
         return f"r={p.get('r')} a={p.get('lora_alpha')}{rs}"
+    if v.adapter_type == "prompt_template":
+        return f"examples={p.get('examples')}"
     return f"tokens={p.get('num_virtual_tokens')}"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidAdapter, UnsupportedAdapter
+from .prompt_template import PROMPT_TEMPLATE_FILE, load_prompt_template, parse_prompt_template
 from .peft_format import (
     MAX_CONFIG_BYTES,
     PROMPT_MODULE,
@@ -36,6 +37,7 @@ __all__ = [
     "ModuleUse",
     "read_adapter_folder",
     "ADAPTER_TYPES",
+    "PROMPT_TEMPLATE",
 ]
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -46,6 +48,8 @@ _OPTIONAL_FILES = ("README.md",)
 
 # peft_type -> the adapter type the registry records.
 ADAPTER_TYPES = {"LORA": "lora", "PROMPT_TUNING": "prompt_tuning"}
+# The zero-parameter kind: a folder with a prompt_template.json instead of a PEFT config (``prompt_template``).
+PROMPT_TEMPLATE = "prompt_template"
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,16 @@ class AdapterFolder:
     def base_model(self) -> str | None:
         return self.config.get("base_model_name_or_path") or None
 
+    @property
+    def config_file(self) -> str:
+        """The file that describes the adapter (and may name its base)."""
+        return PROMPT_TEMPLATE_FILE if self.adapter_type == PROMPT_TEMPLATE else ADAPTER_CONFIG
+
     def summary(self) -> dict[str, Any]:
         """The PEFT settings a person compares adapters by; stored in the registry entry (checked
         and bounded by ``peft_format.config_values``, long texts as a preview)."""
+        if self.adapter_type == PROMPT_TEMPLATE:
+            return parse_prompt_template(self.config).summary()
         out = indexed_settings(self.config, self.adapter_type)
         out["parameters"] = sum(t.numel for t in self.tensors.values())
         return out
@@ -89,7 +100,8 @@ class AdapterFolder:
 def _load_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / ADAPTER_CONFIG
     if not check_regular(cfg_path):
-        raise InvalidAdapter(f"{folder}: no {ADAPTER_CONFIG} (is this a PEFT adapter folder?)")
+        raise InvalidAdapter(f"{folder}: no {ADAPTER_CONFIG} (is this a PEFT adapter folder? a prompt template "
+                             f"has {PROMPT_TEMPLATE_FILE})")
     try:
         config = json.loads(read_regular(cfg_path, MAX_CONFIG_BYTES, ADAPTER_CONFIG).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -124,11 +136,28 @@ def _module_uses(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> tupl
     return tuple(uses)
 
 
+def _optional_files(folder: Path) -> list[str]:
+    return [f for f in _OPTIONAL_FILES if check_regular(folder / f)]
+
+
+def _prompt_template_folder(folder: Path) -> AdapterFolder:
+    """A folder holding a ``prompt_template.json``: no tensors, no modules; its base is the one the file names."""
+    if check_regular(folder / ADAPTER_CONFIG):
+        raise InvalidAdapter(f"{folder}: holds both {ADAPTER_CONFIG} and {PROMPT_TEMPLATE_FILE}; a folder is one "
+                             "adapter (push them from separate folders)")
+    template = load_prompt_template(folder / PROMPT_TEMPLATE_FILE)
+    return AdapterFolder(folder, template.to_dict(), PROMPT_TEMPLATE, {},
+                         tuple([PROMPT_TEMPLATE_FILE] + _optional_files(folder)))
+
+
 def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
-    """Validate a folder as PEFT would save it and describe it; raise ``InvalidAdapter`` otherwise."""
+    """Validate a folder as PEFT would save it (or a prompt template folder) and describe it; raise
+    ``InvalidAdapter`` otherwise."""
     folder = Path(path)
     if not folder.is_dir():
         raise InvalidAdapter(f"{folder}: not a folder")
+    if check_regular(folder / PROMPT_TEMPLATE_FILE):
+        return _prompt_template_folder(folder)
     config = _load_config(folder)
     kind = _adapter_type(config, folder)
     problem = config_problem(config, kind)
@@ -162,5 +191,5 @@ def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
                 f"{folder}: prompt_embeddings has {prompt.shape[0]} rows, config says {n} virtual tokens"
             )
         modules = (ModuleUse(PROMPT_MODULE, "prompt", (prompt.shape[1],), 0),)
-    files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS] + [f for f in _OPTIONAL_FILES if check_regular(folder / f)]
+    files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS] + _optional_files(folder)
     return AdapterFolder(folder, config, kind, tensors, tuple(files), modules)

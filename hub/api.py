@@ -115,7 +115,7 @@ def list_adapters(*, name: str | None = None, task: str | None = None, base: str
     """The versions matching every filter given, by name then version: what a server could serve.
 
     ``base`` matches the base name as pushed or a prefix of its fingerprint (``sha256:...``);
-    ``adapter_type`` is ``lora`` or ``prompt_tuning``.
+    ``adapter_type`` is ``lora``, ``prompt_tuning`` or ``prompt_template``.
 
     Returns a list (empty when nothing matches). Raises ``RegistryCorrupt`` for an unreadable index,
     ``RemoteError`` from a hub.
@@ -260,8 +260,12 @@ class EngineHandle:
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 stop=tuple(stop))
         tokenizer = self.engine.tokenizer
+        version = self.engine.resolve(adapter)
+        template = self.engine.adapters.prompt_template(version)
+        if template is not None:  # a prompt template rewrites the prompt, as the server does
+            prompt = template.apply(prompt)
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else encode_prompt(tokenizer, prompt)
-        request = self.engine.submit(ids, params, self.engine.resolve(adapter))
+        request = self.engine.submit(ids, params, version)
         text = []
         try:
             for event in request.stream:

@@ -18,13 +18,14 @@ from typing import Any
 from .adapter_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter_folder
 from .blobstore import sha256_file
 from .errors import AdapterHubError, AdapterNotFound, InvalidReference, RemoteError
+from .prompt_template import PROMPT_TEMPLATE_FILE
 from .refs import validate_name
 from .registry import AdapterVersion, FileEntry, manifest_digest
 
 __all__ = ["HF_SCHEME", "HfSource", "parse_hf_url", "import_from_hub"]
 
 HF_SCHEME = "hf://"
-_FILES = [ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md"]
+_FILES = [ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROMPT_TEMPLATE_FILE, "README.md"]
 
 
 @dataclass(frozen=True)

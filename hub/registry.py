@@ -416,7 +416,7 @@ class LocalRegistry:
         base_name = base or adapter.base_model
         if not base_name:
             raise InvalidAdapter(
-                f"{adapter.path}: adapter_config.json names no base_model_name_or_path; pass the base explicitly"
+                f"{adapter.path}: {adapter.config_file} names no base_model_name_or_path; pass the base explicitly"
             )
         revision = adapter.config.get("revision")
         info = load_base_info(base_name, revision)

@@ -1,5 +1,6 @@
-"""``adapterhub eval``: the bare base, a soft prompt and a LoRA on the same rows; answers through the serving
-engine equal PEFT's greedy answers, loss equals PEFT's, results stored per data digest, a table and a plot."""
+"""``adapterhub eval``: the bare base, a prompt template, a soft prompt and a LoRA on the same rows; answers
+through the serving engine equal PEFT's greedy answers (for the template: the base's on the rewritten
+prompts), loss equals PEFT's, results stored per data digest, a table and a plot."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from click.testing import CliRunner
 
 from adapterhub.cli.main import cli
 from adapterhub.datasets.demo import make_rows
+from adapterhub.evaluation.templated import templated_examples
+from adapterhub.prompt_template import FewShot, PromptTemplate, write_prompt_template
 from adapterhub.registry import LocalRegistry
 from adapterhub.train.data import data_digest, load_examples
 from adapterhub.train.evaluate import answer_scores
@@ -20,6 +23,10 @@ def test_exact_match_and_rouge_l_of_answers():
     exact, rouge = answer_scores([" KOPITA\n", "kopita", "the cat sat"], ["KOPITA", "KOPITA", "the cat sat down"])
     assert exact == pytest.approx(1 / 3)
     assert rouge == pytest.approx((1.0 + 1.0 + 6 / 7) / 3)  # ROUGE-L ignores case; 3 of 4 words: F = 6/7
+
+
+UPPER = PromptTemplate(template="Capitals: {input}", system="Write words in capital letters.",
+                       examples=(FewShot("Capitals: bako", "BAKO"),))
 
 
 def _peft_answers(tiny_base, folder, examples):
@@ -42,32 +49,38 @@ def _peft_answers(tiny_base, folder, examples):
     return answers, loss
 
 
-def test_eval_compares_base_soft_prompt_and_lora(tiny_base, make_lora, make_prompt, tmp_path):
+def test_eval_compares_base_template_soft_prompt_and_lora(tiny_base, make_lora, make_prompt, tmp_path):
     registry = LocalRegistry(tmp_path / "registry")
     lora, prompt = make_lora(), make_prompt(num_virtual_tokens=4)
     registry.push(lora, name="upper-lora", task="uppercase", base=str(tiny_base))
     registry.push(prompt, name="upper-prompt", task="uppercase", base=str(tiny_base))
+    registry.push(write_prompt_template(UPPER, tmp_path / "tpl"), name="upper-template", task="uppercase",
+                  base=str(tiny_base))
     rows = make_rows("uppercase")[1][:5]
     data = tmp_path / "eval.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     examples = load_examples(data)
 
-    result = CliRunner().invoke(cli, ["eval", "base", "upper-lora", "upper-prompt", "--data", str(data),
+    result = CliRunner().invoke(cli, ["eval", "base", "upper-template", "upper-lora", "upper-prompt",
+                                      "--data", str(data),
                                       "--registry", str(tmp_path / "registry"), "--plot", str(tmp_path / "eval.png"),
                                       "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["rows"] == 5 and doc["data_sha256"] == data_digest(data) and doc["base"] == str(tiny_base)
     scores = {s["ref"]: s for s in doc["scores"]}
-    assert list(scores) == ["base", "upper-lora@1", "upper-prompt@1"]
-    for ref, folder in (("base", None), ("upper-lora@1", lora), ("upper-prompt@1", prompt)):
-        answers, loss = _peft_answers(tiny_base, folder, examples)
+    assert list(scores) == ["base", "upper-template@1", "upper-lora@1", "upper-prompt@1"]
+    for ref, folder, rows in (("base", None, examples), ("upper-template@1", None, templated_examples(UPPER, examples)),
+                              ("upper-lora@1", lora, examples), ("upper-prompt@1", prompt, examples)):
+        answers, loss = _peft_answers(tiny_base, folder, rows)
         assert scores[ref]["answers"] == answers, ref  # the engine's mixed batches answer as PEFT does
         assert scores[ref]["loss"] == pytest.approx(loss, rel=1e-5)
         assert scores[ref]["perplexity"] == pytest.approx(math.exp(loss))
         exact, rouge = answer_scores(answers, [e.response for e in examples])
         assert (scores[ref]["exact_match"], scores[ref]["rouge_l"]) == (exact, pytest.approx(rouge))
     assert scores["upper-lora@1"]["adapter_type"] == "lora" and scores["upper-prompt@1"]["adapter_type"] == "prompt_tuning"
+    assert scores["upper-template@1"]["adapter_type"] == "prompt_template"
+    assert scores["upper-template@1"]["loss"] != scores["base"]["loss"]  # the template changed what the base read
 
     hex_digest = data_digest(data).removeprefix("sha256:")
     stored = registry.resolve("upper-lora").metrics
@@ -75,6 +88,8 @@ def test_eval_compares_base_soft_prompt_and_lora(tiny_base, make_lora, make_prom
     assert stored[f"eval.{hex_digest}.rouge_l"] == pytest.approx(scores["upper-lora@1"]["rouge_l"])
     assert stored[f"eval.{hex_digest}.base_loss"] == pytest.approx(scores["base"]["loss"])
     assert stored[f"eval.{hex_digest}.rows"] == 5
+    template_metrics = registry.resolve("upper-template").metrics
+    assert template_metrics[f"eval.{hex_digest}.loss"] == pytest.approx(scores["upper-template@1"]["loss"])
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     table = CliRunner().invoke(cli, ["eval", "--base-only", "--base", str(tiny_base), "--data", str(data),

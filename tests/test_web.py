@@ -101,3 +101,55 @@ def test_page_renders_in_headless_chromium(populated, tmp_path):
 
 def _pixels_near(colors: list[tuple[int, tuple[int, int, int]]], rgb: tuple[int, int, int], tolerance: int) -> int:
     return sum(n for n, c in colors if all(abs(a - b) <= tolerance for a, b in zip(c, rgb, strict=True)))
+
+
+@pytest.fixture
+def evaluated(tmp_path, tiny_base, make_lora, make_prompt):
+    """A hub whose uppercase adapters (one of each kind) were compared by ``adapterhub eval`` on demo rows."""
+    import json
+
+    from adapterhub.datasets.demo import make_rows
+    from adapterhub.evaluation.compare import evaluate_refs
+    from adapterhub.prompt_template import FewShot, PromptTemplate, write_prompt_template
+
+    reg = LocalRegistry(tmp_path / "hub", durable=False)
+    template = PromptTemplate(template="{input}", system="Write the word in capital letters.",
+                              examples=(FewShot("bako", "BAKO"),))
+    reg.push(write_prompt_template(template, tmp_path / "tpl"), name="upper-template", task="uppercase",
+             base=str(tiny_base))
+    reg.push(make_prompt(), name="upper-prompt", task="uppercase")
+    reg.push(make_lora(), name="upper-lora", task="uppercase")
+    data = tmp_path / "uppercase-eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_rows("uppercase")[1][:4]))
+    report = evaluate_refs(["base", "upper-template", "upper-prompt", "upper-lora"], data, registry=reg)
+    return reg, report
+
+
+def _standings(html: str) -> list[list[str]]:
+    rows = re.findall(r'<tr class="standing kind-[a-z_]+">(.*?)</tr>', html, re.S)
+    return [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S) for r in rows]
+
+
+def test_task_ranks_base_template_soft_prompt_and_lora_by_eval(evaluated):
+    reg, report = evaluated
+    html = create_app(reg).test_client().get("/").get_data(as_text=True)
+    standings = _standings(html)
+    scores = {s.ref: s for s in report.scores}
+    assert sorted(row[1] for row in standings) == sorted(scores)  # one row per reference, the base included
+    assert {row[2] for row in standings} == {"base", "prompt_template", "prompt_tuning", "lora"}
+    expected = sorted(scores.values(), key=lambda s: (-s.exact_match, -s.rouge_l, s.ref))
+    assert [row[1] for row in standings] == [s.ref for s in expected]  # ranked by exact match, then ROUGE-L
+    for row in standings:
+        assert row[3] == f"{100 * scores[row[1]].exact_match:.1f}%" and row[4] == f"{scores[row[1]].rouge_l:.3f}"
+    assert f"data sha256:{report.data_sha256.removeprefix('sha256:')[:12]} (4 rows)" in html
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed")
+def test_rankings_render_in_headless_chromium(evaluated, tmp_path):
+    reg, report = evaluated
+    with start_in_thread(create_app(reg)) as server:
+        dom = _chromium(tmp_path, "--dump-dom", server.url + "/")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    standings = _standings(dom.stdout)
+    assert [row[1] for row in standings if row[2] == "prompt_template"] == ["upper-template@1"]
+    assert len(standings) == 4 and "Task: uppercase" in dom.stdout

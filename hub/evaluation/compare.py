@@ -1,7 +1,9 @@
 """Several adapters and the bare base, measured on the same rows, the results stored with the data's digest.
 
 Per reference: exact match and ROUGE-L of greedy answers (the serving engine, mixed batches),
-loss and perplexity (PEFT). ``base`` names the bare base model. Each registry version gets
+loss and perplexity (PEFT). ``base`` names the bare base model. The three kinds of adapter compare
+on the same rows: a LoRA, a soft prompt, and a prompt template (the base reading the rows as the
+template rewrites them). Each registry version gets
 ``eval.<sha256 hex of the data>.<metric>`` in its metrics (and, when the base was measured in
 the same run, ``eval.<hex>.base_<metric>``), so results on different data never overwrite
 each other and a page can rank adapters per task by the rows they were measured on.
@@ -27,7 +29,7 @@ METRICS = ("exact_match", "rouge_l", "loss", "perplexity")
 @dataclass(frozen=True)
 class EvalScore:
     ref: str
-    adapter_type: str  # lora | prompt_tuning | base
+    adapter_type: str  # lora | prompt_tuning | prompt_template | base
     exact_match: float
     rouge_l: float
     loss: float

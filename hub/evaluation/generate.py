@@ -1,8 +1,10 @@
 """Greedy answers for many (adapter, prompt) pairs through the serving engine's public API.
 
 Requests are submitted interleaved (row 1 for every adapter, then row 2...) with a bounded number in
-flight, so the engine's continuous batching decodes different adapters (LoRA, soft prompt, the bare
-base) in the same batch, as ``adapterhub serve`` does for its clients.
+flight, so the engine's continuous batching decodes different adapters (LoRA, soft prompt, prompt
+template, the bare base) in the same batch, as ``adapterhub serve`` does for its clients. A prompt
+template rewrites the row's prompt first (``PromptTemplate.apply``, as the server does), and its row
+is decoded by the base.
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ def engine_answers(engine: Any, versions: Sequence[Any], prompts: Sequence[Any],
     from adapterhub.server.engine.request import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0)
-    ids = [encode_prompt(engine.tokenizer, p) for p in prompts]
+    plain = [encode_prompt(engine.tokenizer, p) for p in prompts]
+    templates = [engine.adapters.prompt_template(v) for v in versions]
     answers = [[""] * len(prompts) for _ in versions]
     window: deque[tuple[int, int, Any]] = deque()
     try:
-        for j, prompt_ids in enumerate(ids):
-            for i, version in enumerate(versions):
+        for j, prompt in enumerate(prompts):
+            for i, (version, template) in enumerate(zip(versions, templates)):
                 if len(window) >= in_flight:
                     a, b, request = window.popleft()
                     answers[a][b] = _text(request)
-                window.append((i, j, engine.submit(prompt_ids, params, version)))
+                ids = plain[j] if template is None else encode_prompt(engine.tokenizer, template.apply(prompt))
+                window.append((i, j, engine.submit(ids, params, version)))
         while window:
             a, b, request = window.popleft()
             answers[a][b] = _text(request)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapter_folder import ADAPTER_WEIGHTS, AdapterFolder
+from ..adapter_folder import ADAPTER_WEIGHTS, PROMPT_TEMPLATE, AdapterFolder
 from ..errors import MergeError, UnsupportedAdapter
 from ..peft_format import (
     check_mergeable,
@@ -119,6 +119,11 @@ def _check_mergeable(adapter: AdapterFolder) -> None:
         raise UnsupportedAdapter(
             f"{adapter.path}: a prompt-tuning adapter prepends learned virtual tokens to every input; it changes "
             "no weight, so it cannot be folded into a model (serve it with the base instead)"
+        )
+    if adapter.adapter_type == PROMPT_TEMPLATE:
+        raise UnsupportedAdapter(
+            f"{adapter.path}: a prompt template rewrites the prompt text and has no parameters, so it cannot be "
+            "folded into a model (serve it with the base instead)"
         )
     check_mergeable(adapter.config, group_adapter_tensors(adapter.tensors), str(adapter.path))
 

@@ -155,10 +155,17 @@ class Engine:
         """Whether the engine loop runs: a health check's answer (Ray restarts a replica whose loop died)."""
         return self._scheduler.is_alive()
 
+    def adapter_caches(self) -> list[tuple[str, Any]]:
+        """(adapter kind, its cache) for every kind this engine serves; each has ``stats``."""
+        caches: list[tuple[str, Any]] = [("prompt_tuning", self.soft_prompts),
+                                         ("prompt_template", self.adapters.prompt_templates)]
+        if self.lora_slots is not None:
+            caches.append(("lora", self.lora_slots))
+        return caches
+
     def adapter_loads(self) -> int:
         """Adapters loaded since start, every kind: what affinity routing exists to keep low."""
-        caches = [self.soft_prompts] + ([self.lora_slots] if self.lora_slots is not None else [])
-        return sum(cache.stats.loads for cache in caches)
+        return sum(cache.stats.loads for _, cache in self.adapter_caches())
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the loop; requests still queued or running end with finish reason ``error``

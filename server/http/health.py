@@ -126,7 +126,7 @@ class EngineCollector:
         yield from self._caches()
         resident = engine.loaded_adapters()
         family = GaugeMetricFamily("adapterhub_adapters_resident", "adapters loaded, by kind", labels=["kind"])
-        for kind in ("lora", "prompt_tuning"):
+        for kind, _ in self.engine.adapter_caches():
             family.add_metric([kind], sum(1 for a in resident if a.get("adapter_type") == kind))
         yield family
         yield GaugeMetricFamily("adapterhub_running_requests", "rows in the running batch", value=engine.running)
@@ -151,9 +151,7 @@ class EngineCollector:
             yield family
 
     def _caches(self) -> Iterator[Metric]:
-        caches: list[tuple[str, CacheStats]] = [("prompt_tuning", self.engine.soft_prompts.stats)]
-        if self.engine.lora_slots is not None:
-            caches.append(("lora", self.engine.lora_slots.stats))
+        caches: list[tuple[str, CacheStats]] = [(kind, cache.stats) for kind, cache in self.engine.adapter_caches()]
         for name, help_text, field in _CACHE_COUNTERS:
             family = CounterMetricFamily("adapterhub_" + name, help_text, labels=["kind"])
             for kind, stats in caches:

@@ -6,6 +6,9 @@ generated, so an unknown adapter is a 404 and one made for another base a 409. E
 checked here, in the HTTP thread, and reported as a 400 naming the field; the engine only ever sees
 valid requests. ``stream: true`` answers with server-sent events, one per generated token.
 
+A ``model`` naming a prompt template (a zero-parameter adapter) rewrites the prompt text before it
+is tokenized (``prompt_templates``); the answer then comes from the base, batched with the rest.
+
 One extension beyond OpenAI's schema: ``return_token_ids: true`` adds each choice's generated
 ``token_ids`` (the exactness tests compare them with PEFT's).
 
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from flask import Blueprint, Response, g, jsonify, request
 
 from adapterhub.errors import IncompatibleBase
-from adapterhub.server.engine.adapters.picker import check_compatible
+from adapterhub.server.engine.adapters.picker import SERVED_TYPES, check_compatible
 from adapterhub.server.engine.engine import ContextTooLong, EngineStopped, QueueFull
 from adapterhub.server.engine.request import (
     MAX_LOGPROBS,
@@ -56,10 +59,12 @@ from .header_gate import add_gate
 from .health import ServerMetrics
 from .json_body import json_object
 from .openai_logprobs import chat_logprobs, completion_logprobs
+from .prompt_templates import refuse_token_ids, template_of, templated_messages
 from .state import app_state
 from .vllm_compat import with_served_names
 
 if TYPE_CHECKING:
+    from adapterhub.prompt_template import PromptTemplate
     from adapterhub.registry import AdapterVersion
     from adapterhub.server.engine.engine import Engine
 
@@ -416,21 +421,23 @@ def _encode_text(tokenizer: Any, text: str, vocab: int, **kwargs: Any) -> list[i
     return _check_ids(tokenizer.encode(text, **kwargs), vocab)
 
 
-def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int, n: int) -> list[tuple[list[int], str]]:
-    """The prompts as (token ids, text as sent or decoded); their count (times ``n``) is checked
-    before any is tokenized."""
+def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int, n: int,
+                        template: PromptTemplate | None) -> list[tuple[list[int], str]]:
+    """The prompts as (token ids, text as sent, rendered by ``template``, or decoded); their count
+    (times ``n``) is checked before any is tokenized."""
     prompt = body.get("prompt")
     limits = app_state()["limits"]
+    render = template.render if template is not None else str
     if isinstance(prompt, str):
-        limits.check_generations(1, n)
-        return [(_encode_text(tokenizer, prompt, vocab), prompt)]
+        prompt = [prompt]
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
             prompt = [prompt]  # one prompt of token ids
         if all(isinstance(p, str) for p in prompt):
             limits.check_generations(len(prompt), n)
-            return [(_encode_text(tokenizer, p, vocab), p) for p in prompt]
+            return [(_encode_text(tokenizer, text, vocab), text) for text in map(render, prompt)]
         if all(isinstance(p, list) for p in prompt):
+            refuse_token_ids(template, body["model"])
             limits.check_generations(len(prompt), n)
             return [(ids, tokenizer.decode(ids)) for ids in (_check_ids(list(p), vocab) for p in prompt)]
     raise ApiError(400, "'prompt' must be a string, a list of strings, or token ids", code="invalid_type")
@@ -460,7 +467,7 @@ def completions():
     engine, body, version, n = _begin(_COMPLETION_FIELDS)
     logprobs = _top_k(body, "logprobs", MAX_COMPLETION_LOGPROBS)
     echo = _field(body, "echo", bool, "a boolean", False)
-    prompts = _completion_prompts(body, engine.tokenizer, engine.vocab_size, n)
+    prompts = _completion_prompts(body, engine.tokenizer, engine.vocab_size, n, template_of(engine, version))
     job = _start(engine, body, version, [ids for ids, _ in prompts], n, default_tokens=DEFAULT_COMPLETION_TOKENS,
                  logprobs=logprobs, prompt_logprobs=logprobs if echo else None)
     head = {"id": f"cmpl-{job.id}", "object": "text_completion", **job.head}
@@ -521,7 +528,8 @@ def _drain(choices: list[_Choice], label: str, metrics: ServerMetrics) -> None:
 # --- /v1/chat/completions ------------------------------------------------------------------------
 
 
-def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int) -> list[int]:
+def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int,
+                 template: PromptTemplate | None) -> list[int]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", code="invalid_type")
@@ -542,7 +550,8 @@ def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int) -> li
     _bounds().check_chars(sum(len(m["content"]) for m in clean), "the conversation")  # before templating it
     if getattr(tokenizer, "chat_template", None) is None:
         raise ApiError(400, "the base model has no chat template; use /v1/completions", code="no_chat_template")
-    text = tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(templated_messages(template, clean), add_generation_prompt=True,
+                                         tokenize=False)
     return _encode_text(tokenizer, text, vocab, add_special_tokens=False)
 
 
@@ -559,7 +568,7 @@ def _chat_top_logprobs(body: dict[str, Any]) -> int | None:
 def chat_completions():
     engine, body, version, n = _begin(_CHAT_FIELDS)
     top_logprobs = _chat_top_logprobs(body)
-    prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size, n)
+    prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size, n, template_of(engine, version))
     job = _start(engine, body, version, [prompt], n, default_tokens=None, logprobs=top_logprobs)
     head = {"id": f"chatcmpl-{job.id}", **job.head}
     decode = _decoder(engine.tokenizer)
@@ -600,7 +609,7 @@ def models():
     data = [{"id": engine.base_name, "object": "model", "created": 0, "owned_by": "adapterhub",
              "root": engine.base_name, "parent": None, "loaded": True, "quantization": engine.loaded.quantize}]
     for version in engine.registry.list(tag="latest"):  # one row per name, read from the index
-        if version.adapter_type not in ("lora", "prompt_tuning"):
+        if version.adapter_type not in SERVED_TYPES:
             continue
         name = version.name
         try:

@@ -1,8 +1,9 @@
 """A read-only page at ``/`` for people: the hub's adapters by base model and task.
 
-Rendered by the server from one Jinja template (no front-end build, no JavaScript): for each
-adapter its versions with tags, type, size, metrics and the exact command that pulls it from
-this hub.
+Rendered by the server from one Jinja template (no front-end build, no JavaScript): per task, the
+adapters ranked by their ``adapterhub eval`` results on each data file (the bare base, prompt
+templates, soft prompts and LoRAs side by side); for each adapter its versions with tags, type,
+size, metrics and the exact command that pulls it from this hub.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
+from adapterhub.evaluation.ranking import leaderboards
 from adapterhub.registry import AdapterVersion
 
 from .auth import READ, authorize
@@ -32,7 +34,8 @@ def _size(n: int) -> str:
 
 
 def _groups(versions: list[AdapterVersion]) -> list[dict[str, Any]]:
-    """[{base, fingerprint, tasks: [{task, adapters: [{name, versions (newest first)}]}]}], sorted."""
+    """[{base, fingerprint, tasks: [{task, leaderboards, adapters: [{name, versions (newest first)}]}]}], sorted;
+    a task's leaderboards rank its versions by their stored ``adapterhub eval`` results."""
     tree: dict[tuple[str, str], dict[str, dict[str, list[AdapterVersion]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
@@ -46,6 +49,7 @@ def _groups(versions: list[AdapterVersion]) -> list[dict[str, Any]]:
             "tasks": [
                 {
                     "task": task,
+                    "leaderboards": leaderboards(v for vs in adapters.values() for v in vs),
                     "adapters": [
                         {"name": name, "versions": sorted(vs, key=lambda v: -v.version)}
                         for name, vs in sorted(adapters.items())

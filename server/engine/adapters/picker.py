@@ -1,4 +1,4 @@
-"""Where a request picks its adapter: model name -> registry version -> LoRA slot, soft prompt or base.
+"""Where a request picks its adapter: model name -> registry version -> LoRA slot, soft prompt, template or base.
 
 An HTTP thread calls ``resolve`` with the request's ``model`` (the base's name, or an adapter
 reference: ``name``, ``name:tag``, ``name@3``): the version is looked up once, its type checked,
@@ -6,17 +6,25 @@ and it is refused before any byte is loaded when it was made for another base. `
 that same version resident, in the caller's thread, and records it on the request: a LoRA as the
 slot its rows use (``LoraCache``), a prompt-tuning adapter as the embeddings its prompt starts with
 (``SoftPromptCache``), nothing for the base. ``unpin`` lets the cache evict it again.
+
+A prompt template (``prompt_template``) has no parameters: the HTTP layer asks ``prompt_template``
+for it and rewrites the prompt text before tokenizing, and the request then runs as a base row
+(nothing is pinned). It is tied to the base it was pushed for by the fingerprint, as the others are.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.adapter_folder import PROMPT_TEMPLATE
 from adapterhub.errors import AdapterNotFound, IncompatibleBase, InvalidReference, UnsupportedAdapter
 from adapterhub.peft_format import check_shapes_fit
 
+from .prompt_template_cache import PromptTemplateCache
+
 if TYPE_CHECKING:
     from adapterhub.base_model import BaseInfo
+    from adapterhub.prompt_template import PromptTemplate
     from adapterhub.registry import AdapterVersion
     from adapterhub.registry_protocol import Registry
 
@@ -24,9 +32,9 @@ if TYPE_CHECKING:
     from .lora_cache import LoraCache
     from .soft_prompt_cache import SoftPromptCache
 
-__all__ = ["AdapterPicker", "check_compatible"]
+__all__ = ["AdapterPicker", "check_compatible", "SERVED_TYPES"]
 
-SERVED_TYPES = ("lora", "prompt_tuning")
+SERVED_TYPES = ("lora", "prompt_tuning", PROMPT_TEMPLATE)
 
 
 def check_compatible(version: AdapterVersion, info: BaseInfo | None) -> None:
@@ -58,16 +66,19 @@ class AdapterPicker:
         lora_slots: the LoRA cache, or ``None`` for a server started without LoRA support.
         slot_wait_s: how long a request waits for a LoRA slot while every slot is pinned by
             running requests (``AdapterBusy`` after that).
+        prompt_templates: the prompt-template cache (default: a new one over ``registry``).
     """
 
     def __init__(self, registry: Registry, *, base_name: str, base_info: BaseInfo | None,
-                 soft_prompts: SoftPromptCache, lora_slots: LoraCache | None, slot_wait_s: float) -> None:
+                 soft_prompts: SoftPromptCache, lora_slots: LoraCache | None, slot_wait_s: float,
+                 prompt_templates: PromptTemplateCache | None = None) -> None:
         self.registry = registry
         self.base_name = base_name
         self.base_info = base_info
         self.soft_prompts = soft_prompts
         self.lora_slots = lora_slots
         self.slot_wait_s = slot_wait_s
+        self.prompt_templates = prompt_templates or PromptTemplateCache(registry)
 
     def resolve(self, model: str | None) -> AdapterVersion | None:
         """The adapter version ``model`` names, checked against the base; ``None`` for the base itself."""
@@ -91,10 +102,17 @@ class AdapterPicker:
             return 0
         return int(version.peft.get("num_virtual_tokens") or 0)
 
+    def prompt_template(self, version: AdapterVersion | None) -> PromptTemplate | None:
+        """The template a prompt-template version applies to the prompt text (read once, then cached);
+        ``None`` for every other kind."""
+        if version is None or version.adapter_type != PROMPT_TEMPLATE:
+            return None
+        return self.prompt_templates.get(version)
+
     def pin(self, request: GenerationRequest) -> None:
         """Make the request's adapter resident (loading it here, in the caller's thread) and record it."""
         version = request.adapter
-        if version is None:
+        if version is None or version.adapter_type == PROMPT_TEMPLATE:  # a template's row is a base row
             return
         if version.adapter_type == "prompt_tuning":
             request.soft_prompt = self.soft_prompts.acquire(version)
@@ -111,7 +129,9 @@ class AdapterPicker:
 
     def load(self, version: AdapterVersion) -> None:
         """Make ``version`` resident without running a request."""
-        if version.adapter_type == "prompt_tuning":
+        if version.adapter_type == PROMPT_TEMPLATE:
+            self.prompt_templates.get(version)
+        elif version.adapter_type == "prompt_tuning":
             self.soft_prompts.release(self.soft_prompts.acquire(version))
         else:
             lora = self._lora()
@@ -119,12 +139,13 @@ class AdapterPicker:
 
     def unload(self, ref: str) -> bool:
         """Free a resident adapter now; False when it is not resident, ``AdapterBusy`` while in use."""
-        if self.soft_prompts.unload(ref):
+        if self.soft_prompts.unload(ref) or self.prompt_templates.unload(ref):
             return True
         return bool(self.lora_slots is not None and self.lora_slots.unload(ref))
 
     def loaded(self) -> list[dict[str, Any]]:
-        return self.soft_prompts.loaded() + (self.lora_slots.loaded() if self.lora_slots is not None else [])
+        loras = self.lora_slots.loaded() if self.lora_slots is not None else []
+        return self.soft_prompts.loaded() + self.prompt_templates.loaded() + loras
 
     def _lora(self) -> LoraCache:
         if self.lora_slots is None:
