@@ -36,9 +36,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url: str, body: bytes | dict, timeout: float = 60) -> tuple[int, dict, dict]:
+KEY = "fleet-test-key"
+
+
+def _post(url: str, body: bytes | dict, timeout: float = 60, key: str | None = KEY) -> tuple[int, dict, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, dict(resp.headers), json.loads(resp.read())
@@ -55,7 +59,7 @@ def servers(tiny_base, tmp_path_factory):
     push_serving_adapters(LocalRegistry(work / "registry"), tiny_base, work / "adapters")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
     common = ["--base", str(tiny_base), "--registry", str(work / "registry"), "--quantize", "none",
-              "--max-loaded-adapters", "4"]
+              "--max-loaded-adapters", "4", "--api-key", KEY]
     single, single_url, _ = start_serve_process(common, env)
     fleet, fleet_url, lines = start_serve_process([*common, "--replicas", "2", "--port", str(_free_port())], env)
     try:
@@ -73,7 +77,7 @@ def servers(tiny_base, tmp_path_factory):
 def _client(url: str):
     from openai import OpenAI
 
-    return OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
 def _completion(client, model: str, prompt: str, *, stream: bool = False) -> tuple[str, list[int]]:
@@ -123,6 +127,16 @@ def test_fleet_refuses_bad_requests_with_the_single_servers_body(servers, body):
     got_status, _, got = _post(fleet_url + "/v1/completions", body)
     assert 400 <= want_status < 500
     assert (got_status, got) == (want_status, want)
+
+
+def test_fleet_asks_for_the_api_key_as_the_single_server_does(servers):
+    single_url, fleet_url, _, _ = servers
+    body = {"model": "lora-qv", "prompt": "x", "max_tokens": 1}
+    for key in (None, "wrong-key"):
+        want = _post(single_url + "/v1/completions", body, key=key)
+        got = _post(fleet_url + "/v1/completions", body, key=key)
+        assert want[0] == got[0] == 401 and got[2] == want[2]
+    assert _post(fleet_url + "/v1/completions", body)[0] == 200
 
 
 def test_fleet_routes_an_adapter_to_the_replica_that_holds_it(servers, make_lora):

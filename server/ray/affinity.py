@@ -15,14 +15,23 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import AdapterHubError
 
 if TYPE_CHECKING:
     from adapterhub.registry_protocol import Registry
 
-__all__ = ["AffinityKeys"]
+__all__ = ["AffinityKeys", "json_fields"]
+
+
+def json_fields(body: bytes) -> dict[str, Any]:
+    """A JSON object body's fields; ``{}`` for anything else (the replica's app then says what is wrong)."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 class AffinityKeys:
@@ -36,12 +45,12 @@ class AffinityKeys:
         self._lock = threading.Lock()
 
     def for_body(self, body: bytes) -> str:
-        """The id for a JSON request body's ``model`` (or ``adapter``, as ``/v1/adapters/load`` takes it)."""
-        try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return ""
-        model = parsed.get("model", parsed.get("adapter")) if isinstance(parsed, dict) else None
+        """The id for a JSON request body."""
+        return self.for_fields(json_fields(body))
+
+    def for_fields(self, fields: dict[str, Any]) -> str:
+        """The id for a parsed body's ``model`` (or ``adapter``, as ``/v1/adapters/load`` takes it)."""
+        model = fields.get("model", fields.get("adapter"))
         return self.for_model(model) if isinstance(model, str) else ""
 
     def for_model(self, model: str) -> str:

@@ -13,7 +13,9 @@ the registry as the way to add adapters.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, AsyncIterator
 
 from starlette.requests import Request
@@ -21,12 +23,12 @@ from starlette.responses import Response, StreamingResponse
 
 from adapterhub.server.http.errors import ApiError
 
-from .affinity import AffinityKeys
+from .affinity import AffinityKeys, json_fields
 from .forwarding import ForwardedRequest, ResponseHead
 from .settings import ReplicaSettings
 
 if TYPE_CHECKING:
-    from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+    from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 __all__ = ["OpenAIIngress", "RETRY_AFTER_S"]
 
@@ -63,10 +65,6 @@ class OpenAIIngress:
         self._affinity = AffinityKeys(open_registry(settings.registry, token=settings.token))
 
     async def __call__(self, request: Request) -> Response:
-        import asyncio
-
-        from ray.serve.exceptions import BackPressureError
-
         path = request.url.path
         if path in _PER_PROCESS_ROUTES:
             return _response(ApiError(400, f"{path} binds a name in one process; behind Ray, push the adapter to "
@@ -74,29 +72,13 @@ class OpenAIIngress:
         body = await self._body(request)
         if isinstance(body, Response):
             return body
-        model_id = ""
-        if request.method == "POST" and path.startswith("/v1/"):
-            model_id = await asyncio.to_thread(self._affinity.for_body, body)
-        forwarded = ForwardedRequest.of(request.method, path, request.url.query, request.headers.items(),
-                                        body)
-        stream = self._engine.options(multiplexed_model_id=model_id, stream=True).forward.remote(forwarded)
-        try:
-            head: ResponseHead = await stream.__anext__()
-            if dict((k.lower(), v) for k, v in head.headers).get("content-type", "").startswith("text/event-stream"):
-                return StreamingResponse(_relay(stream), status_code=head.status, headers=dict(head.headers))
-            content = b"".join([chunk async for chunk in stream])
-        except BackPressureError:
-            stream.cancel()
-            return _response(ApiError(429, "every replica's queue is full", code="queue_full", type_="rate_limit_error",
-                                      headers={"Retry-After": str(RETRY_AFTER_S)}))
-        except _fleet_errors() as e:
-            stream.cancel()
-            return _response(_replica_stopped(e))
-        except BaseException:
-            stream.cancel()  # the client left (the task is cancelled): stop the replica's work too
-            raise
-        headers = {k: v for k, v in head.headers if k.lower() != "content-length"}
-        return Response(content, status_code=head.status, headers=headers)
+        fields = json_fields(body) if request.method == "POST" and path.startswith("/v1/") else {}
+        model_id = await asyncio.to_thread(self._affinity.for_fields, fields) if fields else ""
+        forwarded = ForwardedRequest.of(request.method, path, request.url.query, request.headers.items(), body)
+        engine = self._engine.options(multiplexed_model_id=model_id)
+        if fields.get("stream") is True:
+            return await _streamed(engine.options(stream=True).forward_stream.remote(forwarded))
+        return await _whole(engine.forward.remote(forwarded))
 
     async def _body(self, request: Request) -> bytes | Response:
         """The body, read no further than the limit (a declared length over it is refused unread)."""
@@ -112,6 +94,46 @@ class OpenAIIngress:
                 return too_large
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+async def _whole(call: DeploymentResponse) -> Response:
+    """A non-streamed answer: one call to a replica, relayed once complete."""
+    async with _fleet_failures(call) as failed:
+        head, content = await call
+    if failed:
+        return failed[0]
+    headers = {k: v for k, v in head.headers if k.lower() != "content-length"}
+    return Response(content, status_code=head.status, headers=headers)
+
+
+async def _streamed(stream: DeploymentResponseGenerator) -> Response:
+    """A streamed answer: the head once the replica has it, then its events as they come."""
+    async with _fleet_failures(stream) as failed:
+        head: ResponseHead = await stream.__anext__()
+    if failed:
+        return failed[0]
+    return StreamingResponse(_relay(stream), status_code=head.status, headers=dict(head.headers))
+
+
+@asynccontextmanager
+async def _fleet_failures(call: DeploymentResponse | DeploymentResponseGenerator) -> AsyncIterator[list[Response]]:
+    """Turn the fleet's own failures into API errors (appended to the yielded list); a request
+    whose client left (its task cancelled) cancels the replica's work too."""
+    from ray.serve.exceptions import BackPressureError
+
+    failed: list[Response] = []
+    try:
+        yield failed
+    except BackPressureError:
+        call.cancel()
+        failed.append(_response(ApiError(429, "every replica's queue is full", code="queue_full",
+                                         type_="rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_S)})))
+    except _fleet_errors() as e:
+        call.cancel()
+        failed.append(_response(_replica_stopped(e)))
+    except BaseException:
+        call.cancel()
+        raise
 
 
 async def _relay(stream: DeploymentResponseGenerator) -> AsyncIterator[bytes]:

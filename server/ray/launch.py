@@ -1,7 +1,8 @@
 """What ``adapterhub serve --replicas`` runs: start (or join) Ray, deploy the application, wait.
 
-A local Ray gets as many logical CPUs as the replicas reserve, at least the machine's count, so N
-replicas start on a smaller machine too (they then share its cores). On an existing cluster
+A local Ray is private to the command (two of them on one machine do not meet) and gets as many
+logical CPUs as the replicas reserve, at least the machine's count, so N replicas start on a
+smaller machine too (they then share its cores). On an existing cluster
 (``--ray-address``) the application is deployed there and deleted again when the command is
 stopped; Ray's own ``serve deploy`` of a config file (``write_config``) keeps it up without a
 driver.
@@ -33,7 +34,10 @@ def launch(settings: ReplicaSettings, scaling: Scaling, *, address: str | None, 
 
     if address is None:
         reserved = math.ceil(scaling.num_replicas * scaling.num_cpus)
-        ray.init(num_cpus=max(os.cpu_count() or 1, reserved), include_dashboard=False, logging_level="WARNING")
+        # "local": always a new, private Ray (a bare init would join another local cluster, whose
+        # Serve application of the same name this one would replace)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, reserved), include_dashboard=False,
+                 logging_level="WARNING")
     else:
         ray.init(address=address, logging_level="WARNING")
     stop = threading.Event()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from ray import serve
 
@@ -85,27 +85,46 @@ class EngineReplica:
 
         self._resident = serve.multiplexed(max_num_models_per_replica=settings.max_loaded_adapters)(resident)
 
-    async def forward(self, forwarded: ForwardedRequest) -> AsyncIterator[ResponseHead | bytes]:
-        """Answer one forwarded request: its head, then its body's chunks (one per streamed event)."""
-        model_id = serve.get_multiplexed_model_id()
-        if model_id:
-            await self._ensure_resident(model_id)
+    async def forward(self, forwarded: ForwardedRequest) -> tuple[ResponseHead, bytes]:
+        """Answer one forwarded request whole: its head and its body."""
+        await self._ensure_resident(serve.get_multiplexed_model_id())
+        gone = threading.Event()
+        try:
+            head, content = await asyncio.to_thread(self._answer_whole, forwarded, gone.is_set)
+        finally:
+            gone.set()  # cancelled (the client left): the app's disconnect watcher stops its generation
+        return self._with_replica(head), content
+
+    async def forward_stream(self, forwarded: ForwardedRequest) -> AsyncIterator[ResponseHead | bytes]:
+        """Answer one forwarded request as it is made: its head, then one chunk per streamed event."""
+        await self._ensure_resident(serve.get_multiplexed_model_id())
         gone = threading.Event()
         head, body = await asyncio.to_thread(call_app, self._app, forwarded, gone.is_set)
         try:
-            loads = self._handle.engine.adapter_loads()
-            yield ResponseHead(head.status, (*head.headers, (REPLICA_HEADER, self._replica_id),
-                                             (LOADS_HEADER, str(loads))))
+            yield self._with_replica(head)
             while (chunk := await asyncio.to_thread(next, body, _DONE)) is not _DONE:
                 yield chunk
         finally:
-            gone.set()  # a cancelled request (the client left, or the ingress gave up) stops its generation
+            gone.set()
             await asyncio.to_thread(body.close)
+
+    def _answer_whole(self, forwarded: ForwardedRequest, gone: Callable[[], bool]) -> tuple[ResponseHead, bytes]:
+        head, body = call_app(self._app, forwarded, gone)
+        try:
+            return head, b"".join(body)
+        finally:
+            body.close()
+
+    def _with_replica(self, head: ResponseHead) -> ResponseHead:
+        return ResponseHead(head.status, (*head.headers, (REPLICA_HEADER, self._replica_id),
+                                          (LOADS_HEADER, str(self._handle.engine.adapter_loads()))))
 
     async def _ensure_resident(self, model_id: str) -> None:
         """Tell Ray's multiplexer this replica holds the adapter (loading it on a miss); a failure
         here (a version removed meanwhile, a load error) is left to the app, which resolves the
         request again and answers with the cause's own status."""
+        if not model_id:
+            return
         try:
             await self._resident(model_id)
         except Exception:
