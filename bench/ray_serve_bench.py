@@ -10,7 +10,9 @@ Two measurements, each against a baseline run in the same invocation:
   ``X-Adapterhub-Replica-Adapter-Loads``, the largest seen per replica; plain: ``/metrics``).
 * ``overhead``: the load of bench/serve_load.py (4 LoRAs + 4 soft prompts, ``--clients`` clients,
   ``--duration`` s per phase) on one plain server and on a fleet of one replica, phases
-  alternating; then the same against two replicas: throughput and p50 latency ratios.
+  alternating; then the same against two replicas: throughput and p50 latency ratios; between
+  phases, 30 requests from one client (what the hops add when nothing waits); and Ray Serve's own
+  floor on this machine (empty handlers, one and two hops).
 
     python bench/ray_serve_bench.py                   # both, about 6 minutes on 2 cores
     python bench/ray_serve_bench.py --only affinity
@@ -26,9 +28,11 @@ import os
 import random
 import re
 import socket
+import statistics
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +160,12 @@ def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for server in (plain, fleet):
                 for k in range(8):  # warm-up: every adapter loaded once (on some replica)
                     server.complete(f"lora{k}" if k < 4 else f"prompt{k - 4}", [65] * args.prompt_len, 2)
+            sequential: dict[str, list[float]] = {"plain": [], label: []}
             for _ in range(args.rounds):
                 for name, server in (("plain", plain), (label, fleet)):
                     rounds[name].append(drive(server.complete, args.clients, args.duration, args.prompt_len,
                                               lambda: 0))
+                    sequential[name] += one_at_a_time(server, 30)
         best = {name: max(rs, key=lambda r: r["tokens_per_s"]) for name, rs in rounds.items()}
         for r in best.values():
             for key in [k for k in r if k.startswith("rss_")]:
@@ -169,8 +175,70 @@ def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ours["throughput_ratio_to_plain"] = round(ours["tokens_per_s"] / plain_best["tokens_per_s"], 3)
         ours["p50_added_ms"] = round((ours["latency_p50_s"] - plain_best["latency_p50_s"]) * 1000, 1)
         ours["tokens_per_s_every_round"] = {n: [r["tokens_per_s"] for r in rs] for n, rs in rounds.items()}
+        p50 = {n: statistics.median(v) for n, v in sequential.items()}
+        ours["one_client_p50_ms"] = {n: round(v * 1000, 1) for n, v in p50.items()}
+        ours["one_client_p50_added_ms"] = round((p50[label] - p50["plain"]) * 1000, 1)
         results[label] = ours
+    results["ray_serve_floor"] = ray_floor()
     return results
+
+
+def one_at_a_time(server: ServerProcess, n: int) -> list[float]:
+    """Latencies of ``n`` requests sent one after another (2 tokens): what each hop adds, unloaded."""
+    out = []
+    for i in range(n):
+        started = time.perf_counter()
+        server.complete(f"lora{i % 4}", [65] * 8, 2)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def ray_floor() -> dict[str, float]:
+    """Ray Serve's own round trip on this machine, handlers doing nothing: HTTP proxy to one
+    deployment, and proxy to an ingress that calls a second deployment (our layout)."""
+    import http.client
+
+    import ray
+    from ray import serve
+    from starlette.responses import Response
+
+    quiet = {"enable_access_log": False, "log_level": "WARNING"}
+
+    @serve.deployment(logging_config=quiet)
+    class Inner:
+        async def call(self) -> bytes:
+            return b"ok"
+
+    @serve.deployment(logging_config=quiet, ray_actor_options={"num_cpus": 0})
+    class Outer:
+        def __init__(self, inner: Any = None) -> None:
+            self.inner = inner
+
+        async def __call__(self, request: Any) -> Response:
+            await request.body()
+            return Response(b"ok" if self.inner is None else await self.inner.options(
+                multiplexed_model_id="m").call.remote())
+
+    port = free_port()
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start(http_options={"port": port})
+        serve.run(Outer.bind(), name="one", route_prefix="/one")
+        serve.run(Outer.bind(Inner.bind()), name="two", route_prefix="/two")
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        p50 = {}
+        for path in ("/one", "/two"):
+            lat = []
+            for _ in range(100):
+                started = time.perf_counter()
+                conn.request("POST", path, b"{}")
+                conn.getresponse().read()
+                lat.append(time.perf_counter() - started)
+            p50[f"p50_ms_{path[1:]}_hop{'s' if path == '/two' else ''}"] = round(statistics.median(lat[20:]) * 1000, 1)
+        return p50
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def main() -> None:

@@ -34,6 +34,11 @@ def json_fields(body: bytes) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
+def _model_of(fields: dict[str, Any]) -> str | None:
+    model = fields.get("model", fields.get("adapter"))
+    return model if isinstance(model, str) else None
+
+
 class AffinityKeys:
     """Maps request bodies to multiplexed model ids; thread-safe, bounded."""
 
@@ -50,16 +55,19 @@ class AffinityKeys:
 
     def for_fields(self, fields: dict[str, Any]) -> str:
         """The id for a parsed body's ``model`` (or ``adapter``, as ``/v1/adapters/load`` takes it)."""
-        model = fields.get("model", fields.get("adapter"))
-        return self.for_model(model) if isinstance(model, str) else ""
+        model = _model_of(fields)
+        return "" if model is None else self.for_model(model)
+
+    def cached(self, fields: dict[str, Any]) -> str | None:
+        """The id for ``fields`` if it needs no index read (remembered and fresh); else ``None``."""
+        model = _model_of(fields)
+        return "" if model is None else self._fresh(model)
 
     def for_model(self, model: str) -> str:
+        hit = self._fresh(model)
+        if hit is not None:
+            return hit
         now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(model)
-            if hit is not None and hit[1] > now:
-                self._cache.move_to_end(model)
-                return hit[0]
         try:
             version = self.registry.resolve(model)
             key = f"{version.name}@sha256:{version.digest}"
@@ -71,3 +79,11 @@ class AffinityKeys:
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
         return key
+
+    def _fresh(self, model: str) -> str | None:
+        with self._lock:
+            hit = self._cache.get(model)
+            if hit is None or hit[1] <= time.monotonic():
+                return None
+            self._cache.move_to_end(model)
+            return hit[0]

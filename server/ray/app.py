@@ -75,16 +75,19 @@ def build(settings: ReplicaSettings, scaling: Scaling = Scaling()) -> Applicatio
     router the ingress answers 429, as a single server does when its queue is full.
     """
     engine = serve.deployment(
-        EngineReplica, name=ENGINE_DEPLOYMENT,
+        EngineReplica, name=ENGINE_DEPLOYMENT, logging_config=_QUIET,
         ray_actor_options={"num_cpus": scaling.num_cpus, "num_gpus": scaling.num_gpus},
         max_ongoing_requests=2 * settings.max_batch_size,
         max_queued_requests=settings.max_queued_requests,
         **scaling.deployment_options(),
     ).bind(settings)
-    return serve.deployment(OpenAIIngress, name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0},
+    return serve.deployment(OpenAIIngress, name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0}, logging_config=_QUIET,
                             max_ongoing_requests=settings.max_queued_requests + 2 * settings.max_batch_size,
                             ).bind(engine, settings)
 
+
+# A log line per request costs each hop about a millisecond; the engine's /metrics count requests.
+_QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 
 _SCALING_ARGS = {"num_replicas": int, "min_replicas": int, "max_replicas": int, "target_ongoing_requests": float,
                  "num_cpus": float, "num_gpus": float}

@@ -73,7 +73,9 @@ class OpenAIIngress:
         if isinstance(body, Response):
             return body
         fields = json_fields(body) if request.method == "POST" and path.startswith("/v1/") else {}
-        model_id = await asyncio.to_thread(self._affinity.for_fields, fields) if fields else ""
+        model_id = self._affinity.cached(fields)
+        if model_id is None:  # an index read: off the event loop
+            model_id = await asyncio.to_thread(self._affinity.for_fields, fields)
         forwarded = ForwardedRequest.of(request.method, path, request.url.query, request.headers.items(), body)
         engine = self._engine.options(multiplexed_model_id=model_id)
         if fields.get("stream") is True:
