@@ -52,18 +52,22 @@ def _post(url: str, body: bytes | dict, timeout: float = 60, key: str | None = K
 
 @pytest.fixture(scope="module")
 def servers(tiny_base, tmp_path_factory):
-    """(single-process URL, fleet URL, base name, registry) on one registry holding the ``ADAPTER_SPECS`` adapters."""
-    from adapterhub.registry import LocalRegistry
+    """(single-process URL, fleet URL, base name, registry) on one registry holding the ``ADAPTER_SPECS``
+    adapters: the single server reads its folder, the fleet's replicas the hub serving it (a read
+    token required), as replicas on other machines would."""
+    from adapterhub.server.http.auth import READ_TOKEN_REQUIRED
+    from remote_helpers import start_hub
 
     work = tmp_path_factory.mktemp("ray")
-    push_serving_adapters(LocalRegistry(work / "registry"), tiny_base, work / "adapters")
+    hub = start_hub(work / "registry", {READ_TOKEN_REQUIRED: True})
+    push_serving_adapters(hub.registry, tiny_base, work / "adapters")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
-    common = ["--base", str(tiny_base), "--registry", str(work / "registry"), "--quantize", "none",
-              "--max-loaded-adapters", "4", "--api-key", KEY]
-    single, single_url, _ = start_serve_process(common, env)
-    fleet, fleet_url, lines = start_serve_process([*common, "--replicas", "2", "--port", str(_free_port())], env)
+    common = ["--base", str(tiny_base), "--quantize", "none", "--max-loaded-adapters", "4", "--api-key", KEY]
+    single, single_url, _ = start_serve_process([*common, "--registry", str(work / "registry")], env)
+    fleet, fleet_url, lines = start_serve_process([*common, "--registry", hub.url, "--token", hub.read_token,
+                                                   "--replicas", "2", "--port", str(_free_port())], env)
     try:
-        yield single_url, fleet_url, str(tiny_base), LocalRegistry(work / "registry")
+        yield single_url, fleet_url, str(tiny_base), hub.registry
     finally:
         for proc in (fleet, single):
             proc.send_signal(signal.SIGINT)
@@ -72,6 +76,7 @@ def servers(tiny_base, tmp_path_factory):
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        hub.handle.close()
 
 
 def _client(url: str):
