@@ -189,14 +189,18 @@ class ServerProcess:
     def post(self, path: str, doc: dict[str, Any]) -> dict[str, Any]:
         """POST ``doc`` as JSON on this thread's connection; the answer, or ``RuntimeError`` on a non-200."""
         conn = getattr(self._local, "conn", None)
+        reused = conn is not None
         if conn is None:
             conn = self._local.conn = http.client.HTTPConnection(*self.url, timeout=600)
         try:
             conn.request("POST", path, json.dumps(doc), {"Content-Type": "application/json"})
             resp = conn.getresponse()
             answer = json.loads(resp.read())
-        except (http.client.HTTPException, OSError):
+        except (http.client.HTTPException, OSError) as e:
             self._local.conn = None
+            stale = isinstance(e, (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected))
+            if reused and stale:  # the server closed the idle keep-alive connection: once more, on a new one
+                return self.post(path, doc)
             raise
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {answer}")
