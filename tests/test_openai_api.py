@@ -151,7 +151,9 @@ def test_bad_completion_requests(client, body, status, code):
 
 
 @pytest.mark.parametrize("messages", [None, [], "hi", [{"role": "user"}], [{"role": "robot", "content": "x"}],
-                                      [{"role": "user", "content": [{"type": "image_url"}]}]])
+                                      [{"role": "user", "content": [{"type": "image_url"}]}],
+                                      [{"role": "user", "content": "x", "name": "alice"}],
+                                      [{"role": "assistant", "content": "", "tool_calls": [{"id": "c"}]}]])
 def test_bad_chat_requests(client, messages):
     status, doc = _post(client, "/v1/chat/completions", {"model": "lora-qv", "messages": messages})
     assert status == 400 and "messages" in doc["error"]["message"]
@@ -238,6 +240,8 @@ def test_openai_client_completions_and_chat(stack):
         model="prompt-4", messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0,
         stream=True, stream_options={"include_usage": True}) if c.choices]
     assert "".join(parts) == chat.choices[0].message.content
+    follow_up = [{"role": "user", "content": "hi"}, chat.choices[0].message, {"role": "user", "content": "and?"}]
+    assert client.chat.completions.create(model="prompt-4", messages=follow_up, max_tokens=2).choices  # null keys pass
     ids = [m.id for m in client.models.list().data]
     assert engine.base_name in ids and "prompt-4" in ids
     from openai import NotFoundError

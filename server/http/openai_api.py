@@ -545,6 +545,9 @@ def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int,
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string", code="invalid_type")
+        for key, value in m.items():  # e.g. name, tool_calls: the template would drop them unseen
+            if key not in ("role", "content") and value not in (None, "", [], {}):
+                raise ApiError(400, f"messages[{i}].{key} is not supported by this server", code="unsupported_field")
         clean.append({"role": m["role"], "content": content})
     app_state()["limits"].check_generations(1, n)
     _bounds().check_chars(sum(len(m["content"]) for m in clean), "the conversation")  # before templating it
