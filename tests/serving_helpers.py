@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -18,12 +19,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import save_lora, save_prompt_tuning
 
-__all__ = ["peft_greedy", "peft_model", "push_serving_adapters", "start_serve_process", "held_engine", "ADAPTER_SPECS"]
+__all__ = ["peft_greedy", "peft_model", "push_serving_adapters", "start_serve_process", "held_engine", "ADAPTER_SPECS",
+           "announce_body"]
 
 # name -> (kind, seed, extra config): two LoRAs of different ranks and targets, two soft prompts.
 ADAPTER_SPECS: dict[str, tuple[str, int, dict[str, Any]]] = {
@@ -121,6 +124,23 @@ def start_serve_process(args: Sequence[str], env: Mapping[str, str]) -> tuple[su
             return proc, found.group(1), lines
     proc.kill()
     pytest.fail("server did not start:\n" + "".join(lines))
+
+
+def announce_body(url: str, length: int, headers: bytes = b"", timeout: float = 30) -> tuple[bytes, bytes]:
+    """POST /v1/completions announcing a ``length``-byte body and sending only its first bytes:
+    the (head, body) of the answer, which a server must give without waiting for the rest."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s"
+                     b"Content-Length: %d\r\n\r\n{\"prompt\": \"xxxx" % (headers, length))
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
 
 
 @functools.lru_cache(maxsize=16)

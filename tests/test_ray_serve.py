@@ -17,13 +17,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit
 
 import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray tests need adapterhub[ray]")
 
-from serving_helpers import ADAPTER_SPECS, push_serving_adapters, start_serve_process  # noqa: E402
+from serving_helpers import ADAPTER_SPECS, announce_body, push_serving_adapters, start_serve_process  # noqa: E402
 
 MODELS = [*ADAPTER_SPECS, None]  # None: the base
 PROMPTS = ["The quick brown fox", "Once upon a time", "1, 2, 3,"]
@@ -158,17 +157,7 @@ def test_fleet_refuses_vllm_name_binding_and_oversized_bodies(servers):
     _, fleet_url, _, _ = servers
     status, _, body = _post(fleet_url + "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "lora-qv"})
     assert status == 400 and body["error"]["code"] == "not_supported_by_fleet"
-    parts = urlsplit(fleet_url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:  # 20 MB announced, not sent
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n{\"prompt\": \"xxxx" % (20 << 20))
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, body = announce_body(fleet_url, 20 << 20)  # 20 MB announced, not sent
     assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["error"]["code"] == "body_too_large"
 
 

@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import time
 import urllib.request
 from urllib.parse import urlsplit
@@ -20,7 +19,7 @@ import psutil
 import pytest
 
 from adapterhub.registry import LocalRegistry
-from serving_helpers import start_serve_process
+from serving_helpers import announce_body, start_serve_process
 
 KEYS = ("limits-key-a", "limits-key-b")
 MB = 1_000_000
@@ -97,21 +96,10 @@ def test_a_10mb_prompt_is_refused_fast_and_memory_returns(served):
 def test_a_body_over_the_limit_is_refused_before_it_is_read(served):
     """20 MB announced (over the 16 MiB default): the 413 comes back before the body is sent."""
     url, process, base = served
-    parts = urlsplit(url)
     before = _rss(process)
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n{\"prompt\": \"xxxx"
-                     % (KEYS[0].encode(), 20 * MB))
-        started = time.monotonic()
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+    started = time.monotonic()
+    head, body = announce_body(url, 20 * MB, b"Authorization: Bearer %s\r\n" % KEYS[0].encode(), timeout=10)
     assert time.monotonic() - started < 1
-    head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413") and b"application/json" in head
     assert json.loads(body)["error"]["message"]
     assert _rss(process) - before < 50 * MB
