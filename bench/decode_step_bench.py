@@ -1,17 +1,23 @@
 """Where a CPU decode step's time goes, and what the int8 base and the preallocated cache change.
 
 In-process, SmolLM2-135M shape (random weights), ``--batch`` rows after a ``--prompt``-token prefill.
-Configurations, sampled interleaved step by step so machine noise hits them alike:
+Configurations, sampled interleaved (three steps per turn) so machine noise hits them alike:
 
 * ``hf_eager_fp32``: the fp32 model with transformers' ``DynamicCache`` (what HF eager ``generate``
   runs; every ratio is against it);
 * ``fp32_slab``: the same model with the engine's preallocated cache (``kv_cache.BatchCache``);
 * ``int8_dynamic_cache``: the CPU int8 base with ``DynamicCache``;
 * ``int8_slab``: the CPU int8 base with the engine's cache (what ``adapterhub serve`` runs on a CPU);
-* ``int8_slab_8_adapters``: the same with each row on a different rank-16 LoRA.
+* ``int8_slab_8_adapters``: the same with each row on a different rank-16 LoRA, rows in slot order;
+* ``int8_slab_8_adapters_shuffled``: the same adapters, rows in another order (as in a server,
+  where rows arrive in any order and adapters sit in whichever slots were free);
+* ``int8_slab_2_adapters_x4``: 8 rows on 2 adapters, 4 rows each.
 
 Then a profile of one more step of each, self CPU time by kind of op (linear layers, LoRA products,
-attention, cache copies, the rest), and the time of a row joining a running batch.
+attention, cache copies, the rest), the time of a row joining a running batch, and what storing
+the LoRA slots in a 16-bit dtype would change: one decode step's LoRA products alone (8 rows on
+8 rank-16 adapters, every projection of every layer) with the slot stacks in float32, bfloat16 and
+float16, computed the way torch can on a CPU (16-bit products, added into the float32 output).
 
     python bench/decode_step_bench.py
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -32,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
-from hetero_lora_bench import build_base, emit, make_adapters  # noqa: E402
+from hetero_lora_bench import SHAPES, build_base, emit, make_adapters  # noqa: E402
 
 from adapterhub.server.engine.kv_cache import BatchCache  # noqa: E402
 from adapterhub.server.engine.lora.slot_bank import LoraSlotBank  # noqa: E402
@@ -41,9 +48,9 @@ from adapterhub.server.engine.model_loader import load_base_model  # noqa: E402
 # Self CPU time of these ops, by kind (anything else is "other": norms, rotary, views, dispatch).
 KINDS = {
     "linear": ("quantized::linear_dynamic", "aten::addmm", "aten::mm", "aten::linear"),
-    "lora": ("aten::bmm", "aten::baddbmm_", "aten::baddbmm"),
+    "lora": ("aten::bmm", "aten::baddbmm_", "aten::baddbmm", "aten::index_add_", "aten::index_select"),
     "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention"),
-    "cache_copies": ("aten::cat", "aten::copy_", "aten::index_select"),
+    "cache_copies": ("aten::cat", "aten::copy_"),
 }
 
 
@@ -89,6 +96,7 @@ def by_kind(stepper: Stepper) -> dict[str, float]:
     """Milliseconds of self CPU time per kind of op in one step."""
     from torch.profiler import ProfilerActivity, profile
 
+    stepper.step()  # its rows' plan built, as between batch changes
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         stepper.step()
     totals = dict.fromkeys([*KINDS, "other"], 0.0)
@@ -113,6 +121,37 @@ def join_ms(stepper: Stepper, ids: torch.Tensor, samples: int) -> float:
         times.append(time.perf_counter() - t0)
         stepper.batch.keep(list(range(rows)))
     return round(1e3 * statistics.median(times), 3)
+
+
+def slot_dtype_products(rows: int, rank: int, steps: int) -> dict[str, float]:
+    """Median ms of one decode step's grouped LoRA products (``bmm(x, A)``, then ``h @ B`` added into
+    the output) over every projection of the SmolLM2-135M shape, with the stacks in each dtype."""
+    shape = SHAPES["smol135m"]
+    hidden, inter = shape["hidden_size"], shape["intermediate_size"]
+    kv = hidden // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    # (in, out) of q, k, v, o, gate, up, down; every layer's weights distinct, so they come from memory.
+    dims = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inter), (hidden, inter),
+            (inter, hidden)] * shape["num_hidden_layers"]
+    x = {n: torch.randn(rows, 1, n) for n in (hidden, inter)}
+    out = {n: torch.zeros(rows, 1, n) for n in (hidden, kv, inter)}
+    times: dict[str, list[float]] = {}
+    stacks = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        stacks[dtype] = [(torch.randn(rows, i, rank).to(dtype), torch.randn(rows, rank, o).to(dtype)) for i, o in dims]
+    for _ in range(steps):
+        for dtype, layers in stacks.items():
+            t0 = time.perf_counter()
+            for (i, o), (a, b) in zip(dims, layers):
+                h = torch.bmm(x[i] if dtype == torch.float32 else x[i].to(dtype), a)
+                if dtype == torch.float32:
+                    out[o].baddbmm_(h, b)
+                else:
+                    out[o].add_(torch.bmm(h, b))
+            times.setdefault(str(dtype).removeprefix("torch."), []).append(time.perf_counter() - t0)
+    mb = {str(d).removeprefix("torch."): sum(a.nbytes + b.nbytes for a, b in layers) / 1e6
+          for d, layers in stacks.items()}
+    return {name: {"ms": round(1e3 * statistics.median(t), 2), "slot_mb_read": round(mb[name], 1)}
+            for name, t in times.items()}
 
 
 def main() -> None:
@@ -140,18 +179,31 @@ def main() -> None:
             "int8_dynamic_cache": Stepper(int8.model, ids, slab=False),
             "int8_slab": Stepper(int8.model, ids, slab=True),
             "int8_slab_8_adapters": Stepper(int8.model, ids, slab=True, bank=bank, rows=list(range(args.batch))),
+            "int8_slab_8_adapters_shuffled": Stepper(int8.model, ids, slab=True, bank=bank,
+                                                     rows=random.Random(0).sample(range(args.batch), args.batch)),
+            "int8_slab_2_adapters_x4": Stepper(int8.model, ids, slab=True, bank=bank,
+                                               rows=[(i % 2) * (args.batch - 1) for i in range(args.batch)]),
         }
+        # The LoRA steppers share one bank, whose plan follows the last rows set: each turn's first
+        # step builds its plan anew (timed apart, as what a batch change costs), the others reuse it,
+        # as a server's steps do between changes of its batch.
         samples: dict[str, list[float]] = {k: [] for k in steppers}
-        for _ in range(args.steps):
+        first: dict[str, list[float]] = {k: [] for k in steppers}
+        for _ in range(max(1, args.steps // 2)):
             for name, stepper in steppers.items():
-                samples[name].append(stepper.step())
+                first[name].append(stepper.step())
+                samples[name] += [stepper.step(), stepper.step()]
         median = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
         ref = median["hf_eager_fp32"]
         for name, ms in median.items():
             emit(config=name, step_ms_median=round(ms, 2), step_ms_min=round(min(samples[name]) * 1e3, 2),
+                 first_step_after_rows_change_ms_median=round(statistics.median(first[name]) * 1e3, 2),
                  speed_vs_hf_eager_fp32=round(ref / ms, 2), self_cpu_ms_by_kind=by_kind(steppers[name]))
+        base_ms = median["int8_slab"]
+        emit(lora_vs_int8_base={k: round(base_ms / v, 3) for k, v in median.items() if "adapters" in k})
         emit(row_join_ms={"fp32_slab": join_ms(steppers["fp32_slab"], ids, 9),
                           "int8_slab": join_ms(steppers["int8_slab"], ids, 9)})
+    emit(lora_products_one_step_by_slot_dtype=slot_dtype_products(args.batch, 16, 15))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """The gathered LoRA linear: a base linear layer plus stacks of adapter weights in numbered slots.
 
 Every linear layer any LoRA may target is wrapped once, at start-up, and owns two preallocated
-stacks:
+stacks, laid out as the batched products read them (``x @ A``, ``h @ B``):
 
-    A: [slots + 1, max_rank, in_features]     B: [slots + 1, out_features, max_rank]
+    A: [slots, in_features, max_rank]     B: [slots, max_rank, out_features]
 
-(slot ``slots`` stays zero and stands for "no adapter"). Loading an adapter writes into one slot;
-nothing is re-wrapped. The forward adds the update the row plan asks for (``kernels``).
+(A is a view of its input group's ``a_store``, where siblings' A stacks sit side by side). Loading
+an adapter writes into one slot, with the LoRA scale folded into B; nothing is re-wrapped. The
+forward adds the update the row plan asks for (``kernels``).
 """
 
 from __future__ import annotations
@@ -36,15 +37,24 @@ class GatheredLoraLinear(nn.Module):
         self.out_features = int(base_layer.out_features)
         self._plans = plans
         # Buffers, not parameters (they never train), kept out of state_dict().
-        self.register_buffer("lora_A", torch.zeros(slots + 1, rank, self.in_features, dtype=dtype, device=device),
+        self.register_buffer("lora_A", torch.zeros(slots, self.in_features, rank, dtype=dtype, device=device),
                              persistent=False)
-        self.register_buffer("lora_B", torch.zeros(slots + 1, self.out_features, rank, dtype=dtype, device=device),
+        self.register_buffer("lora_B", torch.zeros(slots, rank, self.out_features, dtype=dtype, device=device),
                              persistent=False)
         self.ranks = [0] * slots  # rank each slot holds for this layer (0: nothing)
-        self.group = InputGroup([self])  # replaced when siblings read the same input
+        self.a_column = 0  # where lora_A's columns start in the group's a_store
+        self.group = InputGroup([self], self.lora_A)  # replaced when siblings read the same input
+        self._slot_views: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def slot(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A [in, max_rank], B [max_rank, out])`` of one slot: views, made once (loads write
+        hundreds of layers, and indexing the stacks anew for each costs more than the copy)."""
+        if not self._slot_views:
+            self._slot_views = list(zip(self.lora_A.unbind(0), self.lora_B.unbind(0)))
+        return self._slot_views[slot]
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, slots={len(self.ranks)}, max_rank={self.lora_A.shape[1]}"
+        return f"in={self.in_features}, out={self.out_features}, slots={len(self.ranks)}, max_rank={self.lora_A.shape[2]}"
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
@@ -55,12 +65,11 @@ class GatheredLoraLinear(nn.Module):
             raise RuntimeError(plan.stale)
         if x.shape[0] != len(plan.rows):
             raise ValueError(f"batch has {x.shape[0]} rows but set_rows() described {len(plan.rows)}")
-        key = (self, x.dim() == 2 or x.shape[1] == 1)  # (layer, decode step?)
         try:
-            update = plan.updates[key]
+            update = plan.updates[self]
         except KeyError:
-            self.group.prepare(plan, key[1])
-            update = plan.updates[key]
+            self.group.prepare(plan)
+            update = plan.updates[self]
         if update is None:
             return out
         return update(x, out)
@@ -93,13 +102,19 @@ def wrap_linear_layers(model: nn.Module, targets: Iterable[str] | None, plans: R
 
 
 def _group_siblings(wrapped: dict[str, GatheredLoraLinear]) -> None:
-    """Give layers that read one input (q/k/v, gate/up of one block) a shared ``InputGroup``."""
+    """Give layers that read one input (q/k/v, gate/up of one block) a shared ``InputGroup``, their
+    A stacks becoming column views of one ``a_store``."""
     for names in SHARED_INPUT:
         parents = {n.rpartition(".")[0] for n in wrapped if n.rpartition(".")[2] in names}
         for parent_name in parents:
             members = [wrapped[f"{parent_name}.{c}" if parent_name else c] for c in names
                        if (f"{parent_name}.{c}" if parent_name else c) in wrapped]
             if len(members) > 1 and len({m.in_features for m in members}) == 1:
-                group = InputGroup(members)
-                for m in members:
+                first = members[0].lora_A
+                slots, in_features, rank = first.shape
+                store = first.new_zeros(slots, in_features, rank * len(members))
+                group = InputGroup(members, store)
+                for j, m in enumerate(members):
+                    m.lora_A = store[:, :, j * rank : (j + 1) * rank]
+                    m.a_column = j * rank
                     m.group = group

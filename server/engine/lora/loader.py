@@ -3,18 +3,22 @@
 PEFT's format (key names, scale, the variants a slot cannot compute, the header) is read through
 ``adapterhub.peft_format``. Everything is checked (config, names, shapes, ranks) from the
 safetensors header before a byte is read, so a refused adapter leaves the slot as it was. The file
-is then read once into a reusable (pinned, on CUDA) host buffer and each tensor is copied into its
-slot with the LoRA scale folded into B; on CUDA the copies run on a stream of their own, not on the
-one the decode steps use.
+is then read once into a reusable (pinned, on CUDA) host buffer, checked finite in one pass per
+run of same-dtype tensors (``torch.aminmax`` over the file's data, not one check per tensor), and
+each tensor is copied into its slot transposed to the layout the batched products read, with the
+LoRA scale folded into B; on CUDA the copies run on a stream of their own, not on the one the
+decode steps use.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from adapterhub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
@@ -34,6 +38,8 @@ from adapterhub.peft_format import (
 from .layer import GatheredLoraLinear
 
 __all__ = ["LoraPair", "SlotLoader", "read_lora_pairs"]
+
+_NUMPY_FLOATS = (torch.float32, torch.float16, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -113,26 +119,26 @@ class SlotLoader:
         slot): in the gathered product a row of another adapter multiplies that slot's zeros, and
         0 * inf would poison rows that never asked for this adapter."""
         buf = self._stage(weights_path, os.stat(weights_path).st_size)
+        tensors, largest = _read_tensors(buf, [t for p in pairs for t in (p.a, p.b)])
+        if not math.isfinite(largest):
+            raise _not_finite(weights_path)
+        # One bound for every pair, in the slots' dtype: only when it fails is each slot checked.
+        overflow = _may_overflow(largest, max(p.scale for p in pairs), pairs[0].module.lora_B.dtype)
         stream = self._stream
         if stream is not None:  # the zeroing of the slot's previous adapter runs on the compute stream
             stream.wait_stream(torch.cuda.current_stream(self._device))
-        finite = torch.ones((), dtype=torch.bool, device=self._device)
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            for p in pairs:
-                a = _tensor(buf, p.a)
-                b = _tensor(buf, p.b)
-                src = p.module.lora_A[slot, : p.rank]
-                src.copy_(a, non_blocking=True)
-                dst = p.module.lora_B[slot, :, : p.rank]
-                dst.copy_(b, non_blocking=True)
-                dst.mul_(p.scale)
+            for i, p in enumerate(pairs):
+                a, b = tensors[2 * i], tensors[2 * i + 1]
+                slot_a, slot_b = p.module.slot(slot)
+                _write_transposed(slot_a[:, : p.rank], a)
+                _write_transposed(slot_b[: p.rank], b, p.scale)
                 p.module.ranks[slot] = p.rank
-                finite &= torch.isfinite(src).all() & torch.isfinite(dst).all()
         if stream is not None:
             stream.synchronize()
-        if not bool(finite):  # one check (one device sync) for the whole adapter
-            raise InvalidAdapter(f"{weights_path}: weights that are not finite once scaled by lora_alpha / r "
-                                 "(NaN or inf); the adapter cannot be served")
+        if overflow and not all(bool(torch.isfinite(p.module.slot(slot)[0][:, : p.rank]).all())
+                                and bool(torch.isfinite(p.module.slot(slot)[1][: p.rank]).all()) for p in pairs):
+            raise _not_finite(weights_path)
 
     def _stage(self, path: str, size: int) -> torch.Tensor:
         """The file's bytes in (pinned, on CUDA) host memory, reusing one staging buffer."""
@@ -151,10 +157,60 @@ class SlotLoader:
         return buf
 
 
-def _tensor(buf: torch.Tensor, info: TensorInfo) -> torch.Tensor:
-    start, end = info.file_range
-    raw = buf[start:end]
-    dtype = torch_dtype(info.dtype)
-    if start % dtype.itemsize:
-        raw = raw.clone()  # view(dtype) needs an aligned offset
-    return raw.view(dtype).view(info.shape)
+def _write_transposed(dst: torch.Tensor, src: torch.Tensor, scale: float | None = None) -> None:
+    """``dst = src.T`` (times ``scale``), in ``dst``'s dtype.
+
+    On the CPU numpy's strided copy transposes these small matrices faster than torch's (a load
+    writes hundreds of them); its float32 product by a float32 scale is the one torch computes."""
+    if dst.device.type == "cpu" and src.dtype == dst.dtype and src.dtype in _NUMPY_FLOATS:
+        out, values = dst.numpy(), src.numpy().T
+        if scale is None:
+            np.copyto(out, values)
+        else:
+            np.multiply(values, out.dtype.type(scale), out=out)
+        return
+    dst.copy_(src.t(), non_blocking=True)
+    if scale is not None:
+        dst.mul_(scale)
+
+
+def _not_finite(path: str) -> InvalidAdapter:
+    return InvalidAdapter(f"{path}: weights that are not finite once scaled by lora_alpha / r (NaN or inf); "
+                          "the adapter cannot be served")
+
+
+def _may_overflow(largest: float, scale: float, dtype: torch.dtype) -> bool:
+    """Whether a value of magnitude ``largest``, in ``dtype``, or times ``scale`` could be infinite."""
+    value = torch.tensor(largest, dtype=dtype)
+    return not (bool(torch.isfinite(value)) and bool(torch.isfinite(value * torch.tensor(scale, dtype=dtype))))
+
+
+def _read_tensors(buf: torch.Tensor, infos: list[TensorInfo]) -> tuple[list[torch.Tensor], float]:
+    """Views of the tensors ``infos`` in ``buf`` and their largest |value| (NaN or inf when one
+    is not finite).
+
+    Tensors that sit back to back in the file with one dtype (a PEFT file: all of them) are read
+    as one run: one finiteness pass over the data and two view ops per tensor, not a kernel each."""
+    runs: list[list] = []  # [start, end, dtype code, indices of infos]
+    for i in sorted(range(len(infos)), key=lambda i: infos[i].file_range[0]):
+        start, end = infos[i].file_range
+        if runs and runs[-1][1] == start and runs[-1][2] == infos[i].dtype:
+            runs[-1][1] = end
+            runs[-1][3].append(i)
+        else:
+            runs.append([start, end, infos[i].dtype, [i]])
+    tensors: list[torch.Tensor] = [torch.empty(0)] * len(infos)
+    largest = torch.zeros((), dtype=torch.float64)
+    for start, end, code, members in runs:
+        dtype = torch_dtype(code)
+        raw = buf[start:end]
+        if start % dtype.itemsize:
+            raw = raw.clone()  # view(dtype) needs an aligned offset
+        flat = raw.view(dtype)
+        if flat.numel():
+            lo, hi = torch.aminmax(flat)
+            largest = torch.maximum(largest, torch.maximum(-lo.double(), hi.double()))  # NaN propagates
+        for i in members:
+            offset = (infos[i].file_range[0] - start) // dtype.itemsize
+            tensors[i] = flat[offset : offset + infos[i].numel].view(infos[i].shape)
+    return tensors, float(largest)

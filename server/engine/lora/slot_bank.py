@@ -47,7 +47,7 @@ class LoraSlotBank:
         self.max_rank = max_rank
         self.device = loaded.device
         self.dtype = loaded.dtype
-        self.plans = RowPlans(zero_slot=max_slots, device=self.device)
+        self.plans = RowPlans(self.device)
         # Per slot: how many times its weights changed (a plan built before a change is stale).
         self._generation = [0] * max_slots
         self._occupied = [False] * max_slots
@@ -98,11 +98,12 @@ class LoraSlotBank:
         return self._occupied[slot]
 
     def _release(self, slot: int) -> None:
-        for m in self.modules.values():
-            r = m.ranks[slot]
-            if r:
-                m.lora_A[slot, :r].zero_()
-                m.lora_B[slot, :, :r].zero_()
+        for group in {id(m.group): m.group for m in self.modules.values()}.values():
+            used = [m for m in group.members if m.ranks[slot]]
+            if used:
+                group.a_store[slot].zero_()  # the members' A side by side: one contiguous block
+            for m in used:
+                m.slot(slot)[1][: m.ranks[slot]].zero_()
                 m.ranks[slot] = 0
         self._occupied[slot] = False
 
