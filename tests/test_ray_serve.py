@@ -153,6 +153,28 @@ def test_fleet_routes_an_adapter_to_the_replica_that_holds_it(servers, make_lora
     assert len(set(replicas)) == 1, replicas
 
 
+def test_a_replica_keeps_only_the_adapters_rays_lru_keeps(servers, make_lora):
+    """One eviction policy: with room for 4 per replica, 10 adapters (8 LoRAs, 2 soft prompts) sent
+    one after another leave every replica's engine holding at most 4 of all kinds together. The
+    engine's own caches hold 4 per kind, so without Ray's eviction unloading them a replica that
+    got LoRAs and soft prompts would keep more."""
+    _, fleet_url, base, registry = servers
+    names = [*ADAPTER_SPECS]
+    for i in range(6):
+        registry.push(make_lora(f"lru{i}", seed=40 + i), name=f"lru{i}", task="test", base=base)
+        names.append(f"lru{i}")
+    for name in names * 2:
+        assert _post(fleet_url + "/v1/completions", {"model": name, "prompt": "x", "max_tokens": 1})[0] == 200
+    resident: dict[str, list[str]] = {}
+    for _ in range(40):  # /health goes to any replica: ask until both have answered
+        with urllib.request.urlopen(fleet_url + "/health", timeout=30) as resp:
+            doc = json.loads(resp.read())
+            resident[resp.headers["x-adapterhub-replica"]] = [a["ref"] for a in doc["loaded_adapters"]]
+        if len(resident) == 2:
+            break
+    assert len(resident) == 2 and all(len(refs) <= 4 for refs in resident.values()), resident
+
+
 def test_fleet_refuses_vllm_name_binding_and_oversized_bodies(servers):
     _, fleet_url, _, _ = servers
     status, _, body = _post(fleet_url + "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "lora-qv"})
