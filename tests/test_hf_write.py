@@ -16,7 +16,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import httpx2
 import pytest
