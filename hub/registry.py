@@ -244,6 +244,7 @@ class LocalRegistry:
             index_spec(self.index_override)  # a malformed --index fails before anything else
         self._opened: tuple[tuple[int, int, int], Manifest, SqlIndex] | None = None
         self._index_exists = False
+        self._stores: dict[str, BlobStore] = {}
 
     def __repr__(self) -> str:
         return f"LocalRegistry({str(self.root)!r})"
@@ -308,10 +309,14 @@ class LocalRegistry:
 
     @property
     def store(self) -> BlobStore:
-        """The objects, where the manifest says (``objects/`` beside it by default)."""
+        """The objects, where the manifest says (``objects/`` beside it by default); one store per
+        folder, so what ``staged`` links is known to the ``push`` that stores it."""
         opened = self._manifest()
         folder = opened[0].objects if opened is not None else "objects"
-        return BlobStore(self.root / folder, durable=self.durable)
+        store = self._stores.get(folder)
+        if store is None:
+            store = self._stores.setdefault(folder, BlobStore(self.root / folder, durable=self.durable))
+        return store
 
     def _flock(self, name: str, mode: int) -> contextlib.AbstractContextManager[None]:
         return file_lock(self.root / name, mode)

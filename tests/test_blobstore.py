@@ -39,6 +39,20 @@ def test_a_staged_link_to_an_own_object_is_not_copied_again(tmp_path):
     assert not folder.exists()
 
 
+def test_a_registry_push_of_its_own_staged_objects_copies_nothing(tmp_path, make_lora, tiny_base):
+    """The hub's commits stage the stored objects and push the folder: the push must see the links
+    its own store made (one store per registry), not copy and re-hash every file again."""
+    from adapterhub.registry import LocalRegistry
+
+    registry = LocalRegistry(tmp_path / "registry")
+    first = registry.push(make_lora(seed=1), name="a", task="t", base=str(tiny_base))
+    files = {f.path: f.sha256 for f in first.files}
+    with registry.store.staged(files) as folder:
+        again = registry.push(folder, name="b", task="t", base=str(tiny_base))
+        assert all(registry.store.put_file(folder / name).reused for name in files)
+    assert again.digest == first.digest and registry.store is registry.store
+
+
 def test_a_symbolic_link_is_never_stored_even_to_an_own_object(tmp_path):
     store = BlobStore(tmp_path / "objects")
     src = tmp_path / "f.bin"
