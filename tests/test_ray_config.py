@@ -13,7 +13,7 @@ pytest.importorskip("ray", reason="needs adapterhub[ray]")
 from ray.serve.schema import ServeDeploySchema  # noqa: E402
 
 from adapterhub.cli.main import cli  # noqa: E402
-from adapterhub.server.ray.affinity import AffinityKeys  # noqa: E402
+from adapterhub.server.ray.affinity import AffinityKeys, json_fields  # noqa: E402
 from adapterhub.server.ray.app import Scaling, build_app  # noqa: E402
 from adapterhub.server.ray.settings import ReplicaSettings  # noqa: E402
 
@@ -90,6 +90,21 @@ def test_builder_args_come_typed_or_as_serve_run_strings(tmp_path):
         build_app({})
 
 
+def test_replica_keys_follow_the_single_servers_rule(tmp_path, monkeypatch):
+    """Carried digests replace the environment's keys (a flag replaces its variable); without them
+    the environment's apply; metrics behind a key without any key is refused."""
+    from adapterhub.server.http.api_keys import ServingKeys
+
+    monkeypatch.setenv("ADAPTERHUB_API_KEY", "from-env")
+    carried = ReplicaSettings.resolved(str(tmp_path), api_key_digests=(ServingKeys.of(["flag"]).api[0].hex(),))
+    keys = carried.serving_keys()
+    assert keys.accepts("Bearer flag") and not keys.accepts("Bearer from-env")
+    assert ReplicaSettings.resolved(str(tmp_path)).serving_keys().accepts("Bearer from-env")
+    monkeypatch.delenv("ADAPTERHUB_API_KEY")
+    with pytest.raises(ValueError, match="metrics_need_key"):
+        ReplicaSettings.resolved(str(tmp_path), metrics_need_key=True).serving_keys()
+
+
 def test_scaling_is_a_count_or_autoscaling_bounds():
     assert Scaling(num_replicas=3).deployment_options() == {"num_replicas": 3}
     assert Scaling(num_replicas=2, max_replicas=5).deployment_options() == {
@@ -108,14 +123,14 @@ def test_every_reference_to_one_version_shares_one_affinity_key(tmp_path, make_l
     keys = AffinityKeys(hub, ttl_s=0)
     key = f"tone@sha256:{first.digest}"
     assert {keys.for_model(r) for r in ("tone", "tone:prod", "tone@1", key)} == {key}
-    assert keys.for_body(b'{"model": "tone:prod", "prompt": "x"}') == key
-    assert keys.for_body(b'{"adapter": "tone"}') == key  # /v1/adapters/load's field
+    assert keys.for_fields(json_fields(b'{"model": "tone:prod", "prompt": "x"}')) == key
+    assert keys.for_fields(json_fields(b'{"adapter": "tone"}')) == key  # /v1/adapters/load's field
     second = hub.push(make_lora(seed=2), name="tone", task="t", base=str(tiny_base))
     hub.tag("tone@2", "prod")
     assert keys.for_model("tone:prod") == f"tone@sha256:{second.digest}"  # a moved tag moves the traffic
     assert hub.resolve(keys.for_model("tone:prod")).version == 2
     for unknown in (b'{"model": "nope"}', b'{"model": "../x"}', b"not json", b"[1]", b'{"model": 3}'):
-        assert keys.for_body(unknown) == ""
+        assert keys.for_fields(json_fields(unknown)) == ""
 
 
 def test_forwarding_runs_the_flask_app_and_reports_a_departed_client():

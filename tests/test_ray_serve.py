@@ -179,8 +179,10 @@ def test_fleet_refuses_vllm_name_binding_and_oversized_bodies(servers):
     _, fleet_url, _, _ = servers
     status, _, body = _post(fleet_url + "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "lora-qv"})
     assert status == 400 and body["error"]["code"] == "not_supported_by_fleet"
-    head, body = announce_body(fleet_url, 20 << 20)  # 20 MB announced, not sent
+    head, body = announce_body(fleet_url, 20 << 20, b"Authorization: Bearer %s\r\n" % KEY.encode())  # not sent
     assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["error"]["code"] == "body_too_large"
+    head, body = announce_body(fleet_url, 20 << 20)  # without a key: refused before any of it is read
+    assert head.startswith(b"HTTP/1.1 401") and json.loads(body)["error"]["message"]
 
 
 def _engine_pids() -> list[int]:

@@ -49,10 +49,6 @@ class AffinityKeys:
         self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def for_body(self, body: bytes) -> str:
-        """The id for a JSON request body."""
-        return self.for_fields(json_fields(body))
-
     def for_fields(self, fields: dict[str, Any]) -> str:
         """The id for a parsed body's ``model`` (or ``adapter``, as ``/v1/adapters/load`` takes it)."""
         model = _model_of(fields)

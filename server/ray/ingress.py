@@ -59,9 +59,11 @@ class OpenAIIngress:
 
     def __init__(self, engine: DeploymentHandle, settings: ReplicaSettings) -> None:
         from adapterhub.api import open_registry
+        from adapterhub.server.http.admission import AdmissionLimits
 
         self._engine = engine
-        self._max_body_bytes = settings.max_body_bytes
+        self._limits = AdmissionLimits(max_body_bytes=settings.max_body_bytes)
+        self._keys = settings.serving_keys()
         self._affinity = AffinityKeys(open_registry(settings.registry, token=settings.token))
 
     async def __call__(self, request: Request) -> Response:
@@ -69,31 +71,32 @@ class OpenAIIngress:
         if path in _PER_PROCESS_ROUTES:
             return _response(ApiError(400, f"{path} binds a name in one process; behind Ray, push the adapter to "
                                            "the registry and name it in 'model'", code="not_supported_by_fleet"))
-        body = await self._body(request)
-        if isinstance(body, Response):
-            return body
-        fields = json_fields(body) if request.method == "POST" and path.startswith("/v1/") else {}
+        api = path.startswith("/v1/")
+        if api and not self._keys.accepts(request.headers.get("authorization")):
+            body = b""  # no key, no work: unread, unresolved; the replica answers the 401 as one server does
+        else:
+            try:
+                body = await self._body(request)
+            except ApiError as e:
+                return _response(e)
+        fields = json_fields(body) if api and request.method == "POST" else {}
         model_id = self._affinity.cached(fields)
         if model_id is None:  # an index read: off the event loop
             model_id = await asyncio.to_thread(self._affinity.for_fields, fields)
         forwarded = ForwardedRequest.of(request.method, path, request.url.query, request.headers.items(), body)
-        engine = self._engine.options(multiplexed_model_id=model_id)
         if fields.get("stream") is True:
-            return await _streamed(engine.options(stream=True).forward_stream.remote(forwarded))
-        return await _whole(engine.forward.remote(forwarded))
+            return await _streamed(self._engine.options(multiplexed_model_id=model_id, stream=True)
+                                   .forward_stream.remote(forwarded))
+        return await _whole(self._engine.options(multiplexed_model_id=model_id).forward.remote(forwarded))
 
-    async def _body(self, request: Request) -> bytes | Response:
+    async def _body(self, request: Request) -> bytes:
         """The body, read no further than the limit (a declared length over it is refused unread)."""
-        too_large = _response(ApiError(413, f"the request body is over {self._max_body_bytes} bytes, the most this "
-                                            "server takes", code="body_too_large"))
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
-            return too_large
+        self._limits.check_body(int(declared) if declared is not None and declared.isdigit() else None)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > self._max_body_bytes:
-                return too_large
+            self._limits.check_body(size)
             chunks.append(chunk)
         return b"".join(chunks)
 

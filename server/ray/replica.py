@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable
 
 from ray import serve
@@ -57,7 +58,6 @@ class EngineReplica:
     def __init__(self, settings: ReplicaSettings) -> None:
         from adapterhub.api import open_registry, start_engine
         from adapterhub.server.http.admission import AdmissionLimits
-        from adapterhub.server.http.api_keys import ADMIN_API_KEY_ENV, API_KEY_ENV, ServingKeys, keys_from_env
         from adapterhub.server.http.app import create_app
 
         registry = open_registry(settings.registry, token=settings.token)
@@ -67,20 +67,22 @@ class EngineReplica:
             max_adapter_bytes=settings.max_adapter_bytes, max_lora_rank=settings.max_lora_rank,
             preload=settings.preload, max_queued_requests=settings.max_queued_requests)
         engine = self._handle.engine
-        from_env = ServingKeys.of(keys_from_env(API_KEY_ENV), keys_from_env(ADMIN_API_KEY_ENV))
-        keys = ServingKeys(api=tuple(bytes.fromhex(h) for h in settings.api_key_digests) + from_env.api,
-                           admin=tuple(bytes.fromhex(h) for h in settings.admin_key_digests) + from_env.admin,
-                           metrics_need_key=settings.metrics_need_key)
+        keys = settings.serving_keys()
         limits = AdmissionLimits(max_prompt_tokens=settings.max_prompt_tokens,
                                  max_generations_per_request=settings.max_generations_per_request,
                                  max_body_bytes=settings.max_body_bytes)
         self._app = create_app(registry, engine=engine, limits=limits, keys=keys, with_hub=False,
                                lora_names=self._handle.lora_names)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
+        # Every request in progress holds a thread (waiting for its answer or its next event), so
+        # the pool is sized for the requests Ray lets in (``app.build``), not Ray's default of a
+        # few threads per CPU, which would cap the engine's batch far below --max-batch-size.
+        self._pool = ThreadPoolExecutor(max_workers=2 * settings.max_batch_size + 4,
+                                        thread_name_prefix="adapterhub-replica")
 
         async def resident(model_id: str) -> ResidentAdapter:
-            version = await asyncio.to_thread(engine.resolve, model_id)
-            await asyncio.to_thread(engine.load_adapter, version)
+            version = await self._run(engine.resolve, model_id)
+            await self._run(engine.load_adapter, version)
             return ResidentAdapter(engine, version.ref)
 
         self._resident = serve.multiplexed(max_num_models_per_replica=settings.max_loaded_adapters)(resident)
@@ -90,7 +92,7 @@ class EngineReplica:
         await self._ensure_resident(serve.get_multiplexed_model_id())
         gone = threading.Event()
         try:
-            head, content = await asyncio.to_thread(self._answer_whole, forwarded, gone.is_set)
+            head, content = await self._run(self._answer_whole, forwarded, gone.is_set)
         finally:
             gone.set()  # cancelled (the client left): the app's disconnect watcher stops its generation
         return self._with_replica(head), content
@@ -99,14 +101,17 @@ class EngineReplica:
         """Answer one forwarded request as it is made: its head, then one chunk per streamed event."""
         await self._ensure_resident(serve.get_multiplexed_model_id())
         gone = threading.Event()
-        head, body = await asyncio.to_thread(call_app, self._app, forwarded, gone.is_set)
+        head, body = await self._run(call_app, self._app, forwarded, gone.is_set)
         try:
             yield self._with_replica(head)
-            while (chunk := await asyncio.to_thread(next, body, _DONE)) is not _DONE:
+            while (chunk := await self._run(next, body, _DONE)) is not _DONE:
                 yield chunk
         finally:
             gone.set()
-            await asyncio.to_thread(body.close)
+            await self._run(body.close)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _answer_whole(self, forwarded: ForwardedRequest, gone: Callable[[], bool]) -> tuple[ResponseHead, bytes]:
         head, body = call_app(self._app, forwarded, gone)

@@ -12,7 +12,10 @@ import os
 import types
 import typing
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from adapterhub.server.http.api_keys import ServingKeys
 
 __all__ = ["ReplicaSettings"]
 
@@ -64,6 +67,20 @@ class ReplicaSettings:
         if "registry" not in values:
             raise ValueError("args.registry is required: a registry folder every replica can read, or a hub URL")
         return cls.resolved(values.pop("registry"), **values)
+
+    def serving_keys(self) -> ServingKeys:
+        """The keys requests need: the carried digests, else this process's ``$ADAPTERHUB_API_KEY``
+        and ``$ADAPTERHUB_ADMIN_API_KEY`` (a flag replaces its variable, as in ``adapterhub serve``).
+        Raises ``ValueError`` as ``ServingKeys.of`` does (e.g. metrics behind a key, but no key)."""
+        from adapterhub.server.http.api_keys import ADMIN_API_KEY_ENV, API_KEY_ENV, ServingKeys, keys_from_env
+
+        api = [bytes.fromhex(h) for h in self.api_key_digests]
+        admin = [bytes.fromhex(h) for h in self.admin_key_digests]
+        env = ServingKeys.of([] if api else keys_from_env(API_KEY_ENV), [] if admin else keys_from_env(ADMIN_API_KEY_ENV))
+        keys = ServingKeys(tuple(api) or env.api, tuple(admin) or env.admin, self.metrics_need_key)
+        if keys.metrics_need_key and not keys.enabled:
+            raise ValueError("metrics_need_key needs an API key (api_key_digests or $ADAPTERHUB_API_KEY)")
+        return keys
 
     def as_args(self) -> dict[str, Any]:
         """The settings as a Ray Serve config's ``args`` (what ``from_args`` reads back), without the
