@@ -254,12 +254,13 @@ class SqlIndex(abc.ABC):
         return record, tags
 
     def _insert(self, tx: Transaction, records: Sequence[Mapping[str, Any]]) -> None:
+        columns = [_columns(r) for r in records]
         tx.many(
             "INSERT INTO versions (name, version, digest, adapter_type, task, base_name, base_fingerprint, "
             "created, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_columns(r) for r in records],
+            columns,
         )
-        bases = {(c[5], c[6]) for c in map(_columns, records)}
+        bases = {(c[5], c[6]) for c in columns}
         tx.many("INSERT INTO bases (name, fingerprint) VALUES (?, ?) ON CONFLICT DO NOTHING", sorted(bases))
 
     @staticmethod

@@ -235,7 +235,11 @@ class Engine:
         return self.adapters.unload(ref)
 
     def is_loaded(self, ref: str) -> bool:
-        return any(a["ref"] == ref for a in self.loaded_adapters())
+        return ref in self.loaded_refs()
+
+    def loaded_refs(self) -> set[str]:
+        """The references of the resident adapters (one listing for a page that asks about many)."""
+        return {a["ref"] for a in self.loaded_adapters()}
 
     def loaded_adapters(self) -> list[dict[str, Any]]:
         return self.adapters.loaded()

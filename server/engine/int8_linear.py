@@ -23,7 +23,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["Int8Linear", "quantize_linear_layers", "int8_bytes"]
+# Sibling layers a decoder block calls with one input tensor (int8 row scaling and LoRA A products
+# are computed once for them).
+SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+__all__ = ["Int8Linear", "quantize_linear_layers", "int8_bytes", "SHARED_INPUT"]
 
 # With reduce_range the activation codes are 0..127; appending -_LOW and +1 makes fbgemm's scale
 # (max - min) / 127 == 1/63 and its zero point exactly 64: 63 steps each side of zero.

@@ -23,7 +23,7 @@ import torch
 from adapterhub.base_model import BaseInfo, load_base_info
 from adapterhub.errors import IncompatibleBase
 
-from .int8_linear import int8_bytes, quantize_linear_layers
+from .int8_linear import SHARED_INPUT, int8_bytes, quantize_linear_layers
 
 if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 QUANTIZE_MODES = ("auto", "int8", "nf4", "none")
 # What ``auto`` means per device type: the fastest mode measured safe there (BENCHMARKS.md).
 DEFAULT_QUANTIZE = {"cpu": "int8", "cuda": "nf4"}
-# Sibling layers a decoder block calls with one input tensor: their int8 row scaling is shared.
-_SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
@@ -145,6 +143,6 @@ def _quantize_cpu_int8(model: PreTrainedModel) -> int:
     """Swap every linear layer, the output head included, for an ``Int8Linear``; return the bytes
     the model holds afterwards. A head tied to the input embeddings gets an int8 copy of its own:
     the embeddings stay fp32 for the prompt and soft-prompt lookups."""
-    quantize_linear_layers(model, shared_inputs=_SHARED_INPUTS)
+    quantize_linear_layers(model, shared_inputs=SHARED_INPUT)
     dense = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     return dense + int8_bytes(model)

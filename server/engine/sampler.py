@@ -41,11 +41,11 @@ def sample(logits: torch.Tensor, rows: Sequence[tuple[SamplingParams, torch.Gene
     """One token per row of ``logits`` (``[rows, vocab]``), given each row's params and generator
     (and the tokens it generated so far, which its penalties count), or the row's ``RowFailure``
     (its message a predicate: the caller names the row's model)."""
-    finite = torch.isfinite(logits).all(-1).tolist()
-    greedy = logits.argmax(-1).tolist()
+    # One transfer to the host per step: each row's greedy token, -1 where its logits are not finite.
+    greedy = torch.where(torch.isfinite(logits).all(-1), logits.argmax(-1), -1).tolist()
     out: list[int | RowFailure] = []
     for i, (params, generator) in enumerate(rows):
-        if not finite[i]:
+        if greedy[i] < 0:
             out.append(RowFailure(ErrorCode.NON_FINITE_LOGITS, "produced non-finite logits (NaN or inf)"))
         elif params.greedy and not params.adjusts_logits:
             out.append(greedy[i])

@@ -422,9 +422,9 @@ def _encode_text(tokenizer: Any, text: str, vocab: int, **kwargs: Any) -> list[i
 
 
 def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int, n: int,
-                        template: PromptTemplate | None) -> list[tuple[list[int], str]]:
-    """The prompts as (token ids, text as sent, rendered by ``template``, or decoded); their count
-    (times ``n``) is checked before any is tokenized."""
+                        template: PromptTemplate | None) -> list[tuple[list[int], str | None]]:
+    """The prompts as (token ids, text as sent or rendered by ``template``; ``None`` for token ids,
+    decoded only if ``echo`` needs them); their count (times ``n``) is checked before any is tokenized."""
     prompt = body.get("prompt")
     limits = app_state()["limits"]
     render = template.render if template is not None else str
@@ -439,7 +439,7 @@ def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int, n: int
         if all(isinstance(p, list) for p in prompt):
             refuse_token_ids(template, body["model"])
             limits.check_generations(len(prompt), n)
-            return [(ids, tokenizer.decode(ids)) for ids in (_check_ids(list(p), vocab) for p in prompt)]
+            return [(_check_ids(list(p), vocab), None) for p in prompt]
     raise ApiError(400, "'prompt' must be a string, a list of strings, or token ids", code="invalid_type")
 
 
@@ -478,7 +478,7 @@ def completions():
         """One choice (or one streamed piece of it); with ``echo`` its first piece starts with the prompt."""
         if echo and first:
             ids, prompt_text = prompts[i // n]
-            text = prompt_text + text
+            text = (engine.tokenizer.decode(ids) if prompt_text is None else prompt_text) + text
             steps = [*zip(ids, c.prompt_logprobs or [None] * len(ids)), *steps]
         scores = None
         if logprobs is not None:
@@ -611,6 +611,7 @@ def models():
     g.adapter_label = "base"
     data = [{"id": engine.base_name, "object": "model", "created": 0, "owned_by": "adapterhub",
              "root": engine.base_name, "parent": None, "loaded": True, "quantization": engine.loaded.quantize}]
+    loaded = engine.loaded_refs()
     for version in engine.registry.list(tag="latest"):  # one row per name, read from the index
         if version.adapter_type not in SERVED_TYPES:
             continue
@@ -621,8 +622,8 @@ def models():
             continue
         data.append({"id": name, "object": "model", "created": _created(version), "owned_by": "adapterhub",
                      "root": version.ref, "parent": engine.base_name, "adapter_type": version.adapter_type,
-                     "version": version.version, "loaded": engine.is_loaded(version.ref)})
-    data = with_served_names(data, app_state()["lora_names"])  # vLLM's served LoRA names
+                     "version": version.version, "loaded": version.ref in loaded})
+    data = with_served_names(data, app_state()["lora_names"], loaded)  # vLLM's served LoRA names
     return jsonify({"object": "list", "data": data})
 
 

@@ -76,12 +76,12 @@ def unload_lora_adapter():
     return Response(f"Success: LoRA adapter '{name}' removed successfully.", mimetype="text/plain")
 
 
-def with_served_names(rows: list[dict[str, Any]], names: LoraNames) -> list[dict[str, Any]]:
+def with_served_names(rows: list[dict[str, Any]], names: LoraNames, loaded: set[str]) -> list[dict[str, Any]]:
     """``/v1/models`` rows with one per served name (vLLM lists each; ``root`` is the version it
-    serves), replacing a registry row of the same id."""
+    serves), replacing a registry row of the same id; ``loaded``: the resident references."""
     served = names.served()
     engine = names.engine
     return [r for r in rows if r["id"] not in served] + [
         {"id": name, "object": "model", "created": 0, "owned_by": "adapterhub", "root": ref,
-         "parent": engine.base_name, "loaded": engine.is_loaded(ref)}
+         "parent": engine.base_name, "loaded": ref in loaded}
         for name, ref in sorted(served.items())]

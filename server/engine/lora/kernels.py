@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..int8_linear import SHARED_INPUT
+
 if TYPE_CHECKING:
     from .layer import GatheredLoraLinear
     from .row_plan import RowGroups, RowPlan
 
 __all__ = ["InputGroup", "LayerUpdate", "SHARED_INPUT"]
-
-# Sibling layers that transformers' decoder blocks call with one and the same input tensor.
-SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 class InputGroup:
