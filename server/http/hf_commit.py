@@ -43,7 +43,7 @@ from .hf_compat import commit_id
 from .hf_errors import add_error_header
 from .hf_repo_id import DEFAULT_BRANCH, hub_url, repo_not_found, repo_route
 from .hf_repos import empty_repos, repo_exists
-from .registry_api import DEFAULT_MAX_COMMIT, MAX_COMMIT_BYTES, json_body, push_folder
+from .registry_api import DEFAULT_MAX_COMMIT, MAX_COMMIT_BYTES, MAX_FILES, is_digest, json_body, push_folder
 from .state import app_state
 
 __all__ = ["bp", "HF_INLINE_MAX_BYTES"]
@@ -53,7 +53,6 @@ add_error_header(bp)
 
 HF_INLINE_MAX_BYTES = "HF_INLINE_MAX_BYTES"  # app.config key: largest file a commit may carry inline
 _DEFAULT_INLINE_MAX = 32 << 20
-_MAX_FILES = 32  # as many as a registry version may hold (registry_api)
 _B64_CHUNK = 1 << 20  # a multiple of 4: base64 decodes piece by piece on these boundaries
 
 
@@ -170,8 +169,7 @@ def _write_inline(folder: Path, value: dict[str, Any]) -> tuple[str, int, Path]:
 
 def _lfs_object(registry: LocalRegistry, value: dict[str, Any]) -> tuple[str, int]:
     oid, size = value.get("oid"), value.get("size")
-    if value.get("algo", "sha256") != "sha256" or not isinstance(oid, str) or len(oid) != 64 or \
-            any(c not in "0123456789abcdef" for c in oid):
+    if value.get("algo", "sha256") != "sha256" or not is_digest(oid):
         raise ApiError(400, "an lfsFile names its object by sha256 'oid'", code="invalid_field")
     if not registry.store.has(oid):
         raise ApiError(409, f"upload object {oid} first (LFS batch API)", code="objects_missing")
@@ -213,8 +211,8 @@ def _apply(head: AdapterVersion | None, folder: Path) -> _Staged:
                                headers={"X-Error-Code": "EntryNotFound"})
         else:
             raise ApiError(400, f"unknown commit operation {key[:40]!r}", code="invalid_field")
-        if len(staged.files) > _MAX_FILES:
-            raise ApiError(400, f"an adapter repo holds at most {_MAX_FILES} files", code="invalid_manifest")
+        if len(staged.files) > MAX_FILES:
+            raise ApiError(400, f"an adapter repo holds at most {MAX_FILES} files", code="invalid_manifest")
     return staged
 
 

@@ -31,7 +31,8 @@ from .errors import ApiError
 from .header_gate import add_gate
 from .hf_errors import add_error_header
 from .hf_repo_id import hub_url, repo_route
-from .registry_api import DEFAULT_MAX_JSON, DEFAULT_MAX_OBJECT, MAX_JSON_BYTES, MAX_OBJECT_BYTES, json_body, write_body_limit
+from .registry_api import (DEFAULT_MAX_JSON, DEFAULT_MAX_OBJECT, MAX_JSON_BYTES, MAX_OBJECT_BYTES, is_digest, json_body,
+                           write_body_limit)
 from .state import app_state
 
 __all__ = ["bp", "UPLOAD_PREFIX", "takes_body"]
@@ -44,7 +45,6 @@ UPLOAD_TTL_S = 3600
 _MAX_OBJECTS = 256  # what the client sends per batch
 _SECRET = "hf_lfs_secret"
 _LFS_JSON = "application/vnd.git-lfs+json"
-_OID = re.compile(r"[0-9a-f]{64}")
 _UPLOAD_PATH = re.compile(re.escape(UPLOAD_PREFIX) + r"/([0-9a-f]{64})/([0-9]{1,15})/([0-9]{1,12})/([0-9a-f]{64})")
 _BATCH_PATH = re.compile(r"/[^/]+(?:/[^/]+)?\.git/info/lfs/objects/batch")
 
@@ -83,7 +83,7 @@ def _upload_action(oid: str, size: int) -> dict[str, Any]:
 
 def _answer(item: Any) -> dict[str, Any]:
     """The batch answer for one requested object: no action, an upload action, or its error."""
-    if not isinstance(item, dict) or not isinstance(item.get("oid"), str) or not _OID.fullmatch(item["oid"]):
+    if not isinstance(item, dict) or not is_digest(item.get("oid")):
         raise ApiError(400, "each object is {oid: 64 lowercase hex digits of a sha256, size}", code="invalid_field")
     oid, size = item["oid"], item.get("size")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:

@@ -61,7 +61,7 @@ DEFAULT_MAX_JSON = 1 << 20
 DEFAULT_MAX_COMMIT = 64 << 20
 # The Hugging Face commit route (hf_commit), the one JSON-ish write that carries file bytes.
 _HF_COMMIT = re.compile(r"/api/models/[^/]+(?:/[^/]+)?/commit/[^/]+")
-_MAX_FILES = 32
+MAX_FILES = 32  # files a version may hold (also through the HF commit route)
 MAX_PAGE = 1000  # most versions one GET /api/versions answers; `next` is the cursor of the rest
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -94,8 +94,13 @@ def hide_registry_path(response: Response) -> Response:
 
 
 
+def is_digest(value: Any) -> bool:
+    """Whether ``value`` is a sha256 as objects are named: 64 lowercase hex digits."""
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+
+
 def _check_digest(digest: Any) -> str:
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
+    if not is_digest(digest):
         raise ApiError(400, f"invalid digest {str(digest)[:80]!r}: 64 lowercase hex digits of a sha256",
                        code="invalid_digest")
     return digest
@@ -198,8 +203,8 @@ def put_object(digest: str):
 
 def _manifest(body: dict[str, Any]) -> list[dict[str, Any]]:
     files = _field(body, "files", list, None)
-    if not files or len(files) > _MAX_FILES:
-        raise ApiError(400, f"'files' must list 1 to {_MAX_FILES} files", code="invalid_manifest")
+    if not files or len(files) > MAX_FILES:
+        raise ApiError(400, f"'files' must list 1 to {MAX_FILES} files", code="invalid_manifest")
     out, seen = [], set()
     for f in files:
         if not isinstance(f, dict) or isinstance(f.get("size"), bool) or not isinstance(f.get("size"), int):
