@@ -265,17 +265,7 @@ class EngineHandle:
         if template is not None:  # a prompt template rewrites the prompt, as the server does
             prompt = template.apply(prompt)
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else encode_prompt(tokenizer, prompt)
-        request = self.engine.submit(ids, params, version)
-        text = []
-        try:
-            for event in request.stream:
-                if event.error is not None:
-                    raise RuntimeError(f"generation failed: {event.error}")
-                text.append(event.text)
-        except BaseException:
-            request.stream.cancel()  # an interrupted caller frees its batch row at the next step
-            raise
-        return "".join(text)
+        return self.engine.submit(ids, params, version).stream.text()
 
     def stop(self) -> None:
         """Stop the HTTP server (if any), then the engine; requests still running end with an error."""

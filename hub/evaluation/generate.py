@@ -17,15 +17,6 @@ from ..train.templates import encode_prompt
 __all__ = ["engine_answers"]
 
 
-def _text(request: Any) -> str:
-    parts = []
-    for event in request.stream:
-        if event.error is not None:
-            raise RuntimeError(f"generation failed: {event.error}")
-        parts.append(event.text)
-    return "".join(parts)
-
-
 def engine_answers(engine: Any, versions: Sequence[Any], prompts: Sequence[Any], max_tokens: int,
                    in_flight: int = 64) -> list[list[str]]:
     """``answers[i][j]``: greedy answer of ``versions[i]`` (None: the base) to ``prompts[j]``."""
@@ -41,12 +32,12 @@ def engine_answers(engine: Any, versions: Sequence[Any], prompts: Sequence[Any],
             for i, (version, template) in enumerate(zip(versions, templates)):
                 if len(window) >= in_flight:
                     a, b, request = window.popleft()
-                    answers[a][b] = _text(request)
+                    answers[a][b] = request.stream.text()
                 ids = plain[j] if template is None else encode_prompt(engine.tokenizer, template.apply(prompt))
                 window.append((i, j, engine.submit(ids, params, version)))
         while window:
             a, b, request = window.popleft()
-            answers[a][b] = _text(request)
+            answers[a][b] = request.stream.text()
     finally:
         for _, _, request in window:
             request.stream.cancel()

@@ -239,6 +239,21 @@ class RequestStream:
             if event.finish_reason is not None:
                 return
 
+    def text(self) -> str:
+        """The whole answer's text, for in-process callers that need no events; ``RuntimeError``
+        when the generation failed. A caller interrupted meanwhile cancels the request, so its row
+        is freed at the next step."""
+        parts = []
+        try:
+            for event in self:
+                if event.error is not None:
+                    raise RuntimeError(f"generation failed: {event.error}")
+                parts.append(event.text)
+        except BaseException:
+            self.cancel()
+            raise
+        return "".join(parts)
+
 
 @dataclass
 class GenerationRequest:
