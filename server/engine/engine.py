@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .adapters.picker import AdapterPicker
 from .adapters.soft_prompt_cache import SoftPromptCache
+from .compute_threads import release_thread_pool
 from .request import GenerationRequest, SamplingParams
 
 if TYPE_CHECKING:
@@ -148,6 +149,9 @@ class Engine:
         return self._scheduler.max_queued
 
     def start(self) -> Engine:
+        """Start the engine loop. The calling thread (which built the model) gives up its torch
+        worker threads, so that the loop's are the only ones (``compute_threads``)."""
+        release_thread_pool()
         self._scheduler.start()
         return self
 

@@ -20,6 +20,7 @@ from adapterhub.adapter_folder import PROMPT_TEMPLATE
 from adapterhub.errors import AdapterNotFound, IncompatibleBase, InvalidReference, UnsupportedAdapter
 from adapterhub.peft_format import check_shapes_fit
 
+from ..compute_threads import releasing_thread_pool
 from .prompt_template_cache import PromptTemplateCache
 
 if TYPE_CHECKING:
@@ -114,10 +115,11 @@ class AdapterPicker:
         version = request.adapter
         if version is None or version.adapter_type == PROMPT_TEMPLATE:  # a template's row is a base row
             return
-        if version.adapter_type == "prompt_tuning":
-            request.soft_prompt = self.soft_prompts.acquire(version)
-        else:
-            request.lora = self._lora().acquire(version, timeout=self.slot_wait_s)
+        with releasing_thread_pool():  # a load ran torch here, outside the engine loop
+            if version.adapter_type == "prompt_tuning":
+                request.soft_prompt = self.soft_prompts.acquire(version)
+            else:
+                request.lora = self._lora().acquire(version, timeout=self.slot_wait_s)
 
     def unpin(self, request: GenerationRequest) -> None:
         if request.soft_prompt is not None:
@@ -131,11 +133,13 @@ class AdapterPicker:
         """Make ``version`` resident without running a request."""
         if version.adapter_type == PROMPT_TEMPLATE:
             self.prompt_templates.get(version)
-        elif version.adapter_type == "prompt_tuning":
-            self.soft_prompts.release(self.soft_prompts.acquire(version))
-        else:
-            lora = self._lora()
-            lora.release(lora.acquire(version, timeout=self.slot_wait_s))
+            return
+        with releasing_thread_pool():
+            if version.adapter_type == "prompt_tuning":
+                self.soft_prompts.release(self.soft_prompts.acquire(version))
+            else:
+                lora = self._lora()
+                lora.release(lora.acquire(version, timeout=self.slot_wait_s))
 
     def unload(self, ref: str) -> bool:
         """Free a resident adapter now; False when it is not resident, ``AdapterBusy`` while in use."""
