@@ -59,8 +59,8 @@ def wrapped():
                 continue  # an adapter that leaves one member of the group alone
             a = torch.randn(rank, layer.in_features, generator=g) / layer.in_features ** 0.5
             b = torch.randn(layer.out_features, rank, generator=g) * 0.5
-            layer.slot(slot)[0][:, :rank] = a.t()
-            layer.slot(slot)[1][:rank] = b.t()
+            layer.slot(slot)[0][:rank] = a
+            layer.slot(slot)[1][:, :rank] = b
             layer.ranks[slot] = rank
             weights[(name, slot)] = (a, b)
     return block, plans, layers, weights
@@ -161,7 +161,7 @@ def test_weights_that_overflow_only_once_scaled_are_refused(wrapped, tmp_path):
         SlotLoader(torch.device("cpu")).write(0, pairs, path)
 
 
-def test_a_load_writes_the_file_transposed_with_the_scale_folded_into_b(wrapped, tmp_path):
+def test_a_load_copies_the_files_rows_with_the_scale_folded_into_b(wrapped, tmp_path):
     _, _, layers, _ = wrapped
     config, path, tensors = _adapter(tmp_path, layers)
     pairs = read_lora_pairs(config, path, layers, max_rank=RANK, base="block")
@@ -171,8 +171,8 @@ def test_a_load_writes_the_file_transposed_with_the_scale_folded_into_b(wrapped,
         SlotLoader(torch.device("cpu")).write(SLOTS - 1, pairs, path)
         for name in ("q_proj", "o_proj"):
             a, b = layers[name].slot(SLOTS - 1)
-            assert torch.equal(a[:, :2], tensors[f"base_model.model.{name}.lora_A.weight"].t())
-            assert torch.equal(b[:2], tensors[f"base_model.model.{name}.lora_B.weight"].t() * 2.0)
+            assert torch.equal(a[:2], tensors[f"base_model.model.{name}.lora_A.weight"])  # PEFT's layout
+            assert torch.equal(b[:, :2], tensors[f"base_model.model.{name}.lora_B.weight"] * 2.0)
     finally:
         for name, (a, b, rank) in saved.items():
             layers[name].slot(SLOTS - 1)[0].copy_(a)

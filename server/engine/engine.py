@@ -12,6 +12,7 @@ for the refused request.
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING, Any
 
 from .adapters.picker import AdapterPicker
@@ -150,7 +151,15 @@ class Engine:
 
     def start(self) -> Engine:
         """Start the engine loop. The calling thread (which built the model) gives up its torch
-        worker threads, so that the loop's are the only ones (``compute_threads``)."""
+        worker threads, so that the loop's are the only ones (``compute_threads``).
+
+        What is alive now (the model, its modules, the libraries: hundreds of thousands of objects)
+        is moved out of the cycle collector's sight (``gc.freeze``): otherwise each full collection
+        walks all of it, a pause of tens of milliseconds landing on whatever request allocates at
+        that moment (adapter loads measured p95 15-17 ms frozen, 17-24 ms not). Objects freed by
+        reference count are unaffected; garbage already waiting is collected first."""
+        gc.collect()
+        gc.freeze()
         release_thread_pool()
         self._scheduler.start()
         return self

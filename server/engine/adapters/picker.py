@@ -20,7 +20,7 @@ from adapterhub.adapter_folder import PROMPT_TEMPLATE
 from adapterhub.errors import AdapterNotFound, IncompatibleBase, InvalidReference, UnsupportedAdapter
 from adapterhub.peft_format import check_shapes_fit
 
-from ..compute_threads import releasing_thread_pool
+from ..compute_threads import single_threaded
 from .prompt_template_cache import PromptTemplateCache
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class AdapterPicker:
         version = request.adapter
         if version is None or version.adapter_type == PROMPT_TEMPLATE:  # a template's row is a base row
             return
-        with releasing_thread_pool():  # a load ran torch here, outside the engine loop
+        with single_threaded():  # a load runs torch here, outside the engine loop
             if version.adapter_type == "prompt_tuning":
                 request.soft_prompt = self.soft_prompts.acquire(version)
             else:
@@ -134,7 +134,7 @@ class AdapterPicker:
         if version.adapter_type == PROMPT_TEMPLATE:
             self.prompt_templates.get(version)
             return
-        with releasing_thread_pool():
+        with single_threaded():
             if version.adapter_type == "prompt_tuning":
                 self.soft_prompts.release(self.soft_prompts.acquire(version))
             else:

@@ -4,14 +4,14 @@ From the row plan, once per batch membership (not per step), each layer takes it
 adapters' A and B from the slot stacks (views when the slots are consecutive, else one copy of
 those slots per plan: never one copy per row) and the update is
 
-    h = bmm(x grouped by adapter, A)     out += bmm(h, B) scattered back to the rows
+    h = bmm(x grouped by adapter, A^T)     out += bmm(h, B^T) scattered back to the rows
 
 so every adapter's weights are read once per step, however many rows use it, with no mask and no
 flops spent on other adapters' blocks. When every row has an adapter of its own, the groups are
 the rows themselves: nothing is gathered at any step and the B product is accumulated into the base
 output in place (``baddbmm_``).
 
-Layers that read the same input (q/k/v, gate/up) keep their A stacks side by side in one tensor
+Layers that read the same input (q/k/v, gate/up) keep their A stacks one above the other in one tensor
 (``InputGroup.a_store``), so their A products are one ``bmm``; the number of extra kernels per
 decoder layer does not grow with the number of adapters. Base rows get no update at all, and a
 row's result is its adapter's ``scale * B @ A @ x`` up to float rounding, whatever else is in the
@@ -37,8 +37,8 @@ __all__ = ["InputGroup", "LayerUpdate", "SHARED_INPUT"]
 class InputGroup:
     """Wrapped layers that read the same input (q/k/v, gate/up): their A products run as one.
 
-    ``a_store [slots, in, members * max_rank]`` holds the members' A stacks side by side (each
-    member's ``lora_A`` is a view of its columns, from ``a_column``). The first member called with
+    ``a_store [slots, members * max_rank, in]`` holds the members' A stacks one above the other
+    (each member's ``lora_A`` is a view of its rows, from ``a_row``). The first member called with
     an input computes the low-rank activations of every member; the others, called with that same
     tensor object, take their slice. Anything else (another input, a member called twice)
     recomputes, so sharing is an optimisation, never an assumption.
@@ -57,11 +57,13 @@ class InputGroup:
                 plan.updates[m] = None  # no adapter of the batch targets it
         if not users:
             return
-        first, last = users[0].a_column, users[-1].a_column + ranks[users[-1]]
-        down = _Down(plan.groups.pick(self.a_store[:, :, first:last]), plan.groups, users)
+        first, last = users[0].a_row, users[-1].a_row + ranks[users[-1]]
+        # Transposed views, made once per plan: [k, in, width] and [k, rank, out].
+        down = _Down(plan.groups.pick(self.a_store[:, first:last]).transpose(1, 2), plan.groups, users)
         for m in users:
-            lo = m.a_column - first
-            plan.updates[m] = LayerUpdate(down, m, lo, lo + ranks[m], plan.groups.pick(m.lora_B[:, : ranks[m]]))
+            lo = m.a_row - first
+            b = plan.groups.pick(m.lora_B[:, :, : ranks[m]]).transpose(1, 2)
+            plan.updates[m] = LayerUpdate(down, m, lo, lo + ranks[m], b)
 
 
 class _Down:

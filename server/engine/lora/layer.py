@@ -1,13 +1,15 @@
 """The gathered LoRA linear: a base linear layer plus stacks of adapter weights in numbered slots.
 
 Every linear layer any LoRA may target is wrapped once, at start-up, and owns two preallocated
-stacks, laid out as the batched products read them (``x @ A``, ``h @ B``):
+stacks, each slot laid out as PEFT saves the weights (``lora_A.weight [r, in]``, ``lora_B.weight
+[out, r]``), so that loading an adapter is a straight copy of the file's rows, not a transpose:
 
-    A: [slots, in_features, max_rank]     B: [slots, max_rank, out_features]
+    A: [slots, max_rank, in_features]     B: [slots, out_features, max_rank]
 
-(A is a view of its input group's ``a_store``, where siblings' A stacks sit side by side). Loading
-an adapter writes into one slot, with the LoRA scale folded into B; nothing is re-wrapped. The
-forward adds the update the row plan asks for (``kernels``).
+(A is a view of its input group's ``a_store``, where siblings' A stacks sit one above the other).
+The products read them through transposed views (``x @ A^T``, ``h @ B^T``), which BLAS takes as
+they are. Loading an adapter writes into one slot, with the LoRA scale folded into B; nothing is
+re-wrapped. The forward adds the update the row plan asks for (``kernels``).
 """
 
 from __future__ import annotations
@@ -37,24 +39,24 @@ class GatheredLoraLinear(nn.Module):
         self.out_features = int(base_layer.out_features)
         self._plans = plans
         # Buffers, not parameters (they never train), kept out of state_dict().
-        self.register_buffer("lora_A", torch.zeros(slots, self.in_features, rank, dtype=dtype, device=device),
+        self.register_buffer("lora_A", torch.zeros(slots, rank, self.in_features, dtype=dtype, device=device),
                              persistent=False)
-        self.register_buffer("lora_B", torch.zeros(slots, rank, self.out_features, dtype=dtype, device=device),
+        self.register_buffer("lora_B", torch.zeros(slots, self.out_features, rank, dtype=dtype, device=device),
                              persistent=False)
         self.ranks = [0] * slots  # rank each slot holds for this layer (0: nothing)
-        self.a_column = 0  # where lora_A's columns start in the group's a_store
+        self.a_row = 0  # where lora_A's rows start in the group's a_store
         self.group = InputGroup([self], self.lora_A)  # replaced when siblings read the same input
         self._slot_views: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def slot(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A [in, max_rank], B [max_rank, out])`` of one slot: views, made once (loads write
+        """``(A [max_rank, in], B [out, max_rank])`` of one slot: views, made once (loads write
         hundreds of layers, and indexing the stacks anew for each costs more than the copy)."""
         if not self._slot_views:
             self._slot_views = list(zip(self.lora_A.unbind(0), self.lora_B.unbind(0)))
         return self._slot_views[slot]
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, slots={len(self.ranks)}, max_rank={self.lora_A.shape[2]}"
+        return f"in={self.in_features}, out={self.out_features}, slots={len(self.ranks)}, max_rank={self.lora_A.shape[1]}"
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
@@ -103,7 +105,7 @@ def wrap_linear_layers(model: nn.Module, targets: Iterable[str] | None, plans: R
 
 def _group_siblings(wrapped: dict[str, GatheredLoraLinear]) -> None:
     """Give layers that read one input (q/k/v, gate/up of one block) a shared ``InputGroup``, their
-    A stacks becoming column views of one ``a_store``."""
+    A stacks becoming row blocks of one ``a_store``."""
     for names in SHARED_INPUT:
         parents = {n.rpartition(".")[0] for n in wrapped if n.rpartition(".")[2] in names}
         for parent_name in parents:
@@ -111,10 +113,10 @@ def _group_siblings(wrapped: dict[str, GatheredLoraLinear]) -> None:
                        if (f"{parent_name}.{c}" if parent_name else c) in wrapped]
             if len(members) > 1 and len({m.in_features for m in members}) == 1:
                 first = members[0].lora_A
-                slots, in_features, rank = first.shape
-                store = first.new_zeros(slots, in_features, rank * len(members))
+                slots, rank, in_features = first.shape
+                store = first.new_zeros(slots, rank * len(members), in_features)
                 group = InputGroup(members, store)
                 for j, m in enumerate(members):
-                    m.lora_A = store[:, :, j * rank : (j + 1) * rank]
-                    m.a_column = j * rank
+                    m.lora_A = store[:, j * rank : (j + 1) * rank]
+                    m.a_row = j * rank
                     m.group = group

@@ -131,13 +131,13 @@ class SlotLoader:
             for i, p in enumerate(pairs):
                 a, b = tensors[2 * i], tensors[2 * i + 1]
                 slot_a, slot_b = p.module.slot(slot)
-                _write_transposed(slot_a[:, : p.rank], a)
-                _write_transposed(slot_b[: p.rank], b, p.scale)
+                _write(slot_a[: p.rank], a)
+                _write(slot_b[:, : p.rank], b, p.scale)
                 p.module.ranks[slot] = p.rank
         if stream is not None:
             stream.synchronize()
-        if overflow and not all(bool(torch.isfinite(p.module.slot(slot)[0][:, : p.rank]).all())
-                                and bool(torch.isfinite(p.module.slot(slot)[1][: p.rank]).all()) for p in pairs):
+        if overflow and not all(bool(torch.isfinite(p.module.slot(slot)[0][: p.rank]).all())
+                                and bool(torch.isfinite(p.module.slot(slot)[1][:, : p.rank]).all()) for p in pairs):
             raise _not_finite(weights_path)
 
     def _stage(self, path: str, size: int) -> torch.Tensor:
@@ -157,19 +157,20 @@ class SlotLoader:
         return buf
 
 
-def _write_transposed(dst: torch.Tensor, src: torch.Tensor, scale: float | None = None) -> None:
-    """``dst = src.T`` (times ``scale``), in ``dst``'s dtype.
+def _write(dst: torch.Tensor, src: torch.Tensor, scale: float | None = None) -> None:
+    """``dst = src`` (times ``scale``), in ``dst``'s dtype: the slots keep PEFT's layout, so this
+    copies rows as they lie in the file.
 
-    On the CPU numpy's strided copy transposes these small matrices faster than torch's (a load
-    writes hundreds of them); its float32 product by a float32 scale is the one torch computes."""
+    On the CPU one numpy call per matrix costs less than torch's dispatch (a load writes hundreds
+    of them); its float32 product by a float32 scale is the one torch computes."""
     if dst.device.type == "cpu" and src.dtype == dst.dtype and src.dtype in _NUMPY_FLOATS:
-        out, values = dst.numpy(), src.numpy().T
+        out, values = dst.numpy(), src.numpy()
         if scale is None:
             np.copyto(out, values)
         else:
             np.multiply(values, out.dtype.type(scale), out=out)
         return
-    dst.copy_(src.t(), non_blocking=True)
+    dst.copy_(src, non_blocking=True)
     if scale is not None:
         dst.mul_(scale)
 

@@ -101,9 +101,9 @@ class LoraSlotBank:
         for group in {id(m.group): m.group for m in self.modules.values()}.values():
             used = [m for m in group.members if m.ranks[slot]]
             if used:
-                group.a_store[slot].zero_()  # the members' A side by side: one contiguous block
+                group.a_store[slot].zero_()  # the members' A one above the other: one contiguous block
             for m in used:
-                m.slot(slot)[1][: m.ranks[slot]].zero_()
+                m.slot(slot)[1][:, : m.ranks[slot]].zero_()
                 m.ranks[slot] = 0
         self._occupied[slot] = False
 
