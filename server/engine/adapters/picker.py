@@ -145,7 +145,8 @@ class AdapterPicker:
         """Free a resident adapter now; False when it is not resident, ``AdapterBusy`` while in use."""
         if self.soft_prompts.unload(ref) or self.prompt_templates.unload(ref):
             return True
-        return bool(self.lora_slots is not None and self.lora_slots.unload(ref))
+        with single_threaded():  # zeroing the slot runs torch here, outside the engine loop
+            return bool(self.lora_slots is not None and self.lora_slots.unload(ref))
 
     def loaded(self) -> list[dict[str, Any]]:
         loras = self.lora_slots.loaded() if self.lora_slots is not None else []
