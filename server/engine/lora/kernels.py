@@ -59,49 +59,53 @@ class InputGroup:
             return
         first, last = users[0].a_row, users[-1].a_row + ranks[users[-1]]
         # Transposed views, made once per plan: [k, in, width] and [k, rank, out].
-        down = _Down(plan.groups.pick(self.a_store[:, first:last]).transpose(1, 2), plan.groups, users)
-        for m in users:
+        down = _Down(plan.groups.pick(self.a_store[:, first:last]).transpose(1, 2), plan.groups, len(users))
+        for i, m in enumerate(users):
             lo = m.a_row - first
             b = plan.groups.pick(m.lora_B[:, :, : ranks[m]]).transpose(1, 2)
-            plan.updates[m] = LayerUpdate(down, m, lo, lo + ranks[m], b)
+            whole = lo == 0 and ranks[m] == last - first  # the member's columns are all of h: no slice
+            plan.updates[m] = LayerUpdate(down, 1 << i, None if whole else slice(lo, lo + ranks[m]), b)
 
 
 class _Down:
     """``x`` -> low-rank activations ``[k, m * tokens, width]`` of every member of an input group,
-    computed once per input."""
+    computed once per input (members are bits of ``pending``: this runs hundreds of times a step)."""
 
-    __slots__ = ("a", "groups", "members", "x", "h", "pending")
+    __slots__ = ("a", "groups", "everyone", "x", "h", "pending")
 
-    def __init__(self, a: torch.Tensor, groups: RowGroups, members: list[GatheredLoraLinear]) -> None:
-        self.a, self.groups, self.members = a, groups, members
+    def __init__(self, a: torch.Tensor, groups: RowGroups, members: int) -> None:
+        self.a, self.groups = a, groups
+        self.everyone = (1 << members) - 1
         self.x: torch.Tensor | None = None
         self.h: torch.Tensor | None = None
-        self.pending: set[GatheredLoraLinear] = set()
+        self.pending = 0  # members that have not yet taken ``h`` of ``x``
 
-    def __call__(self, x: torch.Tensor, member: GatheredLoraLinear) -> torch.Tensor:
-        if self.x is x and member in self.pending:
-            self.pending.discard(member)
+    def __call__(self, x: torch.Tensor, bit: int) -> torch.Tensor:
+        if self.x is x and self.pending & bit:
+            self.pending &= ~bit
             h = self.h
             if not self.pending:
                 self.x = self.h = None
             return h
         xg = self.groups.gather(x)
         h = torch.bmm(xg if xg.dtype == self.a.dtype else xg.to(self.a.dtype), self.a)
-        if len(self.members) > 1:
-            self.x, self.h, self.pending = x, h, {m for m in self.members if m is not member}
+        if self.everyone != bit:
+            self.x, self.h, self.pending = x, h, self.everyone & ~bit
         return h
 
 
 class LayerUpdate:
     """One member's B product, added into the base output (in place where the dtypes allow)."""
 
-    __slots__ = ("down", "member", "lo", "hi", "b")
+    __slots__ = ("down", "bit", "columns", "b")
 
-    def __init__(self, down: _Down, member: GatheredLoraLinear, lo: int, hi: int, b: torch.Tensor) -> None:
-        self.down, self.member, self.lo, self.hi, self.b = down, member, lo, hi, b
+    def __init__(self, down: _Down, bit: int, columns: slice | None, b: torch.Tensor) -> None:
+        self.down, self.bit, self.columns, self.b = down, bit, columns, b
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        h = self.down(x, self.member)[..., self.lo : self.hi]
+        h = self.down(x, self.bit)
+        if self.columns is not None:
+            h = h[..., self.columns]
         groups = self.down.groups
         if out.dtype == self.b.dtype and out.is_contiguous() and not out.requires_grad:
             groups.add_product(out, h, self.b)

@@ -73,7 +73,7 @@ class RowGroups:
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """``x [rows, ..., in]`` -> ``[k, m * tokens, in]``: each group's rows, zero-padded."""
-        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        x3 = x if x.dim() == 3 else x.reshape(x.shape[0], -1, x.shape[-1])
         if self.direct:
             return x3
         if self.order is not None:
@@ -85,7 +85,7 @@ class RowGroups:
     def add_product(self, out: torch.Tensor, h: torch.Tensor, b: torch.Tensor) -> None:
         """``out [rows, ..., n] +=`` each adapter row's ``h @ b`` (``h [k, m * tokens, r]``, ``b [k, r, n]``),
         in place; ``out`` must be contiguous."""
-        out3 = out.view(out.shape[0], -1, out.shape[-1])
+        out3 = out if out.dim() == 3 else out.view(out.shape[0], -1, out.shape[-1])
         if self.direct:
             out3.baddbmm_(h, b)
             return
