@@ -4,8 +4,8 @@ The field's order on a model small enough for a 2-core CPU: build the tiny base 
 stand-in), instruction-tune it, train two LoRA adapters and a soft prompt on the demo instruction
 data, push them with their metrics, and push a prompt template per task (the zero-parameter
 adapter) with a soft prompt or LoRA for each task that lacks one; pull and verify them, fold one
-LoRA into a standalone model (checked against PEFT), then serve the base on an nf4-quantized copy
-with every adapter at once and send one request per adapter in the same moment: each is answered
+LoRA into a standalone model (checked against PEFT), then serve the base quantized as ``serve``
+does by default (int8 on a CPU, nf4 on a GPU) with every adapter at once and send one request per adapter in the same moment: each is answered
 by its own adapter. Last, ``adapterhub eval`` per task: the bare base, the prompt template, the
 soft prompt and the LoRA on the same held-out rows, stored in the registry (and plotted when
 matplotlib is installed). Everything happens under one work folder (a temporary one unless
@@ -58,8 +58,8 @@ def _prompt_of(row: dict[str, Any]) -> str:
 @click.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep the base, data, adapters and registry here (default: a temporary folder, removed after).")
-@click.option("--quantize", type=click.Choice(["nf4", "int8", "none"]), default="nf4", show_default=True,
-              help="How the served base is quantized.")
+@click.option("--quantize", type=click.Choice(["auto", "nf4", "int8", "none"]), default="auto", show_default=True,
+              help="How the served base is quantized (auto: as adapterhub serve, int8 on a CPU, nf4 on a GPU).")
 def demo(workdir, quantize):
     """Run the main job on the embedded tiny base model (no network needed)."""
     from adapterhub.merge.pipeline import merge_model

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import click
 
-from adapterhub.errors import InvalidName
-from adapterhub.location import default_location, is_remote, local_root
+from adapterhub.location import registry_folder
 
 from .output import emit_json, json_option, registry_option, render_table
 
 __all__ = ["COMMANDS"]
-
-
-def _local_root(registry: str | None) -> str:
-    """The registry folder, absolute: the hub hands out and links to paths inside it."""
-    location = registry or default_location()
-    if is_remote(location):
-        raise InvalidName(f"{location} is a URL: run this on the hub's machine, with --registry its folder")
-    return local_root(location)
 
 
 @click.group()
@@ -43,7 +34,7 @@ def serve(registry, host, port, threads, read_token_required, max_object_bytes, 
     from adapterhub.server.http.registry_api import ALLOW_LOCAL_BASES, MAX_OBJECT_BYTES
     from adapterhub.server.http.wsgi import run
 
-    root = _local_root(registry)
+    root = registry_folder(registry, "adapterhub hub serve")  # absolute: the hub links to paths inside it
     app = create_app(
         LocalRegistry(root),
         config={
@@ -74,7 +65,7 @@ def token_create(scope, name, registry, json_output):
     """Create a token; it is printed once and only its hash is kept."""
     from adapterhub.tokens import TokenStore
 
-    secret, record = TokenStore(_local_root(registry)).create(scope, name)
+    secret, record = TokenStore(registry_folder(registry, "adapterhub hub token")).create(scope, name)
     if json_output:
         emit_json(record.public() | {"token": secret})
     else:
@@ -90,7 +81,7 @@ def token_list(registry, json_output):
     """List tokens (ids, names, scopes; never the tokens)."""
     from adapterhub.tokens import TokenStore
 
-    records = TokenStore(_local_root(registry)).records()
+    records = TokenStore(registry_folder(registry, "adapterhub hub token")).records()
     if json_output:
         emit_json([r.public() for r in records])
     else:
@@ -105,7 +96,7 @@ def token_revoke(token_id, registry, json_output):
     """Revoke a token by id; a running hub refuses it from its next request."""
     from adapterhub.tokens import TokenStore
 
-    record = TokenStore(_local_root(registry)).revoke(token_id)
+    record = TokenStore(registry_folder(registry, "adapterhub hub token")).revoke(token_id)
     if json_output:
         emit_json(record.public())
     else:

@@ -11,7 +11,7 @@ import click
 import adapterhub
 from adapterhub.index import INDEX_ENV
 from adapterhub.index.migrate import migrate_registry
-from adapterhub.location import default_location, is_remote, local_root, open_registry
+from adapterhub.location import open_registry, registry_folder
 from adapterhub.refs import parse_reference
 from adapterhub.registry import AdapterVersion, LocalRegistry
 
@@ -280,10 +280,7 @@ def migrate(registry, index, json_output):
 
     Every version, tag, metric, lineage record and digest is kept; the objects stay where they are;
     the old registry.json is kept as registry.v1.json."""
-    location = registry or default_location()
-    if is_remote(location):
-        raise click.ClickException(f"migrate runs on the machine that holds the registry folder, not against {location}")
-    reg = LocalRegistry(local_root(location))
+    reg = LocalRegistry(registry_folder(registry, "migrate"))
     report = migrate_registry(reg.root, index=index, durable=reg.durable)
     if json_output:
         emit_json(report.to_dict())

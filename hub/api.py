@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
+from .location import as_registry
 from .location import open_registry as _open_at
 from .registry import AdapterVersion
 from .registry_protocol import Registry
@@ -61,12 +62,6 @@ def open_registry(location: str | os.PathLike | None = None, *, token: str | Non
     return _open_at(location, token=token)
 
 
-def _open(registry: RegistryLike) -> Registry:
-    if registry is None or isinstance(registry, (str, os.PathLike)):
-        return open_registry(registry)
-    return registry
-
-
 def _location_of(registry: RegistryLike) -> str | None:
     """What the merge pipeline takes: a location string (a hub's token then comes from the environment)."""
     if registry is None or isinstance(registry, (str, os.PathLike)):
@@ -87,7 +82,7 @@ def push(folder: str | os.PathLike, *, name: str, task: str, base: str | None = 
     folder PEFT would not load or adapterhub cannot use, ``IncompatibleBase`` for an adapter of
     another base, ``InvalidName`` for a bad name or tag, ``RemoteError`` / ``AuthError`` from a hub.
     """
-    return _open(registry).push(folder, name=name, task=task, base=base, tags=tags, description=description,
+    return as_registry(registry).push(folder, name=name, task=task, base=base, tags=tags, description=description,
                                 metrics=metrics)
 
 
@@ -102,7 +97,7 @@ def pull(ref: str, out_dir: str | os.PathLike, *, force: bool = False, registry:
     ``DigestMismatch`` / ``ObjectMissing`` for a damaged store, ``InvalidName`` when ``out_dir``
     holds other files of the same names and ``force`` is not set.
     """
-    store = _open(registry)
+    store = as_registry(registry)
     if ref.startswith("hf://"):
         from .hf_import import import_from_hub
 
@@ -120,7 +115,7 @@ def list_adapters(*, name: str | None = None, task: str | None = None, base: str
     Returns a list (empty when nothing matches). Raises ``RegistryCorrupt`` for an unreadable index,
     ``RemoteError`` from a hub.
     """
-    return _open(registry).list(base=base, task=task, adapter_type=adapter_type, name=name)
+    return as_registry(registry).list(base=base, task=task, adapter_type=adapter_type, name=name)
 
 
 def show(ref: str, *, registry: RegistryLike = None) -> AdapterVersion:
@@ -129,7 +124,7 @@ def show(ref: str, *, registry: RegistryLike = None) -> AdapterVersion:
     Returns the ``AdapterVersion``: files and digests, base fingerprint, PEFT settings, metrics,
     training record and lineage. Raises ``AdapterNotFound`` or ``InvalidReference``.
     """
-    return _open(registry).resolve(ref)
+    return as_registry(registry).resolve(ref)
 
 
 def merge_model(refs: Sequence[str | os.PathLike], base: str | os.PathLike, out: str | os.PathLike,
@@ -305,7 +300,7 @@ def start_engine(base: str | os.PathLike | None = None, *, registry: RegistryLik
     from adapterhub.server.engine.engine import DEFAULT_MAX_QUEUED_REQUESTS, create_engine
     from adapterhub.server.engine.model_loader import load_base_model
 
-    store = _open(registry)
+    store = as_registry(registry)
     loaded = load_base_model(str(base) if base is not None else default_base(), quantize=quantize, device=device)
     engine = create_engine(loaded, store, max_batch_size=max_batch_size, max_loaded_adapters=max_loaded_adapters,
                            max_adapter_bytes=max_adapter_bytes, max_lora_rank=max_lora_rank,

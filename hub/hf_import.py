@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from .adapter_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter_folder
-from .blobstore import sha256_file
 from .errors import AdapterHubError, AdapterNotFound, InvalidReference, RemoteError
 from .prompt_template import PROMPT_TEMPLATE_FILE
 from .refs import validate_name
-from .registry import AdapterVersion, FileEntry, manifest_digest
+from .registry import AdapterVersion, folder_entries, manifest_digest
 
 __all__ = ["HF_SCHEME", "HfSource", "parse_hf_url", "import_from_hub"]
 
@@ -92,7 +91,7 @@ def import_from_hub(
 def _store(registry: Any, folder: Path, source: HfSource, commit: str | None, *, name: str, task: str | None,
            base: str | None) -> AdapterVersion:
     adapter = read_adapter_folder(folder)
-    digest = manifest_digest(FileEntry(p, sha256_file(folder / p), (folder / p).stat().st_size) for p in adapter.files)
+    digest = manifest_digest(folder_entries(adapter))
     try:
         existing = [v for v in registry.list(name=name) if v.digest == digest]
     except AdapterNotFound:

@@ -17,7 +17,7 @@ from .registry import INDEX_NAME, LocalRegistry
 from .registry_protocol import Registry
 
 __all__ = ["ENV_REGISTRY", "default_location", "default_folder", "describe_default", "local_root", "open_registry",
-           "is_remote"]
+           "as_registry", "registry_folder", "is_remote"]
 
 ENV_REGISTRY = "ADAPTERHUB_REGISTRY"
 
@@ -76,3 +76,21 @@ def open_registry(location: str | os.PathLike | None = None, *, token: str | Non
 
         return RemoteRegistry(loc, token=token)
     return LocalRegistry(local_root(loc), index=index)
+
+
+def as_registry(registry: Registry | str | os.PathLike | None) -> Registry:
+    """What the Python API's ``registry=`` arguments accept, as a registry: an open one as it is, a
+    location opened (``None``: the default one)."""
+    if registry is None or isinstance(registry, (str, os.PathLike)):
+        return open_registry(registry)
+    return registry
+
+
+def registry_folder(location: str | os.PathLike | None, command: str) -> str:
+    """The registry folder ``location`` names (``None``: the default), absolute, for a ``command``
+    that works on the folder itself; ``InvalidName`` for a hub URL."""
+    loc = str(location) if location else default_location()
+    if is_remote(loc):
+        raise InvalidName(f"{loc} is a URL: {command} runs on the machine that holds the registry folder, "
+                          "with --registry its path")
+    return local_root(loc)

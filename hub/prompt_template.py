@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import InvalidAdapter
+from .peft_format.config_values import preview
 from .regular_file import read_regular
 
 __all__ = ["PROMPT_TEMPLATE_FILE", "FORMAT_VERSION", "MAX_EXAMPLES", "MAX_TEXT_CHARS", "FewShot", "PromptTemplate",
@@ -47,7 +48,6 @@ MAX_EXAMPLES = 64
 MAX_TEXT_CHARS = 32_768  # system + template + every example: what the template may add to each request
 _MAX_FILE_BYTES = 256 << 10  # the JSON of MAX_TEXT_CHARS characters, escaped, fits well within
 _MAX_BASE_CHARS = 1024
-_PREVIEW_CHARS = 200
 _FIELDS = ("format_version", "system", "template", "examples", "base_model_name_or_path")
 _SYSTEM_ROLES = ("system", "developer")
 
@@ -111,15 +111,11 @@ class PromptTemplate:
 
     def summary(self) -> dict[str, Any]:
         """What the registry index records (texts as previews; the stored file keeps them whole)."""
-        out: dict[str, Any] = {"format_version": FORMAT_VERSION, "template": _preview(self.template),
+        out: dict[str, Any] = {"format_version": FORMAT_VERSION, "template": preview(self.template),
                                "examples": len(self.examples), "chars": _text_chars(self)}
         if self.system:
-            out["system"] = _preview(self.system)
+            out["system"] = preview(self.system)
         return out
-
-
-def _preview(text: str) -> str:
-    return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "…"
 
 
 def _text_chars(t: PromptTemplate) -> int:

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 
 from .adapter_folder import AdapterFolder, read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
-from .blobstore import BlobStore, StoredObject
+from .blobstore import BlobStore, StoredObject, sha256_file
 from .errors import (
     AdapterNotFound,
     ConcurrentModification,
@@ -72,6 +72,12 @@ class FileEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+
+def folder_entries(adapter: AdapterFolder) -> list[FileEntry]:
+    """The manifest entries of an adapter folder's files as they are on disk now: what a push of it
+    would record, so their ``manifest_digest`` says whether a registry already holds it."""
+    return [FileEntry(p, sha256_file(adapter.path / p), (adapter.path / p).stat().st_size) for p in adapter.files]
 
 
 def manifest_digest(files: Iterable[FileEntry]) -> str:

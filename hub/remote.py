@@ -26,12 +26,12 @@ import httpx2
 
 from .adapter_folder import read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
-from .blobstore import CHUNK, sha256_file
+from .blobstore import CHUNK
 from .credentials import stored_token
 from .errors import DigestMismatch, InvalidName, RemoteError, error_from_wire
 from .pull_folder import open_pull_folder
 from .refs import validate_name
-from .registry import AdapterVersion, FileEntry, GcReport, VerifyReport
+from .registry import AdapterVersion, FileEntry, GcReport, VerifyReport, folder_entries
 
 __all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN", "check_file_name", "raise_for_status"]
 
@@ -206,7 +206,7 @@ class RemoteRegistry:
             info = load_base_info(base_name)
             if info is not None:
                 check_adapter_fits(adapter, info)
-        files = [FileEntry(p, sha256_file(adapter.path / p), (adapter.path / p).stat().st_size) for p in adapter.files]
+        files = folder_entries(adapter)
         missing = set(self._json("POST", "/api/objects/check", json={"digests": [f.sha256 for f in files]})["missing"])
         stats = TransferStats()
         to_send = {f.sha256: f for f in files if f.sha256 in missing}  # identical files go once

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..adapter_folder import AdapterFolder, read_adapter_folder
-from ..blobstore import sha256_file
-from ..registry import FileEntry, manifest_digest
+from ..registry import folder_entries, manifest_digest
 
 __all__ = ["AdapterSource", "open_sources"]
 
@@ -30,8 +29,7 @@ class AdapterSource:
 
 
 def _folder_digest(folder: AdapterFolder) -> str:
-    files = [FileEntry(p, sha256_file(folder.path / p), (folder.path / p).stat().st_size) for p in folder.files]
-    return "sha256:" + manifest_digest(files)
+    return "sha256:" + manifest_digest(folder_entries(folder))
 
 
 @contextlib.contextmanager

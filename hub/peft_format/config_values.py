@@ -22,6 +22,7 @@ __all__ = [
     "INDEXED_FIELDS",
     "config_problem",
     "indexed_settings",
+    "preview",
 ]
 
 MAX_CONFIG_BYTES = 1 << 20  # PEFT writes about 1 KB; a long prompt_tuning_init_text still fits
@@ -159,6 +160,11 @@ def config_problem(config: Mapping[str, Any], adapter_type: str) -> str | None:
     return None
 
 
+def preview(text: str) -> str:
+    """``text`` as an index records a long free text: its first ``PREVIEW_CHARS`` characters and "…"."""
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
+
+
 def indexed_settings(config: Mapping[str, Any], adapter_type: str) -> dict[str, Any]:
     """The settings the index records; a free text over ``PREVIEW_CHARS`` is cut to a preview and
     ``<field>_chars`` gives its full length (the stored adapter_config.json keeps it whole)."""
@@ -171,6 +177,6 @@ def indexed_settings(config: Mapping[str, Any], adapter_type: str) -> dict[str, 
             value = sorted(value)
         if key == "prompt_tuning_init_text" and len(value) > PREVIEW_CHARS:
             out[key + "_chars"] = len(value)
-            value = value[:PREVIEW_CHARS] + "…"
+            value = preview(value)
         out[key] = value
     return out

@@ -22,10 +22,9 @@ import threading
 from typing import TYPE_CHECKING
 
 from adapterhub.adapter_folder import read_adapter_folder
-from adapterhub.blobstore import sha256_file
 from adapterhub.errors import AdapterNotFound, InvalidName, InvalidReference, NameTaken, PermissionDenied
 from adapterhub.refs import validate_name
-from adapterhub.registry import FileEntry, manifest_digest
+from adapterhub.registry import folder_entries, manifest_digest
 
 if TYPE_CHECKING:
     from adapterhub.registry import AdapterVersion
@@ -130,9 +129,8 @@ def _names_a_folder(path: str) -> bool:
 def _stored_copy(registry: Registry, name: str, folder: str) -> AdapterVersion | None:
     """The version of ``name`` with exactly ``folder``'s files, if one is stored."""
     adapter = read_adapter_folder(folder)
-    files = [FileEntry(p, sha256_file(adapter.path / p), (adapter.path / p).stat().st_size) for p in adapter.files]
     try:
-        return registry.resolve(f"{name}@sha256:{manifest_digest(files)}")
+        return registry.resolve(f"{name}@sha256:{manifest_digest(folder_entries(adapter))}")
     except (AdapterNotFound, InvalidReference):
         return None
 
