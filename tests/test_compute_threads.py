@@ -11,7 +11,7 @@ import torch
 from adapterhub.server.engine import compute_threads
 
 needs_pool = pytest.mark.skipif(
-    torch.get_num_threads() < 2 or compute_threads._pause_all() is None or not os.path.isdir("/proc/self/task"),
+    torch.get_num_threads() < 2 or compute_threads._libgomp() is None or not os.path.isdir("/proc/self/task"),
     reason="needs torch on libgomp with at least 2 threads (Linux)",
 )
 
@@ -50,14 +50,29 @@ def test_release_frees_the_calling_threads_workers_and_the_next_op_rebuilds_them
 
 
 @needs_pool
-def test_releasing_block_gives_the_workers_back_even_when_it_raises() -> None:
+def test_single_threaded_block_starts_no_workers_and_gives_back_any_there_were() -> None:
     def work(counts: list[int]) -> None:
-        with pytest.raises(RuntimeError), compute_threads.releasing_thread_pool():
-            raise RuntimeError("load failed")
-        counts.append(_threads())
+        with compute_threads.single_threaded():
+            counts.append(_threads())  # the pool of the op before the block is gone
+            assert torch.get_num_threads() == 1
+            assert torch.arange(4_000_000, dtype=torch.float64).sum().item() == 4_000_000 * 3_999_999 / 2
+            counts.append(_threads())
+        counts.append(torch.get_num_threads())
 
-    with_pool, after = _in_new_thread(work)
-    assert after == with_pool - 1
+    with_pool, inside, after_op, threads_after = _in_new_thread(work)
+    assert inside == after_op == with_pool - 1  # a large op inside started no worker
+    assert threads_after == 2  # the thread's own setting comes back
+
+
+@needs_pool
+def test_single_threaded_block_restores_the_setting_when_it_raises() -> None:
+    def work(counts: list[int]) -> None:
+        with pytest.raises(RuntimeError), compute_threads.single_threaded():
+            raise RuntimeError("load failed")
+        counts.append(torch.get_num_threads())
+
+    _, threads_after = _in_new_thread(work)
+    assert threads_after == 2
 
 
 def test_release_without_a_pool_is_harmless() -> None:

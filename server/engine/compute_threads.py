@@ -20,7 +20,7 @@ import ctypes
 import functools
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 __all__ = ["release_thread_pool", "single_threaded"]
 
