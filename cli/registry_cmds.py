@@ -265,8 +265,8 @@ def gc(registry, index, json_output):
         emit_json(report.to_dict())
     else:
         click.echo(
-            f"removed {report.removed_objects} object(s) and {report.removed_temporaries} temporary file(s), "
-            f"freed {human_size(report.freed_bytes)}"
+            f"removed {report.removed_objects} object(s) and {report.removed_temporaries} temporary file(s) or "
+            f"folder(s), freed {human_size(report.freed_bytes)}"
         )
 
 

@@ -17,6 +17,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping
@@ -29,6 +30,9 @@ from .waiting import wait_through_interrupts
 __all__ = ["BlobStore", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
 
 CHUNK = 4 * 1024 * 1024
+# A staging folder nothing was written to for this long belongs to a writer that died (an upload
+# in flight writes to it far more often: request timeouts bound it to minutes).
+STALE_STAGING_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -344,12 +348,30 @@ class BlobStore:
                     yield obj.name
 
     def iter_temporaries(self) -> Iterator[Path]:
+        """Partial object files, and staging folders (``staged``, hub commits) untouched for
+        ``STALE_STAGING_S``: what writers that died left behind."""
         tmp_dir = self.root / "tmp"
         if tmp_dir.is_dir():
             yield from sorted(tmp_dir.iterdir())
+        staging = self.root / "staging"
+        if staging.is_dir():
+            cutoff = time.time() - STALE_STAGING_S
+            yield from (p for p in sorted(staging.iterdir()) if _last_write(p) < cutoff)
 
     def delete(self, digest: str) -> int:
         p = self.path(digest)
         size = p.stat().st_size
         p.unlink()
         return size
+
+
+def _last_write(path: Path) -> float:
+    """The newest modification time of ``path`` and everything under it (a folder's own time does
+    not change while a file inside it grows)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+    return newest

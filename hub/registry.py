@@ -589,7 +589,8 @@ class LocalRegistry:
         return f"{self.manifest_path} names the index {opened[0].describe_index()}, which is missing, yet the store holds objects"
 
     def _temporaries(self) -> list[Path]:
-        """Partial files of writers that died: object uploads, manifests, indexes being built."""
+        """What writers that died left: partial object uploads, manifests, indexes being built, and
+        staging folders untouched for a day (``BlobStore.iter_temporaries``)."""
         if not self.root.is_dir():
             return []
         own = sorted(self.root.glob(".registry-*.json")) + sorted(self.root.glob(f"{TEMP_PREFIX}*"))
@@ -610,10 +611,20 @@ class LocalRegistry:
                     report.freed_bytes += self.store.delete(digest)
                     report.removed_objects += 1
             for tmp in list(self._temporaries()):
-                report.freed_bytes += tmp.stat().st_size
-                tmp.unlink()
+                report.freed_bytes += _remove(tmp)
                 report.removed_temporaries += 1
         return report
+
+
+def _remove(path: Path) -> int:
+    """Delete a file or a whole folder; the bytes it held."""
+    if path.is_dir() and not path.is_symlink():
+        size = sum(f.lstat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(path)
+        return size
+    size = path.lstat().st_size
+    path.unlink()
+    return size
 
 
 def _version(row: Row) -> AdapterVersion:

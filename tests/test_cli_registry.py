@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 from click.testing import CliRunner
 
@@ -112,3 +114,25 @@ def test_registry_help_states_the_default_this_install_uses(tmp_path, monkeypatc
     assert location.default_location() == str(tmp_path / "data" / "adapterhub")
     monkeypatch.setenv("ADAPTERHUB_REGISTRY", "http://hub.example:8000")
     assert "$ADAPTERHUB_REGISTRY,nowhttp://hub.example:8000" in help_text()
+
+
+def test_gc_removes_staging_a_dead_writer_left_and_keeps_a_live_writers(make_lora, _private_registry):
+    from adapterhub.blobstore import STALE_STAGING_S
+    from adapterhub.registry import LocalRegistry
+
+    run("push", str(make_lora()), "--name", "a", "--task", "t")
+    staging = LocalRegistry(_private_registry).store.root / "staging"
+    dead, live = staging / "hf-commit-dead", staging / "hf-commit-live"
+    for folder in (dead, live):
+        (folder / "part").mkdir(parents=True)
+        (folder / "part" / "upload").write_bytes(b"x" * 1000)
+    old = time.time() - STALE_STAGING_S - 60
+    for p in (dead, dead / "part", dead / "part" / "upload", live, live / "part"):
+        os.utime(p, (old, old))  # live: only its file is still being written
+
+    assert run_json("verify")["temporaries"] == [str(dead)]
+    freed = run_json("gc")
+    assert freed["removed_temporaries"] == 1 and freed["freed_bytes"] >= 1000
+    assert not dead.exists() and (live / "part" / "upload").read_bytes() == b"x" * 1000
+    assert run_json("show", "a")["version"] == 1
+    assert "temporary file(s) or folder(s)" in run("gc").output
