@@ -5,7 +5,7 @@ PEFT's format (key names, scale, the variants a slot cannot compute, the header)
 safetensors header before a byte is read, so a refused adapter leaves the slot as it was. The file
 is then read once into a reusable (pinned, on CUDA) host buffer, checked finite in one pass per
 run of same-dtype tensors (``torch.aminmax`` over the file's data, not one check per tensor), and
-each tensor is copied into its slot transposed to the layout the batched products read, with the
+each tensor is copied into its slot as it lies in the file (the slots keep PEFT's layout), with the
 LoRA scale folded into B; on CUDA the copies run on a stream of their own, not on the one the
 decode steps use.
 """
