@@ -108,10 +108,10 @@ def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter
     if with_hub and is_remote(registry or default_location()):
         raise click.UsageError("--with-hub serves a registry folder; this registry is a remote hub")
     if fleet.wanted:
-        if with_hub or modules:
-            raise click.UsageError("--with-hub and --lora-modules apply to one process; with Ray replicas, serve "
-                                   "the hub with `adapterhub hub serve` and push adapters to it")
-        fleet.run(base=base, registry=registry, quantize=quantize, device=device, max_batch_size=max_batch_size,
+        if with_hub:
+            raise click.UsageError("--with-hub applies to one process; with Ray replicas, serve the hub with "
+                                   "`adapterhub hub serve` and point --registry at it")
+        fleet.run(lora_modules=_pinned_modules(registry, base, modules), base=base, registry=registry, quantize=quantize, device=device, max_batch_size=max_batch_size,
                   max_loaded_adapters=max_loaded_adapters, max_adapter_bytes=max_adapter_memory,
                   max_lora_rank=max_lora_rank, max_queued_requests=max_queued_requests, preload=tuple(preload),
                   max_prompt_tokens=max_prompt_tokens, max_generations_per_request=max_generations_per_request,
@@ -138,6 +138,19 @@ def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter
         # (the OpenAI routes still check max_body_bytes themselves).
         body_limit = max(max_body_bytes, _HUB_MAX_BODY_BYTES) if with_hub else max_body_bytes
         run(app, host, port, threads, ready=ready, stream_tokens=True, max_request_body_size=body_limit)
+
+
+def _pinned_modules(registry: str | None, base: str | None, modules: list[tuple[str, str]]) -> tuple[str, ...]:
+    """``--lora-modules`` for a fleet: each folder pushed (checked against the served base) and each
+    reference pinned here, once, so every replica serves the same versions under the same names."""
+    if not modules:
+        return ()
+    from adapterhub.api import default_base, open_registry
+    from adapterhub.server.http.lora_names import pin_lora_module
+
+    store = open_registry(registry)
+    served = base or default_base()
+    return tuple(pin_lora_module(store, name, path, base=served) for name, path in modules)
 
 
 COMMANDS = [serve]

@@ -69,13 +69,38 @@ def test_the_shipped_serve_config_and_rayservice_manifest_validate():
 @pytest.mark.parametrize("args, message", [
     (["--replicas", "2", "--min-replicas", "3", "--max-replicas", "2"], "min_replicas"),
     (["--replicas", "2", "--with-hub"], "--with-hub"),
-    (["--replicas", "2", "--lora-modules", "a=b"], "--lora-modules"),
+    (["--replicas", "2", "--lora-modules", "no-equals-sign"], "--lora-modules"),
 ])
 def test_bad_fleet_options_are_one_line_usage_errors(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["serve", "--registry", str(tmp_path), *args,
                                       "--write-ray-config", str(tmp_path / "x.yaml")])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_fleet_lora_modules_are_pushed_and_pinned_once_at_launch(tmp_path, make_lora, tiny_base):
+    """Every replica must serve one version under a --lora-modules name: the folder is pushed (and
+    checked against the base) by the command, the config carries NAME=name@N, a restart pushes nothing."""
+    from adapterhub.registry import LocalRegistry
+
+    folder, out = make_lora(seed=3), tmp_path / "serve.yaml"
+    hub = LocalRegistry(tmp_path / "reg")
+    hub.push(make_lora(seed=4), name="tone", task="t", base=str(tiny_base), tags=["prod"])
+    args = ["serve", "--registry", str(tmp_path / "reg"), "--base", str(tiny_base), "--replicas", "2",
+            "--lora-modules", f"sql={folder}", "--lora-modules", "friendly=tone:prod", "--write-ray-config", str(out)]
+    for _ in range(2):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    config = yaml.safe_load(out.read_text())
+    _validated(config)
+    assert config["applications"][0]["args"]["lora_modules"] == ["sql=sql@1", "friendly=tone@1"]
+    assert [v.ref for v in hub.list(name="sql")] == ["sql@1"]  # pushed once, not per launch
+    settings = ReplicaSettings.from_args(config["applications"][0]["args"])
+    assert settings.served_names() == {"sql": "sql@1", "friendly": "tone@1"}
+
+    unknown = CliRunner().invoke(cli, [*args[:-4], "--lora-modules", "x=nope", "--write-ray-config", str(out) + "2"])
+    assert unknown.exit_code == 1 and "nope" in unknown.output and "Traceback" not in unknown.output
+    assert not Path(str(out) + "2").exists()
 
 
 def test_builder_args_come_typed_or_as_serve_run_strings(tmp_path):
@@ -131,6 +156,8 @@ def test_every_reference_to_one_version_shares_one_affinity_key(tmp_path, make_l
     assert hub.resolve(keys.for_model("tone:prod")).version == 2
     for unknown in (b'{"model": "nope"}', b'{"model": "../x"}', b"not json", b"[1]", b'{"model": 3}'):
         assert keys.for_fields(json_fields(unknown)) == ""
+    aliased = AffinityKeys(hub, aliases={"friendly": "tone@1"}, ttl_s=0)  # --lora-modules friendly=tone@1
+    assert aliased.for_model("friendly") == key and aliased.for_model("tone:prod") == f"tone@sha256:{second.digest}"
 
 
 def test_forwarding_runs_the_flask_app_and_reports_a_departed_client():

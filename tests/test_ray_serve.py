@@ -64,7 +64,8 @@ def servers(tiny_base, tmp_path_factory):
     common = ["--base", str(tiny_base), "--quantize", "none", "--max-loaded-adapters", "4", "--api-key", KEY]
     single, single_url, _ = start_serve_process([*common, "--registry", str(work / "registry")], env)
     fleet, fleet_url, lines = start_serve_process([*common, "--registry", hub.url, "--token", hub.read_token,
-                                                   "--replicas", "2", "--port", str(_free_port())], env)
+                                                   "--replicas", "2", "--port", str(_free_port()),
+                                                   "--lora-modules", "sqlish=lora-qv"], env)
     try:
         yield single_url, fleet_url, str(tiny_base), hub.registry
     finally:
@@ -103,6 +104,14 @@ def test_fleet_gives_the_single_server_greedy_tokens_for_mixed_concurrent_reques
         got = list(pool.map(lambda j: _completion(fleet, *j), jobs))
     assert got == want
     assert all(ids for _, ids in got)
+
+
+def test_fleet_serves_a_lora_modules_name_as_the_adapter_it_names(servers):
+    single_url, fleet_url, _, _ = servers
+    single, fleet = _client(single_url), _client(fleet_url)
+    for prompt in PROMPTS:
+        assert _completion(fleet, "sqlish", prompt) == _completion(single, "lora-qv", prompt)
+    assert "sqlish" in [m.id for m in fleet.models.list()]
 
 
 def test_fleet_chat_and_streaming_match_the_single_server(servers):

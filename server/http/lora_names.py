@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from adapterhub.registry_protocol import Registry
     from adapterhub.server.engine.engine import Engine
 
-__all__ = ["LoraNames", "NameTaken", "parse_lora_module", "PUSH_TASK"]
+__all__ = ["LoraNames", "NameTaken", "parse_lora_module", "pin_lora_module", "PUSH_TASK"]
 
 # The task recorded for a folder pushed by a load (the registry requires one).
 PUSH_TASK = "served (vLLM load_lora_adapter)"
@@ -58,8 +58,11 @@ class LoraNames:
         """Served name -> pinned reference."""
         return dict(self._refs)
 
-    def add(self, lora_name: str, lora_path: str, *, replace: bool = False, client: bool = False) -> AdapterVersion:
-        """Serve ``lora_path`` (a registry reference or a PEFT folder) as ``lora_name`` and load it.
+    def add(self, lora_name: str, lora_path: str, *, replace: bool = False, client: bool = False,
+            load: bool = True) -> AdapterVersion:
+        """Serve ``lora_path`` (a registry reference or a PEFT folder) as ``lora_name`` and load it
+        (``load`` unset: only name it; a fleet's replica loads it when Ray routes it the first
+        request, so that Ray's per-replica LRU stays the one eviction policy).
 
         Raises ``NameTaken`` (already served, ``replace`` unset), ``InvalidName``, ``AdapterNotFound``
         (neither a folder nor a known reference), ``InvalidAdapter`` / ``IncompatibleBase`` (nothing
@@ -77,7 +80,8 @@ class LoraNames:
             version = self.engine.resolve(self._version_ref(lora_name, lora_path, client=client))
             if version is None:
                 raise InvalidName(f"{lora_path!r} names the base model, not an adapter")
-            self.engine.load_adapter(version)
+            if load:
+                self.engine.load_adapter(version)
             self._refs[lora_name] = version.ref
             return version
 
@@ -112,11 +116,26 @@ class LoraNames:
                                    "loopback address; push the adapter and name its registry reference")
         if not os.path.isdir(lora_path):
             return lora_path
-        registry = self.engine.registry
-        stored = _stored_copy(registry, lora_name, lora_path)
-        if stored is None:
-            stored = registry.push(lora_path, name=lora_name, task=PUSH_TASK, base=self.engine.base_name)
-        return stored.ref
+        return _push_once(self.engine.registry, lora_name, lora_path, self.engine.base_name).ref
+
+
+def pin_lora_module(registry: Registry, lora_name: str, lora_path: str, *, base: str | None) -> str:
+    """``NAME=REFERENCE`` for a ``--lora-modules`` entry, the reference pinned (``name@N``): what every
+    replica of a fleet then serves as ``lora_name``. A folder is pushed under ``lora_name`` first
+    (checked against ``base``; not again when an identical copy is stored). Raises what a push or
+    a resolution raises (``InvalidName``, ``AdapterNotFound``, ``InvalidAdapter``, ...)."""
+    validate_name(lora_name)
+    if os.path.isdir(lora_path):
+        return f"{lora_name}={_push_once(registry, lora_name, lora_path, base).ref}"
+    return f"{lora_name}={registry.resolve(lora_path).ref}"
+
+
+def _push_once(registry: Registry, name: str, folder: str, base: str | None) -> AdapterVersion:
+    """The stored version of ``name`` with exactly ``folder``'s files, pushing it if there is none."""
+    stored = _stored_copy(registry, name, folder)
+    if stored is None:
+        stored = registry.push(folder, name=name, task=PUSH_TASK, base=base)
+    return stored
 
 
 def _names_a_folder(path: str) -> bool:

@@ -2,7 +2,8 @@
 
 ``name``, ``name:prod`` and ``name@3`` for the same version map to one id,
 ``name@sha256:<digest>``, a reference the replica resolves back to exactly that version, so
-they share one cache entry and moving a tag moves the traffic. Anything that names no registry
+they share one cache entry and moving a tag moves the traffic; a ``--lora-modules`` name maps to
+the id of the version it serves. Anything that names no registry
 adapter (the base, an unknown or malformed name, a body that is not JSON) gets no id: any
 replica takes it, and the replica's app gives the same answer or error ``adapterhub serve`` would.
 Resolutions are remembered briefly, so a hot adapter costs one index read per interval, not one
@@ -15,7 +16,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from adapterhub.errors import AdapterHubError
 
@@ -42,8 +43,10 @@ def _model_of(fields: dict[str, Any]) -> str | None:
 class AffinityKeys:
     """Maps request bodies to multiplexed model ids; thread-safe, bounded."""
 
-    def __init__(self, registry: Registry, *, ttl_s: float = 2.0, max_entries: int = 4096) -> None:
+    def __init__(self, registry: Registry, *, aliases: Mapping[str, str] | None = None, ttl_s: float = 2.0,
+                 max_entries: int = 4096) -> None:
         self.registry = registry
+        self.aliases = dict(aliases or {})  # --lora-modules: served name -> the reference it serves
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -65,7 +68,7 @@ class AffinityKeys:
             return hit
         now = time.monotonic()
         try:
-            version = self.registry.resolve(model)
+            version = self.registry.resolve(self.aliases.get(model, model))
             key = f"{version.name}@sha256:{version.digest}"
         except (AdapterHubError, ValueError):
             key = ""

@@ -64,7 +64,8 @@ class OpenAIIngress:
         self._engine = engine
         self._limits = AdmissionLimits(max_body_bytes=settings.max_body_bytes)
         self._keys = settings.serving_keys()
-        self._affinity = AffinityKeys(open_registry(settings.registry, token=settings.token))
+        self._affinity = AffinityKeys(open_registry(settings.registry, token=settings.token),
+                                      aliases=settings.served_names())
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path

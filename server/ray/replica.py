@@ -66,6 +66,8 @@ class EngineReplica:
             max_batch_size=settings.max_batch_size, max_loaded_adapters=settings.max_loaded_adapters,
             max_adapter_bytes=settings.max_adapter_bytes, max_lora_rank=settings.max_lora_rank,
             preload=settings.preload, max_queued_requests=settings.max_queued_requests)
+        for name, ref in settings.served_names().items():  # loaded on first use, through Ray's LRU
+            self._handle.lora_names.add(name, ref, load=False)
         engine = self._handle.engine
         keys = settings.serving_keys()
         limits = AdmissionLimits(max_prompt_tokens=settings.max_prompt_tokens,

@@ -41,6 +41,14 @@ class ReplicaSettings:
     api_key_digests: tuple[str, ...] = ()
     admin_key_digests: tuple[str, ...] = ()
     metrics_need_key: bool = False
+    # ``--lora-modules`` as served names of pinned references, ``NAME=name@N`` (``pin_lora_module``)
+    lora_modules: tuple[str, ...] = ()
+
+    def served_names(self) -> dict[str, str]:
+        """``lora_modules`` as served name -> reference."""
+        from adapterhub.server.http.lora_names import parse_lora_module
+
+        return dict(parse_lora_module(spec) for spec in self.lora_modules)
 
     @classmethod
     def resolved(cls, registry: str | None, **options: Any) -> ReplicaSettings:
