@@ -81,12 +81,12 @@ def test_int8_error_is_int8_sized_and_bias_is_not_rescaled():
         torch.testing.assert_close(Int8Linear.from_linear(linear)(zero)[0], linear.bias, atol=0, rtol=0)
 
 
-def test_layers_sharing_an_input_scale_it_once_and_compute_the_same():
+def test_layers_sharing_an_input_are_one_product_and_compute_the_same_bits():
     torch.manual_seed(0)
     block = nn.ModuleDict({n: nn.Linear(64, 32 if n != "q_proj" else 64, bias=False) for n in ("q_proj", "k_proj", "v_proj")})
     alone = nn.ModuleDict({n: Int8Linear.from_linear(m) for n, m in block.items()})
     quantize_linear_layers(block, shared_inputs=(("q_proj", "k_proj", "v_proj"),))
-    assert block["q_proj"].row_scale is block["v_proj"].row_scale
+    assert block["q_proj"].group is block["v_proj"].group is not None  # one int8 product for the three
     x, y = torch.randn(5, 64), torch.randn(5, 64)
     with torch.inference_mode():
         for name in ("q_proj", "k_proj", "k_proj", "v_proj"):  # k twice: recomputed, not taken from q

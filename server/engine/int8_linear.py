@@ -18,13 +18,13 @@ saturates 16-bit pair sums) can never saturate.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-# Sibling layers a decoder block calls with one input tensor (int8 row scaling and LoRA A products
-# are computed once for them).
+# Sibling layers a decoder block calls with one input tensor (one int8 product and one LoRA A
+# product compute them all).
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 __all__ = ["Int8Linear", "quantize_linear_layers", "int8_bytes", "SHARED_INPUT"]
@@ -36,35 +36,49 @@ _TINY = torch.finfo(torch.float32).tiny
 _KEPT_ROWS = 256  # the scaled-input buffer of a step with at most this many rows is reused
 
 
-class _RowScale:
-    """Scales a layer's input row by row; layers that read the same tensor (q/k/v, gate/up) share
-    one, so the first of them scales it and the others take that result. A member asking twice for
-    the same tensor, or any other tensor, gets it scaled afresh: sharing is an optimisation, never
-    an assumption about the call order."""
+class _OncePerInput:
+    """A value computed from one input tensor for several layers (q/k/v, gate/up): the first layer
+    that asks computes it, the others take it. A member asking twice for the same tensor, or any
+    other tensor, gets it computed afresh: sharing is an optimisation, never an assumption about
+    the call order."""
 
-    __slots__ = ("members", "x", "pending", "scaled", "scale", "_buffer")
+    __slots__ = ("compute", "members", "x", "pending", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, compute: Callable[[torch.Tensor], Any]) -> None:
+        self.compute = compute
         self.members = 0  # layers sharing it; each calls with its own index
         self.x: torch.Tensor | None = None
         self.pending: set[int] = set()
-        self.scaled = self.scale = torch.empty(0)
-        self._buffer = torch.empty(0)
+        self.value: Any = None
 
     def join(self) -> int:
         """A new member's index."""
         self.members += 1
         return self.members - 1
 
-    def __call__(self, x: torch.Tensor, member: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([rows, in + 2] with every row spanning [-_LOW, 1], [rows, 1] scales)`` for ``x [..., in]``."""
+    def __call__(self, x: torch.Tensor, member: int) -> Any:
         if self.x is x and member in self.pending:
             self.pending.discard(member)
-            scaled, scale = self.scaled, self.scale
+            value = self.value
             if not self.pending:
-                self.x = None
-                self.scaled = self.scale = torch.empty(0)
-            return scaled, scale
+                self.x = self.value = None
+            return value
+        value = self.compute(x)
+        if self.members > 1:
+            self.x, self.pending, self.value = x, set(range(self.members)) - {member}, value
+        return value
+
+
+class _RowScale:
+    """Scales a layer's input row by row (see the module doc), into a buffer kept between steps."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = torch.empty(0)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([rows, in + 2] with every row spanning [-_LOW, 1], [rows, 1] scales)`` for ``x [..., in]``."""
         flat = x.reshape(-1, x.shape[-1])
         scaled = self._rows_buffer(flat.shape[0], flat.shape[1], x.device)
         scale = flat.abs().amax(1, keepdim=True).clamp_min_(_TINY)  # a quarter of vector_norm(inf)'s time
@@ -76,8 +90,6 @@ class _RowScale:
             # row alone comes out NaN (and fails alone in the engine) while the others are untouched.
             scaled[broken.squeeze(1), : flat.shape[1]] = 0
             scale = scale.masked_fill(broken, float("nan"))
-        if self.members > 1:
-            self.x, self.pending, self.scaled, self.scale = x, set(range(self.members)) - {member}, scaled, scale
         return scaled, scale
 
     def _rows_buffer(self, rows: int, width: int, device: torch.device) -> torch.Tensor:
@@ -93,52 +105,88 @@ class _RowScale:
         return buf
 
 
+class _Int8Product:
+    """``x W^T + b`` for one int8 weight, which may stack several layers' weights (their outputs are
+    then the column blocks ``widths`` of the product, each returned contiguous)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, widths: tuple[int, ...]) -> None:
+        out_features = int(weight.shape[0])
+        w = weight.detach().float()
+        w_scale = (w.abs().amax(1) / 127).clamp_min(_TINY)
+        padded = torch.cat([w, w.new_zeros(out_features, 2)], 1)
+        qweight = torch.quantize_per_channel(padded, w_scale.double(), torch.zeros(out_features, dtype=torch.long),
+                                             0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self.bias = None if bias is None else bias.detach().float().clone()
+        self.widths = widths
+        self.row_scale = _RowScale()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        scaled, scale = self.row_scale(x)
+        out = torch.ops.quantized.linear_dynamic(scaled, self.packed, True).mul_(scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        if len(self.widths) == 1:
+            return out
+        return tuple(block.contiguous() for block in out.split(self.widths, dim=1))
+
+
 class Int8Linear(nn.Module):
     """``y = x W^T + b`` with W int8 per output channel and x quantized per row (see the module doc).
 
+    Layers that read one input (q/k/v, gate/up; ``fused``) share one int8 product of their stacked
+    weights: one activation quantization and one fbgemm call for all of them, each taking its own
+    output columns, bit for bit what it computes alone (integer accumulation, per-channel scales).
     The scaled input is written to a buffer kept between decode steps, so a model's forward must
     not run in two threads at once (the engine's one thread owns the model).
 
     Args:
         weight: ``[out, in]`` float weight to quantize.
         bias: optional ``[out]`` bias, kept in fp32.
-        row_scale: a ``_RowScale`` shared with the layers reading the same input (a new one if None).
+        shared: ``(group, index)``: this layer is member ``index`` of a fused product (``fused``
+            makes them), which holds the quantized weight; none of its own is kept.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 row_scale: _RowScale | None = None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 shared: tuple[_OncePerInput, int] | None = None) -> None:
         super().__init__()
         if weight.device.type != "cpu":
             raise ValueError("Int8Linear runs on the CPU (fbgemm)")
         self.out_features, self.in_features = (int(n) for n in weight.shape)
-        w = weight.detach().float()
-        w_scale = (w.abs().amax(1) / 127).clamp_min(_TINY)
-        padded = torch.cat([w, w.new_zeros(self.out_features, 2)], 1)
-        qweight = torch.quantize_per_channel(padded, w_scale.double(), torch.zeros(self.out_features, dtype=torch.long),
-                                             0, torch.qint8)
-        self._packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
-        self.row_scale = row_scale if row_scale is not None else _RowScale()
-        self._member = self.row_scale.join()
+        self.group, self._member = shared if shared is not None else (None, 0)
+        self._product = _Int8Product(weight, bias, (self.out_features,)) if shared is None else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, row_scale: _RowScale | None = None) -> Int8Linear:
-        return cls(linear.weight, linear.bias, row_scale)
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        return cls(linear.weight, linear.bias)
+
+    @classmethod
+    def fused(cls, linears: list[nn.Linear]) -> list[Int8Linear]:
+        """Int8 layers for ``linears`` (one input width), computed as one product (see the class doc)."""
+        if len({m.in_features for m in linears}) != 1:
+            raise ValueError("fused layers must read inputs of one width")
+        biases = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in linears]
+        has_bias = any(m.bias is not None for m in linears)
+        product = _Int8Product(torch.cat([m.weight for m in linears]), torch.cat(biases) if has_bias else None,
+                               tuple(int(m.out_features) for m in linears))
+        group = _OncePerInput(product)
+        return [cls(m.weight, m.bias, shared=(group, group.join())) for m in linears]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def nbytes(self) -> int:
-        """Bytes of the packed int8 weight and its scales (the bias is an ordinary buffer)."""
+        """Bytes of the packed int8 weight and its scales (its share of a fused product's)."""
         return self.out_features * (self.in_features + 2 + 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
             raise TypeError(f"Int8Linear computes in float32, got {x.dtype}")
-        scaled, scale = self.row_scale(x, self._member)
-        out = torch.ops.quantized.linear_dynamic(scaled, self._packed, True).mul_(scale)
-        if self.bias is not None:
-            out.add_(self.bias)
+        if self.group is not None:
+            out = self.group(x, self._member)[self._member]
+        else:
+            out = self._product(x)
         return out.view(*x.shape[:-1], self.out_features)
 
 
@@ -148,18 +196,26 @@ def quantize_linear_layers(model: nn.Module, *, skip: Callable[[str], bool] = la
     ``Int8Linear``, except those whose name ``skip`` accepts; return the new layers by name.
 
     Siblings named together in ``shared_inputs`` (e.g. ``("q_proj", "k_proj", "v_proj")``) under
-    one parent share the row scaling of their common input.
+    one parent, reading inputs of one width, share one fused product (``Int8Linear.fused``).
     """
     chosen = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not skip(name)]
-    shared: dict[tuple[str, int], _RowScale] = {}
+    groups: dict[tuple[str, int], list[tuple[str, nn.Linear]]] = {}
     done: dict[str, Int8Linear] = {}
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
         group = next((i for i, names in enumerate(shared_inputs) if child in names), None)
-        row_scale = None if group is None else shared.setdefault((parent_name, group), _RowScale())
-        layer = Int8Linear.from_linear(module, row_scale)
+        if group is None:
+            done[name] = Int8Linear.from_linear(module)
+        else:
+            groups.setdefault((parent_name, group), []).append((name, module))
+    for members in groups.values():
+        if len(members) > 1 and len({m.in_features for _, m in members}) == 1:
+            done.update(zip([n for n, _ in members], Int8Linear.fused([m for _, m in members])))
+        else:
+            done.update((n, Int8Linear.from_linear(m)) for n, m in members)
+    for name, layer in done.items():
+        parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
-        done[name] = layer
     return done
 
 
