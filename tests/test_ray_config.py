@@ -101,6 +101,9 @@ def test_fleet_lora_modules_are_pushed_and_pinned_once_at_launch(tmp_path, make_
     unknown = CliRunner().invoke(cli, [*args[:-4], "--lora-modules", "x=nope", "--write-ray-config", str(out) + "2"])
     assert unknown.exit_code == 1 and "nope" in unknown.output and "Traceback" not in unknown.output
     assert not Path(str(out) + "2").exists()
+    taken = CliRunner().invoke(cli, ["serve", "--registry", str(tmp_path / "reg"), "--base", "smol", "--replicas", "2",
+                                     "--lora-modules", "smol=tone:prod", "--write-ray-config", str(out) + "3"])
+    assert taken.exit_code == 1 and "base model's name" in taken.output and not Path(str(out) + "3").exists()
 
 
 def test_builder_args_come_typed_or_as_serve_run_strings(tmp_path):

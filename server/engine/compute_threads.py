@@ -34,7 +34,7 @@ def _libgomp() -> ctypes.CDLL | None:
 
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            paths = {line.split()[-1] for line in maps if "libgomp" in line}
+            paths = {line.split(None, 5)[-1].rstrip("\n") for line in maps if "libgomp" in line}  # paths may hold spaces
     except OSError:
         return None
     for path in sorted(p for p in paths if os.path.basename(p).startswith("libgomp")):

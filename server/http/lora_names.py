@@ -125,6 +125,8 @@ def pin_lora_module(registry: Registry, lora_name: str, lora_path: str, *, base:
     (checked against ``base``; not again when an identical copy is stored). Raises what a push or
     a resolution raises (``InvalidName``, ``AdapterNotFound``, ``InvalidAdapter``, ...)."""
     validate_name(lora_name)
+    if lora_name == base:
+        raise InvalidName(f"{lora_name!r} is the base model's name")
     if os.path.isdir(lora_path):
         return f"{lora_name}={_push_once(registry, lora_name, lora_path, base).ref}"
     return f"{lora_name}={registry.resolve(lora_path).ref}"
