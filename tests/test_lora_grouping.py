@@ -19,10 +19,10 @@ from torch import nn
 
 from adapterhub.errors import InvalidAdapter
 from adapterhub.server.engine.int8_linear import quantize_linear_layers
-from adapterhub.server.engine.lora.kernels import SHARED_INPUT
 from adapterhub.server.engine.lora.layer import wrap_linear_layers
 from adapterhub.server.engine.lora.row_plan import BASE_ROW, RowPlans
 from adapterhub.server.engine.lora.loader import SlotLoader, read_lora_pairs
+from adapterhub.server.engine.shared_input import SHARED_INPUT
 
 SLOTS, RANK, HIDDEN, KV = 6, 16, 256, 64
 

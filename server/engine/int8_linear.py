@@ -18,55 +18,20 @@ saturates 16-bit pair sums) can never saturate.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
-# Sibling layers a decoder block calls with one input tensor (one int8 product and one LoRA A
-# product compute them all).
-SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+from .shared_input import OncePerInput
 
-__all__ = ["Int8Linear", "quantize_linear_layers", "int8_bytes", "SHARED_INPUT"]
+__all__ = ["Int8Linear", "quantize_linear_layers", "int8_bytes"]
 
 # With reduce_range the activation codes are 0..127; appending -_LOW and +1 makes fbgemm's scale
 # (max - min) / 127 == 1/63 and its zero point exactly 64: 63 steps each side of zero.
 _LOW = 64 / 63
 _TINY = torch.finfo(torch.float32).tiny
 _KEPT_ROWS = 256  # the scaled-input buffer of a step with at most this many rows is reused
-
-
-class _OncePerInput:
-    """A value computed from one input tensor for several layers (q/k/v, gate/up): the first layer
-    that asks computes it, the others take it. A member asking twice for the same tensor, or any
-    other tensor, gets it computed afresh: sharing is an optimisation, never an assumption about
-    the call order."""
-
-    __slots__ = ("compute", "members", "x", "pending", "value")
-
-    def __init__(self, compute: Callable[[torch.Tensor], Any]) -> None:
-        self.compute = compute
-        self.members = 0  # layers sharing it; each calls with its own index
-        self.x: torch.Tensor | None = None
-        self.pending: set[int] = set()
-        self.value: Any = None
-
-    def join(self) -> int:
-        """A new member's index."""
-        self.members += 1
-        return self.members - 1
-
-    def __call__(self, x: torch.Tensor, member: int) -> Any:
-        if self.x is x and member in self.pending:
-            self.pending.discard(member)
-            value = self.value
-            if not self.pending:
-                self.x = self.value = None
-            return value
-        value = self.compute(x)
-        if self.members > 1:
-            self.x, self.pending, self.value = x, set(range(self.members)) - {member}, value
-        return value
 
 
 class _RowScale:
@@ -148,7 +113,7 @@ class Int8Linear(nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 shared: tuple[_OncePerInput, int] | None = None) -> None:
+                 shared: tuple[OncePerInput, int] | None = None) -> None:
         super().__init__()
         if weight.device.type != "cpu":
             raise ValueError("Int8Linear runs on the CPU (fbgemm)")
@@ -170,7 +135,7 @@ class Int8Linear(nn.Module):
         has_bias = any(m.bias is not None for m in linears)
         product = _Int8Product(torch.cat([m.weight for m in linears]), torch.cat(biases) if has_bias else None,
                                tuple(int(m.out_features) for m in linears))
-        group = _OncePerInput(product)
+        group = OncePerInput(product)
         return [cls(m.weight, m.bias, shared=(group, group.join())) for m in linears]
 
     def extra_repr(self) -> str:

@@ -23,7 +23,8 @@ import torch
 from adapterhub.base_model import BaseInfo, load_base_info
 from adapterhub.errors import IncompatibleBase
 
-from .int8_linear import SHARED_INPUT, int8_bytes, quantize_linear_layers
+from .int8_linear import int8_bytes, quantize_linear_layers
+from .shared_input import SHARED_INPUT
 
 if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase

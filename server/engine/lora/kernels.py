@@ -21,17 +21,17 @@ its adapters use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..int8_linear import SHARED_INPUT
+from ..shared_input import OncePerInput
 
 if TYPE_CHECKING:
     from .layer import GatheredLoraLinear
     from .row_plan import RowGroups, RowPlan
 
-__all__ = ["InputGroup", "LayerUpdate", "SHARED_INPUT"]
+__all__ = ["InputGroup", "LayerUpdate"]
 
 
 class InputGroup:
@@ -40,8 +40,7 @@ class InputGroup:
     ``a_store [slots, members * max_rank, in]`` holds the members' A stacks one above the other
     (each member's ``lora_A`` is a view of its rows, from ``a_row``). The first member called with
     an input computes the low-rank activations of every member; the others, called with that same
-    tensor object, take their slice. Anything else (another input, a member called twice)
-    recomputes, so sharing is an optimisation, never an assumption.
+    tensor object, take their slice (``OncePerInput``).
     """
 
     def __init__(self, members: list[GatheredLoraLinear], a_store: torch.Tensor) -> None:
@@ -59,54 +58,38 @@ class InputGroup:
             return
         first, last = users[0].a_row, users[-1].a_row + ranks[users[-1]]
         # Transposed views, made once per plan: [k, in, width] and [k, rank, out].
-        down = _Down(plan.groups.pick(self.a_store[:, first:last]).transpose(1, 2), plan.groups, len(users))
-        for i, m in enumerate(users):
+        down = OncePerInput(_down_product(plan.groups.pick(self.a_store[:, first:last]).transpose(1, 2), plan.groups))
+        for m in users:
             lo = m.a_row - first
             b = plan.groups.pick(m.lora_B[:, :, : ranks[m]]).transpose(1, 2)
             whole = lo == 0 and ranks[m] == last - first  # the member's columns are all of h: no slice
-            plan.updates[m] = LayerUpdate(down, 1 << i, None if whole else slice(lo, lo + ranks[m]), b)
+            plan.updates[m] = LayerUpdate(down, down.join(), None if whole else slice(lo, lo + ranks[m]), b,
+                                          plan.groups)
 
 
-class _Down:
-    """``x`` -> low-rank activations ``[k, m * tokens, width]`` of every member of an input group,
-    computed once per input (members are bits of ``pending``: this runs hundreds of times a step)."""
+def _down_product(a: torch.Tensor, groups: RowGroups) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x`` -> the low-rank activations ``[k, m * tokens, width]`` of every member of an input group."""
+    def down(x: torch.Tensor) -> torch.Tensor:
+        xg = groups.gather(x)
+        return torch.bmm(xg if xg.dtype == a.dtype else xg.to(a.dtype), a)
 
-    __slots__ = ("a", "groups", "everyone", "x", "h", "pending")
-
-    def __init__(self, a: torch.Tensor, groups: RowGroups, members: int) -> None:
-        self.a, self.groups = a, groups
-        self.everyone = (1 << members) - 1
-        self.x: torch.Tensor | None = None
-        self.h: torch.Tensor | None = None
-        self.pending = 0  # members that have not yet taken ``h`` of ``x``
-
-    def __call__(self, x: torch.Tensor, bit: int) -> torch.Tensor:
-        if self.x is x and self.pending & bit:
-            self.pending &= ~bit
-            h = self.h
-            if not self.pending:
-                self.x = self.h = None
-            return h
-        xg = self.groups.gather(x)
-        h = torch.bmm(xg if xg.dtype == self.a.dtype else xg.to(self.a.dtype), self.a)
-        if self.everyone != bit:
-            self.x, self.h, self.pending = x, h, self.everyone & ~bit
-        return h
+    return down
 
 
 class LayerUpdate:
     """One member's B product, added into the base output (in place where the dtypes allow)."""
 
-    __slots__ = ("down", "bit", "columns", "b")
+    __slots__ = ("down", "member", "columns", "b", "groups")
 
-    def __init__(self, down: _Down, bit: int, columns: slice | None, b: torch.Tensor) -> None:
-        self.down, self.bit, self.columns, self.b = down, bit, columns, b
+    def __init__(self, down: OncePerInput, member: int, columns: slice | None, b: torch.Tensor,
+                 groups: RowGroups) -> None:
+        self.down, self.member, self.columns, self.b, self.groups = down, member, columns, b, groups
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        h = self.down(x, self.bit)
+        h = self.down(x, self.member)
         if self.columns is not None:
             h = h[..., self.columns]
-        groups = self.down.groups
+        groups = self.groups
         if out.dtype == self.b.dtype and out.is_contiguous() and not out.requires_grad:
             groups.add_product(out, h, self.b)
             return out

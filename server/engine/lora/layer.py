@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..int8_linear import Int8Linear
-from .kernels import SHARED_INPUT, InputGroup
+from ..shared_input import SHARED_INPUT
+from .kernels import InputGroup
 from .row_plan import RowPlans
 
 __all__ = ["GatheredLoraLinear", "wrap_linear_layers"]
