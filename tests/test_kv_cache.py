@@ -98,3 +98,24 @@ def test_a_row_that_left_non_finite_values_poisons_no_later_row():
     batch.join(long_, torch.ones(1, 9, dtype=torch.long))
     for layer in batch.cache.layers:
         assert torch.isfinite(layer.keys).all() and torch.isfinite(layer.values).all()
+
+
+def test_a_row_moved_over_a_failed_one_sees_none_of_its_values():
+    """Rows leaving move the rows after them, the window's columns only: the buffer row a row moves
+    into keeps the failed row's NaN left of the window, which must not reach the window when a
+    longer prompt widens it."""
+    rng = torch.Generator().manual_seed(2)
+    batch = BatchCache(torch.device("cpu"))
+    cache, _, _ = _prefill(3, 6, rng)
+    for layer in cache.layers:
+        layer.keys[1] = float("nan")
+        layer.values[1] = float("nan")
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[0, :4] = mask[2, :4] = 0  # rows 0 and 2 are short: once row 1 leaves, columns 0-3 drop
+    batch.join(cache, mask)
+    batch.keep([0, 2])
+    assert batch.mask.shape == (2, 2)
+    long_, _, _ = _prefill(1, 12, rng)
+    batch.join(long_, torch.ones(1, 12, dtype=torch.long))
+    for layer in batch.cache.layers:
+        assert torch.isfinite(layer.keys).all() and torch.isfinite(layer.values).all()

@@ -99,14 +99,16 @@ class _SlabLayer(DynamicLayer):
 
     def keep_rows(self, indices: list[int], drop_columns: int) -> None:
         """Keep rows ``indices`` (ascending), moving only those after the first row that leaves, and
-        drop the first ``drop_columns`` columns."""
+        drop the first ``drop_columns`` columns. Only the window's columns move (a third of the
+        buffers' or less): whatever lies outside it is zeroed before it joins the window again."""
         moved = next((i for i, r in enumerate(indices) if r != i), len(indices))
+        self.start += drop_columns
         if moved < len(indices):
             idx = torch.tensor(indices[moved:], device=self._k.device)
-            self._k[moved : len(indices)] = self._k.index_select(0, idx)
-            self._v[moved : len(indices)] = self._v.index_select(0, idx)
+            for buf in (self._k, self._v):
+                window = buf[:, :, self.start : self.end]
+                window[moved : len(indices)] = window.index_select(0, idx)
         self.rows = len(indices)
-        self.start += drop_columns
         self._views()
 
     def _relayout(self, rows: int, length: int) -> None:
