@@ -18,6 +18,7 @@ saturates 16-bit pair sums) can never saturate.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -48,8 +49,11 @@ class _RowScale:
         scaled = self._rows_buffer(flat.shape[0], flat.shape[1], x.device)
         scale = flat.abs().amax(1, keepdim=True).clamp_min_(_TINY)  # a quarter of vector_norm(inf)'s time
         torch.div(flat, scale, out=scaled[:, : flat.shape[1]])
-        broken = ~torch.isfinite(scale)  # a row holding NaN or inf (an adapter gone wrong upstream)
-        if bool(broken.any()):
+        # A row holding NaN or inf (an adapter gone wrong upstream) has a NaN or inf scale, and so
+        # does the largest scale: two ops, where ``isfinite(scale).any()`` dispatches eight (1.7 ms
+        # of a 31 ms int8 decode step).
+        if scale.numel() and not math.isfinite(scale.max().item()):
+            broken = ~torch.isfinite(scale)
             # fbgemm derives one set of quantization parameters from the whole tensor: one NaN row
             # would make every row NaN. Quantize zeros there and give the row a NaN scale, so that
             # row alone comes out NaN (and fails alone in the engine) while the others are untouched.
