@@ -8,8 +8,8 @@ The cache lives in preallocated buffers (``_SlabLayer``), one pair per decoder l
 for more rows and for columns on both sides of the ones in use. A decode step writes one column in
 place where transformers' ``DynamicCache`` would copy the whole cache (``torch.cat``) in every
 layer; rows joining are written into free rows (a shorter prompt right-aligned, a longer one
-extending the used columns to the left); rows leaving move only the rows after them, and columns
-that became padding in every remaining row are dropped by moving the start. The buffers are
+extending the used columns to the left); when rows leave, only rows whose place changes move (the
+scheduler fills a leaving row's place with one of the last rows), and columns that became padding in every remaining row are dropped by moving the start. The buffers are
 re-laid out (a copy) only when rows or columns run out, doubling the room.
 """
 
@@ -98,16 +98,21 @@ class _SlabLayer(DynamicLayer):
         self._views()
 
     def keep_rows(self, indices: list[int], drop_columns: int) -> None:
-        """Keep rows ``indices`` (ascending), moving only those after the first row that leaves, and
-        drop the first ``drop_columns`` columns. Only the window's columns move (a third of the
-        buffers' or less): whatever lies outside it is zeroed before it joins the window again."""
-        moved = next((i for i, r in enumerate(indices) if r != i), len(indices))
+        """Make row ``i`` the old row ``indices[i]`` (any order), moving only the rows whose place
+        changes, and drop the first ``drop_columns`` columns. Only the window's columns move (a
+        third of the buffers' or less): whatever lies outside it is zeroed before it joins the
+        window again."""
+        moves = [(i, r) for i, r in enumerate(indices) if r != i]
         self.start += drop_columns
-        if moved < len(indices):
-            idx = torch.tensor(indices[moved:], device=self._k.device)
+        if moves:
             for buf in (self._k, self._v):
                 window = buf[:, :, self.start : self.end]
-                window[moved : len(indices)] = window.index_select(0, idx)
+                if all(r >= len(indices) for _, r in moves):  # no source is overwritten: copy in place
+                    for i, r in moves:
+                        window[i].copy_(window[r])
+                else:
+                    to, src = (torch.tensor(side, device=buf.device) for side in zip(*moves))
+                    window.index_copy_(0, to, window.index_select(0, src))
         self.rows = len(indices)
         self._views()
 
@@ -160,7 +165,8 @@ class BatchCache:
         self.mask = torch.cat([_left_pad_mask(self.mask, length), _left_pad_mask(mask, length)], 0)
 
     def keep(self, indices: list[int]) -> None:
-        """Shrink the batch to rows ``indices``, dropping columns that are now padding in every row."""
+        """Shrink the batch to rows ``indices`` (row ``i`` becomes the old row ``indices[i]``),
+        dropping columns that are now padding in every row."""
         if not indices:
             self.cache, self.mask = None, self.mask[:0, :0]
             return

@@ -272,7 +272,7 @@ class Scheduler:
         for i in gone:
             self._cancel(self._rows[i].request, len(self._rows[i].generated))
         if gone:
-            self._keep([i for i in range(len(self._rows)) if i not in gone])
+            self._remove(gone)
 
     def _admit(self) -> None:
         """Prefill as many waiting requests as the batch has room for and join them to it; when the
@@ -400,7 +400,7 @@ class Scheduler:
             elif self._emit(row, token, logprob):
                 done.add(offset + i)
         if done:
-            self._keep([i for i in range(len(self._rows)) if i not in done])
+            self._remove(done)
 
     def _emit(self, row: _Row, token: int, logprob: TokenLogprob | None = None) -> bool:
         """Send ``token`` (with its log-probability when asked) to the row's client; True once the row is done."""
@@ -468,14 +468,19 @@ class Scheduler:
         self._release(request)
         request.stream.put(event)
 
-    def _keep(self, indices: list[int]) -> None:
-        self._rows = [self._rows[i] for i in indices]
-        self._batch.keep(indices)
+    def _remove(self, gone: set[int]) -> None:
+        """Let rows ``gone`` leave the batch: each place they free below the new end takes one of
+        the last rows, so the cache moves one row per row that leaves, not every row after it."""
+        end = len(self._rows) - len(gone)
+        tail = [i for i in range(end, len(self._rows)) if i not in gone]
+        order = [tail.pop() if i in gone else i for i in range(end)]
+        self._rows = [self._rows[i] for i in order]
+        self._batch.keep(order)
 
     def _fail_all(self, failure: RowFailure) -> None:
         for row in self._rows:
             self._fail_request(row.request, failure, completion_tokens=len(row.generated))
-        self._keep([])
+        self._remove(set(range(len(self._rows))))
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
