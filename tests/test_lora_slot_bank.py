@@ -204,6 +204,34 @@ def test_reloading_a_slot_leaves_nothing_of_the_previous_adapter(tiny_base, adap
         bank.set_rows([0])
 
 
+def test_an_adapter_loaded_again_or_rewritten_in_place_is_what_its_file_holds(tiny_base, adapters, tmp_path):
+    """Headers are remembered per file version: loading the same file again reuses its parse, and a
+    file rewritten at the same path, same config, its data now at other offsets, is read anew."""
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    ids = _prompts()[:1]
+    loaded = load_base_model(str(tiny_base), quantize="none")
+    bank = LoraSlotBank(loaded, max_slots=1, max_rank=8)
+    folder = tmp_path / "moving"
+    shutil.copytree(adapters["all_linear_rslora_r8"], folder)
+    ref = PeftModel.from_pretrained(load_base_model(str(tiny_base), quantize="none").model, folder)
+    with torch.no_grad():
+        expected = ref(ids).logits
+
+    def load_and_check() -> None:
+        _load_into(bank, 0, folder)
+        with torch.no_grad(), bank.rows([0]):
+            torch.testing.assert_close(loaded.model(ids).logits, expected, atol=1e-5, rtol=0)
+        bank.free(0)
+
+    load_and_check()
+    load_and_check()  # the remembered header
+    weights = folder / "adapter_model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt", "note": "x" * 1000})  # every offset moves
+    load_and_check()
+
+
 def test_rows_must_describe_the_batch(tiny_base, adapters):
     loaded = load_base_model(str(tiny_base), quantize="none")
     bank = LoraSlotBank(loaded, max_slots=2, max_rank=8)
