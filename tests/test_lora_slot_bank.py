@@ -309,14 +309,15 @@ def test_broken_weights_file_is_invalid(tiny_base, adapters, tmp_path):
         _load_into(bank, 0, folder)
 
 
-def test_bf16_adapter_file_into_fp32_slots(tiny_base, adapters, tmp_path):
-    """Adapters are often saved in bf16: the slot converts on copy, as PEFT upcasts on load."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_adapter_file_into_fp32_slots(tiny_base, adapters, tmp_path, dtype):
+    """Adapters are often saved in bf16 or fp16: the slot converts on copy, as PEFT upcasts on load."""
     from peft import PeftModel
     from safetensors.torch import load_file, save_file
 
-    folder = shutil.copytree(adapters["patterns"], tmp_path / "bf16")
+    folder = shutil.copytree(adapters["patterns"], tmp_path / "half")
     weights = folder / "adapter_model.safetensors"
-    save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights)
+    save_file({k: v.to(dtype) for k, v in load_file(weights).items()}, weights)
     loaded = load_base_model(str(tiny_base), quantize="none")
     bank = LoraSlotBank(loaded, max_slots=1, max_rank=8)
     _load_into(bank, 0, folder)

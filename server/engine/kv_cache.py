@@ -9,8 +9,9 @@ for more rows and for columns on both sides of the ones in use. A decode step wr
 place where transformers' ``DynamicCache`` would copy the whole cache (``torch.cat``) in every
 layer; rows joining are written into free rows (a shorter prompt right-aligned, a longer one
 extending the used columns to the left); when rows leave, only rows whose place changes move (the
-scheduler fills a leaving row's place with one of the last rows), and columns that became padding in every remaining row are dropped by moving the start. The buffers are
-re-laid out (a copy) only when rows or columns run out, doubling the room.
+scheduler fills a leaving row's place with one of the last rows), and columns that became padding
+in every remaining row are dropped by moving the start. The buffers are re-laid out (a copy) only
+when rows or columns run out, doubling the room.
 """
 
 from __future__ import annotations

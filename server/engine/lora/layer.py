@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +25,9 @@ from ..shared_input import SHARED_INPUT
 from .kernels import InputGroup
 from .row_plan import RowPlans
 
-__all__ = ["GatheredLoraLinear", "wrap_linear_layers"]
+__all__ = ["GatheredLoraLinear", "NUMPY_FLOATS", "wrap_linear_layers"]
+
+NUMPY_FLOATS = (torch.float32, torch.float16, torch.float64)  # the float dtypes numpy has too
 
 
 class GatheredLoraLinear(nn.Module):
@@ -48,6 +51,7 @@ class GatheredLoraLinear(nn.Module):
         self.a_row = 0  # where lora_A's rows start in the group's a_store
         self.group = InputGroup([self], self.lora_A)  # replaced when siblings read the same input
         self._slot_views: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._slot_arrays: list[tuple[np.ndarray, np.ndarray]] = []
 
     def slot(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A [max_rank, in], B [out, max_rank])`` of one slot: views, made once (loads write
@@ -55,6 +59,16 @@ class GatheredLoraLinear(nn.Module):
         if not self._slot_views:
             self._slot_views = list(zip(self.lora_A.unbind(0), self.lora_B.unbind(0)))
         return self._slot_views[slot]
+
+    def slot_arrays(self, slot: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``slot(slot)`` as numpy views on the CPU (None elsewhere, or for a dtype numpy lacks): a
+        load slices and copies hundreds of matrices, and numpy does each for a fraction of
+        torch's dispatch."""
+        if self.lora_A.device.type != "cpu" or self.lora_A.dtype not in NUMPY_FLOATS:
+            return None
+        if not self._slot_arrays:
+            self._slot_arrays = [(a.numpy(), b.numpy()) for a, b in map(self.slot, range(len(self.ranks)))]
+        return self._slot_arrays[slot]
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, slots={len(self.ranks)}, max_rank={self.lora_A.shape[1]}"

@@ -35,11 +35,9 @@ from adapterhub.peft_format import (
     torch_dtype,
 )
 
-from .layer import GatheredLoraLinear
+from .layer import NUMPY_FLOATS, GatheredLoraLinear
 
 __all__ = ["LoraPair", "SlotLoader", "read_lora_pairs"]
-
-_NUMPY_FLOATS = (torch.float32, torch.float16, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -118,21 +116,18 @@ class SlotLoader:
         Raises ``InvalidAdapter`` when a weight is not finite once scaled (the caller empties the
         slot): in the gathered product a row of another adapter multiplies that slot's zeros, and
         0 * inf would poison rows that never asked for this adapter."""
+        stream = self._stream
         buf = self._stage(weights_path, os.stat(weights_path).st_size)
-        tensors, largest = _read_tensors(buf, [t for p in pairs for t in (p.a, p.b)])
+        tensors, largest = _read_tensors(buf, [t for p in pairs for t in (p.a, p.b)], arrays=self._device.type == "cpu")
         if not math.isfinite(largest):
             raise _not_finite(weights_path)
         # One bound for every pair, in the slots' dtype: only when it fails is each slot checked.
         overflow = _may_overflow(largest, max(p.scale for p in pairs), pairs[0].module.lora_B.dtype)
-        stream = self._stream
         if stream is not None:  # the zeroing of the slot's previous adapter runs on the compute stream
             stream.wait_stream(torch.cuda.current_stream(self._device))
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for i, p in enumerate(pairs):
-                a, b = tensors[2 * i], tensors[2 * i + 1]
-                slot_a, slot_b = p.module.slot(slot)
-                _write(slot_a[: p.rank], a)
-                _write(slot_b[:, : p.rank], b, p.scale)
+                _write_pair(p, slot, tensors[2 * i], tensors[2 * i + 1])
                 p.module.ranks[slot] = p.rank
         if stream is not None:
             stream.synchronize()
@@ -157,22 +152,25 @@ class SlotLoader:
         return buf
 
 
-def _write(dst: torch.Tensor, src: torch.Tensor, scale: float | None = None) -> None:
-    """``dst = src`` (times ``scale``), in ``dst``'s dtype: the slots keep PEFT's layout, so this
-    copies rows as they lie in the file.
+def _write_pair(p: LoraPair, slot: int, a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> None:
+    """Slot ``slot`` of ``p``'s layer = ``(a, scale * b)``, in the slot's dtype: the slots keep
+    PEFT's layout, so this copies rows as they lie in the file.
 
-    On the CPU one numpy call per matrix costs less than torch's dispatch (a load writes hundreds
-    of them); its float32 product by a float32 scale is the one torch computes."""
-    if dst.device.type == "cpu" and src.dtype == dst.dtype and src.dtype in _NUMPY_FLOATS:
-        out, values = dst.numpy(), src.numpy()
-        if scale is None:
-            np.copyto(out, values)
-        else:
-            np.multiply(values, out.dtype.type(scale), out=out)
+    On the CPU, with the file in the slots' dtype, numpy slices and copies (a load writes hundreds
+    of matrices, and torch's dispatch would cost more than the copies); its float32 product by a
+    float32 scale is the one torch computes."""
+    arrays = p.module.slot_arrays(slot)
+    if arrays is not None and isinstance(a, np.ndarray) and isinstance(b, np.ndarray) \
+            and a.dtype == b.dtype == arrays[0].dtype:
+        slot_a, slot_b = arrays
+        np.copyto(slot_a[: p.rank], a)
+        np.multiply(b, slot_b.dtype.type(p.scale), out=slot_b[:, : p.rank])
         return
-    dst.copy_(src, non_blocking=True)
-    if scale is not None:
-        dst.mul_(scale)
+    slot_a, slot_b = p.module.slot(slot)
+    slot_a[: p.rank].copy_(torch.as_tensor(a), non_blocking=True)
+    dst = slot_b[:, : p.rank]
+    dst.copy_(torch.as_tensor(b), non_blocking=True)
+    dst.mul_(p.scale)
 
 
 def _not_finite(path: str) -> InvalidAdapter:
@@ -186,12 +184,13 @@ def _may_overflow(largest: float, scale: float, dtype: torch.dtype) -> bool:
     return not (bool(torch.isfinite(value)) and bool(torch.isfinite(value * torch.tensor(scale, dtype=dtype))))
 
 
-def _read_tensors(buf: torch.Tensor, infos: list[TensorInfo]) -> tuple[list[torch.Tensor], float]:
+def _read_tensors(buf: torch.Tensor, infos: list[TensorInfo], arrays: bool) -> tuple[list[torch.Tensor | np.ndarray],
+                                                                                   float]:
     """Views of the tensors ``infos`` in ``buf`` and their largest |value| (NaN or inf when one
-    is not finite).
+    is not finite); numpy views where ``arrays`` and numpy has the dtype.
 
     Tensors that sit back to back in the file with one dtype (a PEFT file: all of them) are read
-    as one run: one finiteness pass over the data and two view ops per tensor, not a kernel each."""
+    as one run: one finiteness pass over the data and a view per tensor, not a kernel each."""
     runs: list[list] = []  # [start, end, dtype code, indices of infos]
     for i in sorted(range(len(infos)), key=lambda i: infos[i].file_range[0]):
         start, end = infos[i].file_range
@@ -200,7 +199,7 @@ def _read_tensors(buf: torch.Tensor, infos: list[TensorInfo]) -> tuple[list[torc
             runs[-1][3].append(i)
         else:
             runs.append([start, end, infos[i].dtype, [i]])
-    tensors: list[torch.Tensor] = [torch.empty(0)] * len(infos)
+    tensors: list[torch.Tensor | np.ndarray] = [torch.empty(0)] * len(infos)
     largest = torch.zeros((), dtype=torch.float64)
     for start, end, code, members in runs:
         dtype = torch_dtype(code)
@@ -211,7 +210,8 @@ def _read_tensors(buf: torch.Tensor, infos: list[TensorInfo]) -> tuple[list[torc
         if flat.numel():
             lo, hi = torch.aminmax(flat)
             largest = torch.maximum(largest, torch.maximum(-lo.double(), hi.double()))  # NaN propagates
+        whole = flat.numpy() if arrays and dtype in NUMPY_FLOATS else flat
         for i in members:
             offset = (infos[i].file_range[0] - start) // dtype.itemsize
-            tensors[i] = flat[offset : offset + infos[i].numel].view(infos[i].shape)
+            tensors[i] = whole[offset : offset + infos[i].numel].reshape(infos[i].shape)
     return tensors, float(largest)
