@@ -81,35 +81,42 @@ def test_joins_steps_and_leaves_match_concatenation():
         _assert_same(batch, mask, kv)
 
 
+def _fail(cache: DynamicCache, row: int, value: float) -> None:
+    """Row ``row`` of a prefilled cache as a failed row leaves it: non-finite keys and values."""
+    for layer in cache.layers:
+        layer.keys[row] = value
+        layer.values[row] = value
+
+
+def _assert_finite(batch: BatchCache) -> None:
+    for layer in batch.cache.layers:
+        assert torch.isfinite(layer.keys).all() and torch.isfinite(layer.values).all()
+
+
 def test_a_row_that_left_non_finite_values_poisons_no_later_row():
     """A row that failed with NaN keys leaves them in its buffer row; the next row to take that
     buffer row must not see them even under its mask (softmax weight 0 times a NaN value is NaN)."""
     rng = torch.Generator().manual_seed(1)
     batch = BatchCache(torch.device("cpu"))
     cache, _, _ = _prefill(2, 5, rng)
-    for layer in cache.layers:
-        layer.keys[1] = float("nan")
-        layer.values[1] = float("inf")
+    _fail(cache, 1, float("inf"))
     batch.join(cache, torch.ones(2, 5, dtype=torch.long))
     batch.keep([0])
     short, _, _ = _prefill(1, 2, rng)
     batch.join(short, torch.ones(1, 2, dtype=torch.long))
     long_, _, _ = _prefill(1, 9, rng)  # longer than the window: the running rows' window widens
     batch.join(long_, torch.ones(1, 9, dtype=torch.long))
-    for layer in batch.cache.layers:
-        assert torch.isfinite(layer.keys).all() and torch.isfinite(layer.values).all()
+    _assert_finite(batch)
 
 
 def test_a_row_moved_over_a_failed_one_sees_none_of_its_values():
-    """Rows leaving move the rows after them, the window's columns only: the buffer row a row moves
-    into keeps the failed row's NaN left of the window, which must not reach the window when a
-    longer prompt widens it."""
+    """A row moved into a failed row's place moves the window's columns only: the buffer row keeps
+    the failed row's NaN left of the window, which must not reach the window when a longer prompt
+    widens it."""
     rng = torch.Generator().manual_seed(2)
     batch = BatchCache(torch.device("cpu"))
     cache, _, _ = _prefill(3, 6, rng)
-    for layer in cache.layers:
-        layer.keys[1] = float("nan")
-        layer.values[1] = float("nan")
+    _fail(cache, 1, float("nan"))
     mask = torch.ones(3, 6, dtype=torch.long)
     mask[0, :4] = mask[2, :4] = 0  # rows 0 and 2 are short: once row 1 leaves, columns 0-3 drop
     batch.join(cache, mask)
@@ -117,5 +124,4 @@ def test_a_row_moved_over_a_failed_one_sees_none_of_its_values():
     assert batch.mask.shape == (2, 2)
     long_, _, _ = _prefill(1, 12, rng)
     batch.join(long_, torch.ones(1, 12, dtype=torch.long))
-    for layer in batch.cache.layers:
-        assert torch.isfinite(layer.keys).all() and torch.isfinite(layer.values).all()
+    _assert_finite(batch)

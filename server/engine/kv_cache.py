@@ -105,15 +105,15 @@ class _SlabLayer(DynamicLayer):
         window again."""
         moves = [(i, r) for i, r in enumerate(indices) if r != i]
         self.start += drop_columns
-        if moves:
-            for buf in (self._k, self._v):
-                window = buf[:, :, self.start : self.end]
-                if all(r >= len(indices) for _, r in moves):  # no source is overwritten: copy in place
-                    for i, r in moves:
-                        window[i].copy_(window[r])
-                else:
-                    to, src = (torch.tensor(side, device=buf.device) for side in zip(*moves))
-                    window.index_copy_(0, to, window.index_select(0, src))
+        in_place = all(r >= len(indices) for _, r in moves)  # no source is overwritten by another move
+        for buf in (self._k, self._v):
+            window = buf[:, :, self.start : self.end]
+            if in_place:
+                for i, r in moves:
+                    window[i].copy_(window[r])
+            else:
+                to, src = (torch.tensor(side, device=buf.device) for side in zip(*moves))
+                window.index_copy_(0, to, window.index_select(0, src))
         self.rows = len(indices)
         self._views()
 
