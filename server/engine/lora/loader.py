@@ -116,13 +116,14 @@ class SlotLoader:
         Raises ``InvalidAdapter`` when a weight is not finite once scaled (the caller empties the
         slot): in the gathered product a row of another adapter multiplies that slot's zeros, and
         0 * inf would poison rows that never asked for this adapter."""
-        stream = self._stream
         buf = self._stage(weights_path, os.stat(weights_path).st_size)
-        tensors, largest = _read_tensors(buf, [t for p in pairs for t in (p.a, p.b)], arrays=self._device.type == "cpu")
+        tensors, largest = _read_tensors(buf, [t for p in pairs for t in (p.a, p.b)],
+                                         arrays=self._device.type == "cpu")
         if not math.isfinite(largest):
             raise _not_finite(weights_path)
         # One bound for every pair, in the slots' dtype: only when it fails is each slot checked.
         overflow = _may_overflow(largest, max(p.scale for p in pairs), pairs[0].module.lora_B.dtype)
+        stream = self._stream
         if stream is not None:  # the zeroing of the slot's previous adapter runs on the compute stream
             stream.wait_stream(torch.cuda.current_stream(self._device))
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
@@ -184,8 +185,8 @@ def _may_overflow(largest: float, scale: float, dtype: torch.dtype) -> bool:
     return not (bool(torch.isfinite(value)) and bool(torch.isfinite(value * torch.tensor(scale, dtype=dtype))))
 
 
-def _read_tensors(buf: torch.Tensor, infos: list[TensorInfo], arrays: bool) -> tuple[list[torch.Tensor | np.ndarray],
-                                                                                   float]:
+def _read_tensors(buf: torch.Tensor, infos: list[TensorInfo], *,
+                  arrays: bool) -> tuple[list[torch.Tensor | np.ndarray], float]:
     """Views of the tensors ``infos`` in ``buf`` and their largest |value| (NaN or inf when one
     is not finite); numpy views where ``arrays`` and numpy has the dtype.
 
