@@ -5,7 +5,7 @@ stand-in), instruction-tune it, train two LoRA adapters and a soft prompt on the
 data, push them with their metrics, and push a prompt template per task (the zero-parameter
 adapter) with a soft prompt or LoRA for each task that lacks one; pull and verify them, fold one
 LoRA into a standalone model (checked against PEFT), then serve the base quantized as ``serve``
-does by default (int8 on a CPU, nf4 on a GPU) with every adapter at once and send one request per adapter in the same moment: each is answered
+does by default (bf16 on a CPU, nf4 on a GPU) with every adapter at once and send one request per adapter in the same moment: each is answered
 by its own adapter. Last, ``adapterhub eval`` per task: the bare base, the prompt template, the
 soft prompt and the LoRA on the same held-out rows, stored in the registry (and plotted when
 matplotlib is installed). Everything happens under one work folder (a temporary one unless
@@ -58,8 +58,8 @@ def _prompt_of(row: dict[str, Any]) -> str:
 @click.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep the base, data, adapters and registry here (default: a temporary folder, removed after).")
-@click.option("--quantize", type=click.Choice(["auto", "nf4", "int8", "none"]), default="auto", show_default=True,
-              help="How the served base is quantized (auto: as adapterhub serve, int8 on a CPU, nf4 on a GPU).")
+@click.option("--quantize", type=click.Choice(["auto", "bf16", "nf4", "int8", "none"]), default="auto", show_default=True,
+              help="How the served base is quantized (auto: as adapterhub serve, bf16 on a CPU, nf4 on a GPU).")
 def demo(workdir, quantize):
     """Run the main job on the embedded tiny base model (no network needed)."""
     from adapterhub.merge.pipeline import merge_model

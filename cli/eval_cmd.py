@@ -14,7 +14,7 @@ __all__ = ["COMMANDS"]
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Rows to evaluate on (JSONL).")
 @click.option("--base", default=None, help="Base model (default: the adapters' base; needed for `base` alone).")
 @click.option("--base-only", is_flag=True, help="Evaluate only the bare base (with --base); no REFs.")
-@click.option("--quantize", type=click.Choice(["none", "nf4", "int8"]), default="none", show_default=True,
+@click.option("--quantize", type=click.Choice(["none", "bf16", "nf4", "int8"]), default="none", show_default=True,
               help="How the engine that generates the answers loads the base.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Rows decoded together.")
 @click.option("--max-length", type=int, default=512, show_default=True, help="Longest row for the loss (tokens).")

@@ -41,8 +41,10 @@ class ByteSize(click.ParamType):
 @click.option("--base", default=None, metavar="PATH|HUB_ID",
               help="Base model folder or Hub id (default: the tiny base, built once into the cache).")
 @registry_option
-@click.option("--quantize", type=click.Choice(["auto", "int8", "nf4", "none"]), default="auto", show_default=True,
-              help="Base weights: auto = int8 on a CPU (fbgemm, per-row scales), nf4 on a GPU (bitsandbytes).")
+@click.option("--quantize", type=click.Choice(["auto", "bf16", "int8", "nf4", "none"]), default="auto", show_default=True,
+              help="Base weights: auto = bf16 on a CPU (near-lossless; none where no C compiler builds its kernel), "
+                   "nf4 on a GPU (bitsandbytes). int8 on a CPU is faster on CPUs without AVX512-BF16 but lossy "
+                   "(see BENCHMARKS.md).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--max-loaded-adapters", default=16, show_default=True, type=click.IntRange(1, 4096),

@@ -283,8 +283,8 @@ def start_engine(base: str | os.PathLike | None = None, *, registry: RegistryLik
                  lora_modules: Iterable[tuple[str, str]] = ()) -> EngineHandle:
     """Load ``base`` and start the engine ``adapterhub serve`` runs, in this process.
 
-    ``base`` defaults to ``default_base()``. ``quantize`` is ``auto`` (int8 on a CPU, nf4 on a GPU),
-    ``int8``, ``nf4`` or ``none``; ``device`` defaults to the GPU when there is one. Adapters load from ``registry`` on
+    ``base`` defaults to ``default_base()``. ``quantize`` is ``auto`` (bf16 on a CPU, nf4 on a GPU),
+    ``bf16``, ``int8``, ``nf4`` or ``none``; ``device`` defaults to the GPU when there is one. Adapters load from ``registry`` on
     first use, at most ``max_loaded_adapters`` (and ``max_adapter_bytes``) resident per kind;
     ``preload`` loads some now, and ``lora_modules`` (name, path) pairs serve a registry reference or
     a PEFT folder (pushed under that name) as ``name``, as vLLM's ``--lora-modules`` does; beyond ``max_queued_requests`` waiting answers (default: the

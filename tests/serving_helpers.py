@@ -150,8 +150,8 @@ def _model(base: str, adapter: str | None, quantize: str, device: str) -> Any:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs: dict[str, Any] = {"dtype": torch.float32, "device_map": {"": device}}
-    if quantize == "int8" and device == "cpu":
-        return peft_cpu_int8_model(base, adapter)
+    if quantize in ("bf16", "int8") and device == "cpu":
+        return peft_cpu_packed_model(base, adapter, quantize)
     if quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
@@ -163,19 +163,20 @@ def _model(base: str, adapter: str | None, quantize: str, device: str) -> Any:
     return model.eval()
 
 
-def peft_cpu_int8_model(base: str, adapter: str | None) -> Any:
-    """PEFT's model with every base linear layer swapped for the server's CPU int8 layer: the
-    adapter's delta exactly as PEFT computes it, on top of the same quantized layers."""
+def peft_cpu_packed_model(base: str, adapter: str | None, mode: str) -> Any:
+    """PEFT's model with every base linear layer swapped for the server's CPU layer of ``mode``
+    (``bf16`` or ``int8``): the adapter's delta exactly as PEFT computes it, on top of the same
+    quantized layers."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adapterhub.server.engine.int8_linear import quantize_linear_layers
+    from adapterhub.server.engine.model_loader import pack_cpu_layers
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
-    quantize_linear_layers(model, skip=lambda name: ".lora_" in name)
+    pack_cpu_layers(model, mode, skip=lambda name: ".lora_" in name)
     return model.eval()
 
 

@@ -237,7 +237,7 @@ def _quantized_engine_matches_peft(tiny_base, tmp_path, quantize: str, device: s
             assert got == peft_greedy(tiny_base, folders.get(model), ids, n, quantize=quantize, device=device), model
 
 
-@pytest.mark.parametrize("quantize", ["nf4", "int8"])
+@pytest.mark.parametrize("quantize", ["nf4", "int8", "bf16"])
 def test_quantized_base_mixed_batch_matches_peft_on_the_same_quantization(tiny_base, tmp_path, quantize):
     _quantized_engine_matches_peft(tiny_base, tmp_path, quantize, "cpu")
 

@@ -147,14 +147,14 @@ def test_entry_without_fingerprint_is_checked_by_shape(tiny_base, registry, slot
 
 def test_load_base_model_modes(tiny_base):
     footprint = {}
-    for quantize in ("none", "nf4", "int8"):
+    for quantize in ("none", "nf4", "int8", "bf16"):
         loaded = load_base_model(str(tiny_base), quantize=quantize)
         assert loaded.quantize == quantize and loaded.device.type == "cpu" and loaded.dtype == torch.float32
         assert loaded.info is not None and loaded.info.fingerprint.startswith("sha256:")
         with torch.no_grad():
             assert loaded.model(torch.tensor([[257, 72]])).logits.shape == (1, 2, 259)
         footprint[quantize] = loaded.footprint_bytes
-    assert footprint["nf4"] < footprint["int8"] < footprint["none"]
+    assert footprint["nf4"] < footprint["int8"] < footprint["bf16"] < footprint["none"]
 
 
 def test_load_base_model_refuses_bad_options(tiny_base, tmp_path):

@@ -18,11 +18,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from adapterhub.errors import InvalidAdapter
-from adapterhub.server.engine.int8_linear import quantize_linear_layers
 from adapterhub.server.engine.lora.layer import wrap_linear_layers
 from adapterhub.server.engine.lora.row_plan import BASE_ROW, RowPlans
 from adapterhub.server.engine.lora.loader import SlotLoader, read_lora_pairs
-from adapterhub.server.engine.shared_input import SHARED_INPUT
+from adapterhub.server.engine.model_loader import pack_cpu_layers
 
 SLOTS, RANK, HIDDEN, KV = 6, 16, 256, 64
 
@@ -45,8 +44,8 @@ class _Block(nn.Module):
 def wrapped():
     torch.manual_seed(0)
     block = _Block().eval()
-    # The CPU int8 base (what a CPU server runs), which gives a row the same bits in any batch.
-    quantize_linear_layers(block, shared_inputs=SHARED_INPUT)
+    # The CPU default base (what a CPU server runs), which gives a row the same bits in any batch.
+    pack_cpu_layers(block, "bf16")
     plans = RowPlans(torch.device("cpu"))
     layers = wrap_linear_layers(block, None, plans, slots=SLOTS, rank=RANK, dtype=torch.float32,
                                 device=torch.device("cpu"))

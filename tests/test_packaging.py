@@ -37,11 +37,11 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
 
 
 def _expected_files() -> set[str]:
-    """Every module and template in the package folders, at the path the wheel must hold it."""
+    """Every module, template and kernel source in the package folders, at the path the wheel must hold it."""
     files = set()
     for folder, target in PACKAGE_DIRS.items():
         for path in (REPO / folder).rglob("*"):
-            if path.suffix in {".py", ".html"} and "__pycache__" not in path.parts:
+            if path.suffix in {".py", ".html", ".c"} and "__pycache__" not in path.parts:
                 files.add(f"{target}/{path.relative_to(REPO / folder).as_posix()}")
     return files
 

@@ -26,7 +26,7 @@ def _get(url):
         return json.loads(resp.read())
 
 
-def test_serve_without_base_builds_the_tiny_base_and_serves_int8_on_cpu(tiny_base, tmp_path, _private_registry):
+def test_serve_without_base_builds_the_tiny_base_and_serves_bf16_on_cpu(tiny_base, tmp_path, _private_registry):
     from openai import OpenAI
 
     registry = open_registry(str(_private_registry))
@@ -36,7 +36,7 @@ def test_serve_without_base_builds_the_tiny_base_and_serves_int8_on_cpu(tiny_bas
     proc, url = _start(["--preload", "tenant-a", "--max-batch-size", "4"], env)
     try:
         health = _get(url + "/health")
-        assert health["quantization"] == "int8"  # --quantize auto on a CPU
+        assert health["quantization"] == "bf16"  # --quantize auto on a CPU
         assert health["base"] == str(tmp_path / "cache" / "adapterhub" / "tiny-llama")
         assert [a["ref"] for a in health["loaded_adapters"]] == ["tenant-a@1"]
         client = OpenAI(base_url=url + "/v1", api_key="unused")

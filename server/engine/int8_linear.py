@@ -12,39 +12,55 @@ appended whose weight columns are zero: ``-LOW`` and ``+1``. Every row then span
 so the quantization parameters fbgemm derives from the whole tensor are the same for every batch
 (a symmetric per-row quantization in effect, zero point an exact integer), the zero columns add
 nothing, and the output row is multiplied back by the row's scale. Weights are int8 per output
-channel, symmetric. ``reduce_range`` keeps activations to 7 bits, so AVX2's ``vpmaddubsw`` (which
-saturates 16-bit pair sums) can never saturate.
+channel, symmetric. Activations get 8 bits (127 steps each side of zero) where the CPU has VNNI
+(``vpdpbusd`` sums in 32 bits); elsewhere ``reduce_range`` keeps them to 7 bits (63 steps), so AVX2's
+``vpmaddubsw`` (which saturates 16-bit pair sums) can never saturate. On real weights the 7-bit
+activations cost 4x the perplexity of the 8-bit ones (BENCHMARKS.md); both are lossy, which is why
+``bf16`` is the CPU default.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable
 
 import torch
-from torch import nn
 
-from .shared_input import OncePerInput
+__all__ = ["Int8Product", "activation_bits"]
 
-__all__ = ["Int8Linear", "quantize_linear_layers", "int8_bytes"]
-
-# With reduce_range the activation codes are 0..127; appending -_LOW and +1 makes fbgemm's scale
-# (max - min) / 127 == 1/63 and its zero point exactly 64: 63 steps each side of zero.
-_LOW = 64 / 63
 _TINY = torch.finfo(torch.float32).tiny
 _KEPT_ROWS = 256  # the scaled-input buffer of a step with at most this many rows is reused
+
+
+@functools.lru_cache(maxsize=1)
+def activation_bits() -> int:
+    """8 where fbgemm's int8 products accumulate in 32 bits (AVX512-VNNI or AVX-VNNI), else 7."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return 8 if {"avx512_vnni", "avx_vnni"} & set(flags) else 7
+
+
+def _low_end(bits: int) -> float:
+    """The constant appended as ``-LOW``: with codes 0..2^bits-1, fbgemm's scale is then
+    ``1 / (2^(bits-1) - 1)`` and its zero point exactly ``2^(bits-1)``: as many steps each side of zero."""
+    half = 1 << (bits - 1)
+    return half / (half - 1)
 
 
 class _RowScale:
     """Scales a layer's input row by row (see the module doc), into a buffer kept between steps."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_low")
 
-    def __init__(self) -> None:
+    def __init__(self, low: float) -> None:
         self._buffer = torch.empty(0)
+        self._low = low
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([rows, in + 2] with every row spanning [-_LOW, 1], [rows, 1] scales)`` for ``x [..., in]``."""
+        """``([rows, in + 2] with every row spanning [-LOW, 1], [rows, 1] scales)`` for ``x [..., in]``."""
         flat = x.reshape(-1, x.shape[-1])
         scaled = self._rows_buffer(flat.shape[0], flat.shape[1], x.device)
         scale = flat.abs().amax(1, keepdim=True).clamp_min_(_TINY)  # a quarter of vector_norm(inf)'s time
@@ -67,19 +83,20 @@ class _RowScale:
         if self._buffer.shape == (rows, width + 2):
             return self._buffer
         buf = torch.empty(rows, width + 2, dtype=torch.float32, device=device)
-        buf[:, width] = -_LOW
+        buf[:, width] = -self._low
         buf[:, width + 1] = 1.0
         if rows <= _KEPT_ROWS:
             self._buffer = buf
         return buf
 
 
-class _Int8Product:
-    """``x W^T + b`` for one int8 weight, which may stack several layers' weights (their outputs are
-    then the column blocks ``widths`` of the product, each returned contiguous)."""
+class Int8Product:
+    """``x W^T + b`` for one int8 weight (a ``packed_linear.Product``), which may stack several
+    layers' weights (their outputs are then the column blocks ``widths``, each returned contiguous)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, widths: tuple[int, ...]) -> None:
         out_features = int(weight.shape[0])
+        self.in_features = int(weight.shape[1])
         w = weight.detach().float()
         w_scale = (w.abs().amax(1) / 127).clamp_min(_TINY)
         padded = torch.cat([w, w.new_zeros(out_features, 2)], 1)
@@ -88,106 +105,18 @@ class _Int8Product:
         self.packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.bias = None if bias is None else bias.detach().float().clone()
         self.widths = widths
-        self.row_scale = _RowScale()
+        self.reduce_range = activation_bits() == 7
+        self.row_scale = _RowScale(_low_end(activation_bits()))
+
+    def nbytes(self) -> int:
+        """Bytes of the packed int8 weight (two zero columns included) and its per-channel scales."""
+        return sum(self.widths) * (self.in_features + 2 + 8)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         scaled, scale = self.row_scale(x)
-        out = torch.ops.quantized.linear_dynamic(scaled, self.packed, True).mul_(scale)
+        out = torch.ops.quantized.linear_dynamic(scaled, self.packed, self.reduce_range).mul_(scale)
         if self.bias is not None:
             out.add_(self.bias)
         if len(self.widths) == 1:
             return out
         return tuple(block.contiguous() for block in out.split(self.widths, dim=1))
-
-
-class Int8Linear(nn.Module):
-    """``y = x W^T + b`` with W int8 per output channel and x quantized per row (see the module doc).
-
-    Layers that read one input (q/k/v, gate/up; ``fused``) share one int8 product of their stacked
-    weights: one activation quantization and one fbgemm call for all of them, each taking its own
-    output columns, bit for bit what it computes alone (integer accumulation, per-channel scales).
-    The scaled input is written to a buffer kept between decode steps, so a model's forward must
-    not run in two threads at once (the engine's one thread owns the model).
-
-    Args:
-        weight: ``[out, in]`` float weight to quantize.
-        bias: optional ``[out]`` bias, kept in fp32.
-        shared: ``(group, index)``: this layer is member ``index`` of a fused product (``fused``
-            makes them), which holds the quantized weight; none of its own is kept.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 shared: tuple[OncePerInput, int] | None = None) -> None:
-        super().__init__()
-        if weight.device.type != "cpu":
-            raise ValueError("Int8Linear runs on the CPU (fbgemm)")
-        self.out_features, self.in_features = (int(n) for n in weight.shape)
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
-        self.group, self._member = shared if shared is not None else (None, 0)
-        self._product = _Int8Product(weight, bias, (self.out_features,)) if shared is None else None
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        return cls(linear.weight, linear.bias)
-
-    @classmethod
-    def fused(cls, linears: list[nn.Linear]) -> list[Int8Linear]:
-        """Int8 layers for ``linears`` (one input width), computed as one product (see the class doc)."""
-        if len({m.in_features for m in linears}) != 1:
-            raise ValueError("fused layers must read inputs of one width")
-        biases = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in linears]
-        has_bias = any(m.bias is not None for m in linears)
-        product = _Int8Product(torch.cat([m.weight for m in linears]), torch.cat(biases) if has_bias else None,
-                               tuple(int(m.out_features) for m in linears))
-        group = OncePerInput(product)
-        return [cls(m.weight, m.bias, shared=(group, group.join())) for m in linears]
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-    def nbytes(self) -> int:
-        """Bytes of the packed int8 weight and its scales (its share of a fused product's)."""
-        return self.out_features * (self.in_features + 2 + 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32:
-            raise TypeError(f"Int8Linear computes in float32, got {x.dtype}")
-        if self.group is not None:
-            out = self.group(x, self._member)[self._member]
-        else:
-            out = self._product(x)
-        return out.view(*x.shape[:-1], self.out_features)
-
-
-def quantize_linear_layers(model: nn.Module, *, skip: Callable[[str], bool] = lambda name: False,
-                           shared_inputs: tuple[tuple[str, ...], ...] = ()) -> dict[str, Int8Linear]:
-    """Replace, in place, every ``nn.Linear`` of ``model`` (the output head included) by an
-    ``Int8Linear``, except those whose name ``skip`` accepts; return the new layers by name.
-
-    Siblings named together in ``shared_inputs`` (e.g. ``("q_proj", "k_proj", "v_proj")``) under
-    one parent, reading inputs of one width, share one fused product (``Int8Linear.fused``).
-    """
-    chosen = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not skip(name)]
-    groups: dict[tuple[str, int], list[tuple[str, nn.Linear]]] = {}
-    done: dict[str, Int8Linear] = {}
-    for name, module in chosen:
-        parent_name, _, child = name.rpartition(".")
-        group = next((i for i, names in enumerate(shared_inputs) if child in names), None)
-        if group is None:
-            done[name] = Int8Linear.from_linear(module)
-        else:
-            groups.setdefault((parent_name, group), []).append((name, module))
-    for members in groups.values():
-        if len(members) > 1 and len({m.in_features for _, m in members}) == 1:
-            done.update(zip([n for n, _ in members], Int8Linear.fused([m for _, m in members])))
-        else:
-            done.update((n, Int8Linear.from_linear(m)) for n, m in members)
-    for name, layer in done.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
-    return done
-
-
-def int8_bytes(model: nn.Module) -> int:
-    """Bytes held by the model's ``Int8Linear`` weights (packed, so not in its parameters)."""
-    return sum(m.nbytes() for m in model.modules() if isinstance(m, Int8Linear))

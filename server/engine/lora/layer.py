@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..int8_linear import Int8Linear
+from ..packed_linear import PackedLinear
 from ..shared_input import SHARED_INPUT
 from .kernels import InputGroup
 from .row_plan import RowPlans
@@ -31,7 +31,7 @@ NUMPY_FLOATS = (torch.float32, torch.float16, torch.float64)  # the float dtypes
 
 
 class GatheredLoraLinear(nn.Module):
-    """A base linear layer (plain, bitsandbytes nf4 / int8, or CPU ``Int8Linear``) plus slot stacks
+    """A base linear layer (plain, bitsandbytes nf4 / int8, or a CPU ``PackedLinear``) plus slot stacks
     of LoRA weights for it: the update is added on top of whatever the base layer computes."""
 
     def __init__(self, base_layer: nn.Module, name: str, plans: RowPlans, slots: int, rank: int,
@@ -100,7 +100,7 @@ def wrap_linear_layers(model: nn.Module, targets: Iterable[str] | None, plans: R
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     chosen: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, Int8Linear)):
+        if not isinstance(module, (nn.Linear, PackedLinear)):
             continue
         if wanted is None:
             if module is not head:
