@@ -1,9 +1,10 @@
 """CPU serving through ``adapterhub serve``: the default quantization against ``--quantize none`` and
 HF eager fp32 ``generate``, base-only and 8 distinct LoRAs, plus adapter load time; one run.
 
-Random-init SmolLM2-135M-shaped base (speed does not depend on weight values), 8 rank-16 LoRAs on
-all linear layers (random non-zero B). Two real server processes (``--quantize none`` and the
-default, which is int8 on a CPU) stay up, idle between phases; clients are threads holding one
+Random-init SmolLM2-135M-shaped base by default (speed does not depend on weight values), or a real
+model folder with ``--base`` (e.g. the HF copy of SmolLM2-135M-Instruct), 8 rank-16 LoRAs on all
+linear layers (random non-zero B). Two real server processes (``--quantize none`` and the
+default, which is bf16 on a CPU, or ``--quantize MODE``) stay up, idle between phases; clients are threads holding one
 HTTP connection each. Every round runs, in this order: HF eager fp32 ``generate`` at batch
 ``--clients`` in this process (the reference of every ratio), then ``--clients`` clients with
 ``--requests`` requests each on the fp32 server (base only), the default server (base only), and the
@@ -107,6 +108,8 @@ def _ms(seconds: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="smol135m", choices=sorted(SHAPES))
+    ap.add_argument("--base", default=None, help="a model folder to serve instead of a random --shape base")
+    ap.add_argument("--quantize", default=None, help="the mode to compare with none (default: the server's auto)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=2, help="requests per client per phase")
     ap.add_argument("--prompt", type=int, default=64)
@@ -122,12 +125,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        base = work / "base"
-        build_base(base, args.shape, cpu, torch.float32)
+        if args.base is None:
+            base = work / "base"
+            build_base(base, args.shape, cpu, torch.float32)
+        else:
+            base = Path(args.base)
         paths = make_adapters(base, work / "adapters", {args.rank: args.clients}, cpu, torch.float32)[args.rank]
         registry = LocalRegistry(work / "registry")
         refs = [registry.push(p, name=p.name, task="bench", base=str(base)).ref for p in paths]
-        vocab = SHAPES[args.shape]["vocab_size"]
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(base).vocab_size
         rng = random.Random(0)
 
         def prompts() -> list[list[list[int]]]:
@@ -139,7 +147,8 @@ def main() -> None:
         common = ("--device", "cpu", "--max-batch-size", str(args.clients), "--max-loaded-adapters",
                   str(args.clients), "--max-lora-rank", str(args.rank), "--threads", str(args.clients + 4))
         with ServerProcess(base, work / "registry", "--quantize", "none", *common) as fp32, \
-                ServerProcess(base, work / "registry", *common) as default:
+                ServerProcess(base, work / "registry", *common,
+                              *(("--quantize", args.quantize) if args.quantize else ())) as default:
             emit(event="servers", fp32=fp32.banner, default=default.banner)
             loads = adapter_loads(default, refs, args.load_trials)
             emit(event="adapter_load", **loads)
