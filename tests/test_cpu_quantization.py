@@ -36,8 +36,9 @@ MAX_RELATIVE_ERROR = {"int8": 0.05, "bf16": 0.01}
 # LoRA logits against PEFT on the same packed layers. Our delta and PEFT's differ by float32
 # rounding (other op order); the next layer rounds its input again (to bfloat16, or to an int8 step),
 # so a value on a rounding boundary moves by a whole step, and such steps add up over 30 layers:
-# a bfloat16 step is finer and so crossed far more often than int8's, as with nf4 (test_lora_slot_bank).
-PEFT_TOLERANCE = {"int8": 1e-4, "bf16": 5e-3}
+# a bfloat16 step is finer and crossed more often; an int8 step (1/127 of the row's largest value)
+# is coarser, so one crossing moves a logit further (up to 6e-3 measured on a Xeon with AMX).
+PEFT_TOLERANCE = {"int8": 1e-2, "bf16": 5e-3}
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_channel:UserWarning")
 

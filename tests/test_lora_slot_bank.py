@@ -135,13 +135,15 @@ def _peft_mixed(tiny_base: Path, adapters: dict[str, Path], quantize: str, ids: 
     return logits, decode, _greedy(model, ids, adapter_names=adapter_names)
 
 
-@pytest.mark.parametrize("quantize, tol", [("int8", 1e-4), ("bf16", 5e-3)])
+@pytest.mark.parametrize("quantize, tol", [("int8", 1e-2), ("bf16", 5e-3)])
 def test_mixed_batch_on_cpu_packed_layers_matches_peft_per_row_on_the_same_layers(tiny_base, adapters, quantize, tol):
     """The CPU modes compute every row on its own (int8 scales activations per row, bf16 rounds
     each value), so a row's numerics do not depend on its batch mates: the oracle is PEFT row by
-    row, its delta on top of the same quantized layers. bf16's tolerance is nf4's: each layer
-    rounds its input to bfloat16, so float32-rounding differences between our delta and PEFT's
-    move a value that sits on a rounding boundary by a bfloat16 step."""
+    row, its delta on top of the same quantized layers. Each layer rounds its input (bf16: to
+    bfloat16; int8: to 1/127 of the row's largest value), so float32-rounding differences between
+    our delta and PEFT's move a value that sits on a rounding boundary by one step: up to 4e-3 in
+    the logits for int8 (measured, on the all-linear adapter's row; rows that do not flip agree to
+    1e-7), a third of that for bf16, whose tolerance is nf4's."""
     _check_against_peft_rows(tiny_base, adapters, quantize, tol, _prompts())
 
 

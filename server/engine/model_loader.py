@@ -13,6 +13,9 @@ the device), ``bf16``, ``int8``, ``nf4`` or ``none``. On a CPU:
 bitsandbytes' nf4 / LLM.int8 CPU kernels make a CPU step slower than fp32. On a GPU, ``int8`` is
 bitsandbytes' LLM.int8 and ``nf4`` its 4-bit weights, the memory saver (``auto``'s choice there).
 
+On a CPU the model's attention is ``attention.ATTENTION_NAME`` whatever the mode, so a row's answer
+never depends on its batch mates (``attention`` says why SDPA's does).
+
 Everything the serving engine needs to know about the base travels in one ``LoadedBase``: the
 model and tokenizer, where and in which dtype it computes, how it was quantized, how much memory
 it holds, and its ``BaseInfo`` (weight shapes and fingerprint, read from the safetensors headers)
@@ -31,6 +34,7 @@ from torch import nn
 from adapterhub.base_model import BaseInfo, load_base_info
 from adapterhub.errors import IncompatibleBase
 
+from .attention import use_batch_invariant_attention
 from .packed_linear import pack_linear_layers, packed_bytes
 from .shared_input import SHARED_INPUT
 
@@ -163,6 +167,8 @@ def load_base_model(
     except OSError as e:
         raise IncompatibleBase(f"base {base}: cannot load ({e})".splitlines()[0]) from e
     model.eval()
+    if dev.type == "cpu" and not use_batch_invariant_attention(model):
+        log.warning("base %s keeps its own attention: a row's answer may depend on its batch mates", base)
     footprint = int(model.get_memory_footprint())
     if cpu_packed:
         footprint = pack_cpu_layers(model, mode)

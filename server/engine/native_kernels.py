@@ -79,7 +79,8 @@ def _compiler_version(cc: str) -> str:
         return ""
 
 
-def _build(cc: str, source: Path, flags: list[str], out: Path) -> bool:
+def _build(cc: str, source: Path, flags: list[str], out: Path, errors: list[str]) -> bool:
+    """Compile ``source`` into ``out`` (atomically); a failure's first compiler line goes to ``errors``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(fd)
@@ -87,12 +88,14 @@ def _build(cc: str, source: Path, flags: list[str], out: Path) -> bool:
         result = subprocess.run([cc, *flags, str(source), "-o", tmp], capture_output=True, text=True,
                                 timeout=_COMPILE_TIMEOUT_S)
         if result.returncode != 0:
-            log.info("building %s with %s failed: %s", source.name, " ".join(flags), result.stderr.strip()[:500])
+            log.info("building %s with %s failed: %s", source.name, " ".join(flags), result.stderr.strip()[:2000])
+            errors.append(next((line for line in result.stderr.splitlines() if "error" in line), "")[:300])
             return False
         os.replace(tmp, out)
         return True
     except (OSError, subprocess.SubprocessError) as e:
         log.info("building %s failed: %s", source.name, e)
+        errors.append(str(e)[:300])
         return False
     finally:
         if os.path.exists(tmp):
@@ -109,23 +112,24 @@ def load_kernel(name: str) -> ctypes.CDLL:
     version = _compiler_version(cc)
     text = source.read_bytes()
     extra = os.environ.get("ADAPTERHUB_KERNEL_CFLAGS", "").split()
+    errors: list[str] = []
     for base_flags in _FLAG_SETS:
         flags = [*base_flags, *extra]
         key = hashlib.sha256(b"\0".join([text, cc.encode(), version.encode(), " ".join(flags).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:20]
         out = kernel_cache_dir() / f"{name}-{key}.so"
-        if not out.is_file() and not _build(cc, source, flags, out):
+        if not out.is_file() and not _build(cc, source, flags, out, errors):
             continue
         try:
             lib = ctypes.CDLL(str(out))
         except OSError as e:  # a cached file gone bad: build it again, once
             log.info("reloading %s failed (%s); rebuilding", out, e)
             out.unlink(missing_ok=True)
-            if not _build(cc, source, flags, out):
+            if not _build(cc, source, flags, out, errors):
                 continue
             lib = ctypes.CDLL(str(out))
         if "-fopenmp" not in flags:
             log.warning("native kernel %s built without OpenMP: it runs on one thread", name)
         return lib
-    raise KernelUnavailable(f"the native kernel {name} could not be built with {cc} (set ADAPTERHUB_DEBUG=1 "
-                            "and see the log for the compiler's message)")
+    first = next((e for e in errors if e), "no message")
+    raise KernelUnavailable(f"the native kernel {name} could not be built with {cc}: {first}")
