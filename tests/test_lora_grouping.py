@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from adapterhub.errors import InvalidAdapter
+from adapterhub.server.engine.lora import native_delta
 from adapterhub.server.engine.lora.layer import wrap_linear_layers
 from adapterhub.server.engine.lora.row_plan import BASE_ROW, RowPlans
 from adapterhub.server.engine.lora.loader import SlotLoader, read_lora_pairs
@@ -40,8 +41,17 @@ class _Block(nn.Module):
         return self.o_proj(self.q_proj(x) + torch.cat([self.k_proj(x), self.v_proj(x)], -1)[..., :1])
 
 
-@pytest.fixture(scope="module")
-def wrapped():
+@pytest.fixture(scope="module", params=["row_by_row", "batched"])
+def wrapped(request):
+    """The layers with both products: ``native_delta``'s row by row (what a float32 CPU base runs)
+    and ``kernels``' batched ones (what a GPU runs; here with the native kernel switched off)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "batched":
+            patch.setattr(native_delta, "available", lambda stack: False)
+        yield (*_wrapped_block(), request.param)
+
+
+def _wrapped_block():
     torch.manual_seed(0)
     block = _Block().eval()
     # The CPU default base (what a CPU server runs), which gives a row the same bits in any batch.
@@ -87,7 +97,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("tokens", [1, 5])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_every_row_gets_its_own_adapter_in_every_layout(wrapped, layout, tokens):
-    _, plans, layers, weights = wrapped
+    _, plans, layers, weights, product = wrapped
     rows = LAYOUTS[layout]
     x = torch.randn(len(rows), tokens, HIDDEN, generator=torch.Generator().manual_seed(tokens))
     distinct = tuple(sorted({r for r in rows if r != BASE_ROW}))
@@ -104,15 +114,17 @@ def test_every_row_gets_its_own_adapter_in_every_layout(wrapped, layout, tokens)
             for i, slot in enumerate(rows):  # alone, a row gets what it got in the batch
                 plans.use((slot,), () if slot == BASE_ROW else (slot,), (0,) * (slot != BASE_ROW))
                 alone = layers["o_proj"](x[i : i + 1])[0]
-                # Not bit for bit: the product's shapes (rows per adapter, the batch's largest
-                # rank, strides) change with the batch, and BLAS may round each differently.
-                torch.testing.assert_close(alone, batched[i], rtol=1e-5, atol=1e-5)
+                if product == "row_by_row":
+                    assert torch.equal(alone, batched[i])
+                else:  # the product's shapes (rows per adapter, the batch's largest rank, strides)
+                    # change with the batch, and BLAS may round each differently
+                    torch.testing.assert_close(alone, batched[i], rtol=1e-5, atol=1e-5)
     finally:
         plans.clear()
 
 
 def test_base_rows_are_the_bare_base_bit_for_bit(wrapped):
-    _, plans, layers, _ = wrapped
+    _, plans, layers, _, _ = wrapped
     rows = LAYOUTS["uneven_with_base_rows"]
     x = torch.randn(len(rows), 3, HIDDEN)
     plans.use(tuple(rows), (1, 5), (0, 0))
@@ -145,7 +157,7 @@ def _adapter(folder, layers, scale_b: float = 1.0, poison: str | None = None):
 
 @pytest.mark.parametrize("poison", ["lora_A", "lora_B"])
 def test_a_non_finite_weight_anywhere_in_the_file_is_refused(wrapped, tmp_path, poison):
-    _, _, layers, _ = wrapped
+    _, _, layers, _, _ = wrapped
     config, path, _ = _adapter(tmp_path, layers, poison=poison)
     pairs = read_lora_pairs(config, path, layers, max_rank=RANK, base="block")
     with pytest.raises(InvalidAdapter, match="not finite"):
@@ -153,7 +165,7 @@ def test_a_non_finite_weight_anywhere_in_the_file_is_refused(wrapped, tmp_path, 
 
 
 def test_weights_that_overflow_only_once_scaled_are_refused(wrapped, tmp_path):
-    _, _, layers, _ = wrapped
+    _, _, layers, _, _ = wrapped
     config, path, _ = _adapter(tmp_path, layers, scale_b=3e38 / 4)  # finite in the file, x2 (alpha / r) is not
     pairs = read_lora_pairs(config, path, layers, max_rank=RANK, base="block")
     with pytest.raises(InvalidAdapter, match="not finite"):
@@ -161,7 +173,7 @@ def test_weights_that_overflow_only_once_scaled_are_refused(wrapped, tmp_path):
 
 
 def test_a_load_copies_the_files_rows_with_the_scale_folded_into_b(wrapped, tmp_path):
-    _, _, layers, _ = wrapped
+    _, _, layers, _, _ = wrapped
     config, path, tensors = _adapter(tmp_path, layers)
     pairs = read_lora_pairs(config, path, layers, max_rank=RANK, base="block")
     saved = {n: (layers[n].slot(SLOTS - 1)[0].clone(), layers[n].slot(SLOTS - 1)[1].clone(), layers[n].ranks[SLOTS - 1])

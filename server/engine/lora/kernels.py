@@ -17,6 +17,10 @@ decoder layer does not grow with the number of adapters. Base rows get no update
 row's result is its adapter's ``scale * B @ A @ x`` up to float rounding, whatever else is in the
 batch. Layers that no adapter of the batch targets are skipped, and each works at the largest rank
 its adapters use.
+
+On a float32 CPU base the two products are ``native_delta``'s instead, row by row in one fixed
+order (``RowByRowUpdate``): there a row's update must not depend on its batch mates, since the
+next quantized layer turns a float32 rounding into a whole rounding step.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..shared_input import OncePerInput
+from . import native_delta
 
 if TYPE_CHECKING:
     from .layer import GatheredLoraLinear
     from .row_plan import RowGroups, RowPlan
 
-__all__ = ["InputGroup", "LayerUpdate"]
+__all__ = ["InputGroup", "LayerUpdate", "RowByRowUpdate"]
 
 
 class InputGroup:
@@ -57,6 +62,13 @@ class InputGroup:
         if not users:
             return
         first, last = users[0].a_row, users[-1].a_row + ranks[users[-1]]
+        if native_delta.available(self.a_store):
+            a = self.a_store[:, first:last]
+            down = OncePerInput(lambda x: native_delta.lora_down(x, plan.row_slots, a))
+            for m in users:
+                plan.updates[m] = RowByRowUpdate(down, down.join(), m.a_row - first, ranks[m], plan.row_slots,
+                                                 m.lora_B)
+            return
         # Transposed views, made once per plan: [k, in, width] and [k, rank, out].
         down = OncePerInput(_down_product(plan.groups.pick(self.a_store[:, first:last]).transpose(1, 2), plan.groups))
         for m in users:
@@ -95,4 +107,23 @@ class LayerUpdate:
             return out
         delta = torch.zeros(out.shape, dtype=self.b.dtype, device=out.device)
         groups.add_product(delta, h, self.b)
+        return out + delta.to(out.dtype)
+
+
+class RowByRowUpdate:
+    """One member's B product on a float32 CPU base, each row with its own slot (``native_delta``)."""
+
+    __slots__ = ("down", "member", "lo", "rank", "slots", "b")
+
+    def __init__(self, down: OncePerInput, member: int, lo: int, rank: int, slots: torch.Tensor,
+                 b: torch.Tensor) -> None:
+        self.down, self.member, self.lo, self.rank, self.slots, self.b = down, member, lo, rank, slots, b
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        h = self.down(x, self.member)
+        if out.dtype == torch.float32 and out.is_contiguous() and not out.requires_grad:
+            native_delta.lora_up(out, h, self.lo, self.rank, self.slots, self.b)
+            return out
+        delta = torch.zeros(out.shape, dtype=torch.float32)
+        native_delta.lora_up(delta, h, self.lo, self.rank, self.slots, self.b)
         return out + delta.to(out.dtype)

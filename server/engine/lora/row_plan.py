@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 if TYPE_CHECKING:
-    from .kernels import LayerUpdate
+    from .kernels import LayerUpdate, RowByRowUpdate
     from .layer import GatheredLoraLinear
 
 __all__ = ["BASE_ROW", "RowGroups", "RowPlan", "RowPlans"]
@@ -105,8 +105,12 @@ class RowPlan:
     groups: RowGroups
     distinct: tuple[int, ...]
     stale: str | None = None
+    row_slots: torch.Tensor = field(init=False)  # ``rows`` as int64 (BASE_ROW for base rows), for native_delta
     # layer -> its update, None for a layer no adapter of the batch targets
-    updates: dict[GatheredLoraLinear, LayerUpdate | None] = field(default_factory=dict)
+    updates: dict[GatheredLoraLinear, LayerUpdate | RowByRowUpdate | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.row_slots = torch.tensor(self.rows, dtype=torch.int64)
 
 
 class RowPlans:
