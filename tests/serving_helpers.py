@@ -10,12 +10,15 @@ peft 0.21.2 and transformers 5.x, PEFT's cached generate looks for the cache und
 from __future__ import annotations
 
 import functools
+import json
 import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -26,7 +29,7 @@ import pytest
 from conftest import save_lora, save_prompt_tuning
 
 __all__ = ["peft_greedy", "peft_model", "push_serving_adapters", "start_serve_process", "held_engine", "ADAPTER_SPECS",
-           "announce_body"]
+           "announce_body", "post_json"]
 
 # name -> (kind, seed, extra config): two LoRAs of different ranks and targets, two soft prompts.
 ADAPTER_SPECS: dict[str, tuple[str, int, dict[str, Any]]] = {
@@ -124,6 +127,17 @@ def start_serve_process(args: Sequence[str], env: Mapping[str, str]) -> tuple[su
             return proc, found.group(1), lines
     proc.kill()
     pytest.fail("server did not start:\n" + "".join(lines))
+
+
+def post_json(url: str, path: str, body: Any, timeout: float = 300) -> tuple[int, Any]:
+    """POST ``body`` as JSON to a running server: (status, parsed answer), error statuses included."""
+    request = urllib.request.Request(url.rstrip("/") + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def announce_body(url: str, length: int, headers: bytes = b"", timeout: float = 30) -> tuple[bytes, bytes]:

@@ -9,8 +9,10 @@ valid requests. ``stream: true`` answers with server-sent events, one per genera
 A ``model`` naming a prompt template (a zero-parameter adapter) rewrites the prompt text before it
 is tokenized (``prompt_templates``); the answer then comes from the base, batched with the rest.
 
-One extension beyond OpenAI's schema: ``return_token_ids: true`` adds each choice's generated
-``token_ids`` (the exactness tests compare them with PEFT's).
+One extension beyond OpenAI's schema, vLLM's: ``return_token_ids: true`` adds each choice's
+generated ``token_ids`` and the ``prompt_token_ids`` the model read (per choice on completions, once
+on chat, as vLLM places them): the exactness tests compare them with PEFT's and with the
+tokenizer's own ``apply_chat_template``.
 
 Scores follow OpenAI's legacy and chat shapes as vLLM returns them: ``logprobs`` (an integer on
 completions, ``true`` plus ``top_logprobs`` on chat) reports each generated token's
@@ -490,7 +492,7 @@ def completions():
         job.drain()
         return jsonify({**head, "choices": [
             {**choice_of(i, c, c.text, list(zip(c.token_ids, c.logprobs)), True),
-             **({"token_ids": c.token_ids} if job.want_ids else {})}
+             **({"token_ids": c.token_ids, "prompt_token_ids": prompts[i // n][0]} if job.want_ids else {})}
             for i, c in enumerate(job.choices)], "usage": job.usage()})
 
     return _stream(job, head, choice_of=lambda i, c, event, first: choice_of(
@@ -584,7 +586,8 @@ def chat_completions():
         return jsonify({**head, "object": "chat.completion", "choices": [
             {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": scores(c.logprobs),
              "finish_reason": c.finish_reason, **({"token_ids": c.token_ids} if job.want_ids else {})}
-            for i, c in enumerate(job.choices)], "usage": job.usage()})
+            for i, c in enumerate(job.choices)], "usage": job.usage(),
+            **({"prompt_token_ids": prompt} if job.want_ids else {})})
 
     return _stream(job, {**head, "object": "chat.completion.chunk"},
                    choice_of=lambda i, c, event, first: {
