@@ -16,6 +16,7 @@ __all__ = [
     "AdapterInUse",
     "AdapterHubError",
     "AdapterNotFound",
+    "AdapterTooLarge",
     "AuthError",
     "ConcurrentModification",
     "DigestMismatch",
@@ -136,7 +137,13 @@ class ConcurrentModification(AdapterHubError):
 
 
 class AdapterBusy(AdapterHubError):
-    """Every adapter slot is held by running requests (or their bytes exceed the bound); retry later."""
+    """Every adapter slot is held by running requests (or the bytes of those in use leave no room
+    under the bound for one that would fit alone); retry later."""
+
+
+class AdapterTooLarge(AdapterHubError, ValueError):
+    """An adapter bigger than the server's whole adapter memory bound (``--max-adapter-memory``): it
+    cannot fit even with nothing else loaded, so retrying is futile (422), unlike ``AdapterBusy``."""
 
 
 class AdapterInUse(AdapterBusy):
@@ -203,6 +210,7 @@ ERROR_TABLE: Mapping[type[AdapterHubError], WireCode] = {
     RegistryCorrupt: WireCode("registry_corrupt", 500),
     ConcurrentModification: WireCode("busy", 503),
     AdapterBusy: WireCode("adapter_busy", 503),
+    AdapterTooLarge: WireCode("adapter_too_large", 422),
     AdapterInUse: WireCode("adapter_in_use", 409),
     RemoteError: WireCode("remote_error", 502),
     EndpointError: WireCode("endpoint_error", 502),

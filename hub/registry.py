@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping
 from .adapter_folder import AdapterFolder, read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
 from .blobstore import BlobStore, StoredObject, sha256_file
+from .echo import echo
 from .errors import (
     AdapterNotFound,
     ConcurrentModification,
@@ -117,7 +118,7 @@ class AdapterVersion:
         for f in self.files:
             if f.path == path:
                 return f
-        raise AdapterNotFound(f"{self.ref} has no file {path!r}")
+        raise AdapterNotFound(f"{self.ref} has no file {echo(path)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -221,7 +222,7 @@ def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in (metrics or {}).items():
         if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise InvalidName(f"invalid metric {k!r}={v!r}: metrics are name -> number")
+            raise InvalidName(f"invalid metric {echo(k)}={echo(v)}: metrics are name -> number")
         out[k] = v
     return out
 
@@ -330,7 +331,7 @@ class LocalRegistry:
     def _require(self, name: str) -> SqlIndex:
         index = self._index()
         if index is None:
-            raise AdapterNotFound(f"no adapter named {name!r} in {self.location}")
+            raise AdapterNotFound(f"no adapter named {echo(name)} in {self.location}")
         return index
 
     # --- lookups -------------------------------------------------------------------------------
@@ -363,7 +364,7 @@ class LocalRegistry:
         if after is not None:
             ref = parse_reference(after)
             if ref.version is None:
-                raise InvalidName(f"invalid cursor {after!r}: give name@version, the last one listed")
+                raise InvalidName(f"invalid cursor {echo(after)}: give name@version, the last one listed")
             cursor = (ref.name, ref.version)
         index = self._index()
         if index is None:

@@ -28,6 +28,7 @@ from .adapter_folder import read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
 from .blobstore import CHUNK
 from .credentials import stored_token
+from .echo import echo
 from .errors import DigestMismatch, InvalidName, RemoteError, error_from_wire
 from .pull_folder import open_pull_folder
 from .refs import validate_name
@@ -47,7 +48,7 @@ def check_file_name(path: object) -> str:
     listed, so neither can be steered outside its folder.
     """
     if not isinstance(path, str) or not _FILE_NAME.match(path) or ".." in path:
-        raise InvalidName(f"invalid file path {str(path)[:80]!r}: a plain file name (no '/', no '..')")
+        raise InvalidName(f"invalid file path {echo(str(path))}: a plain file name (no '/', no '..')")
     return path
 
 

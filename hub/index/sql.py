@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from ..echo import echo
 from ..errors import AdapterNotFound, InvalidName, RegistryCorrupt
 from ..refs import LATEST, Reference
 
@@ -158,7 +159,7 @@ class SqlIndex(abc.ABC):
             if row is None:
                 self._require_name(tx, ref.name)
                 known = ", ".join(sorted(t for (t,) in tx.all("SELECT tag FROM tags WHERE name = ?", ref.name)))
-                raise AdapterNotFound(f"{ref.name} has no tag {ref.tag!r} (tags: {known or 'none'})")
+                raise AdapterNotFound(f"{ref.name} has no tag {echo(ref.tag)} (tags: {known or 'none'})")
             version = row[0]
         found = tx.one(select, ref.name, version)
         if found is None:
@@ -168,7 +169,7 @@ class SqlIndex(abc.ABC):
 
     def _require_name(self, tx: Transaction, name: str) -> None:
         if tx.one("SELECT 1 FROM versions WHERE name = ? LIMIT 1", name) is None:
-            raise AdapterNotFound(f"no adapter named {name!r} in {self.location}")
+            raise AdapterNotFound(f"no adapter named {echo(name)} in {self.location}")
 
     @staticmethod
     def _span(tx: Transaction, name: str) -> str:
@@ -299,7 +300,7 @@ class SqlIndex(abc.ABC):
             if all_versions:
                 rows = tx.all("SELECT record FROM versions WHERE name = ? ORDER BY version", ref.name)
                 if not rows:
-                    raise AdapterNotFound(f"no adapter named {ref.name!r} in {self.location}")
+                    raise AdapterNotFound(f"no adapter named {echo(ref.name)} in {self.location}")
                 tx.run("DELETE FROM versions WHERE name = ?", ref.name)
                 tx.run("DELETE FROM tags WHERE name = ?", ref.name)
                 return [(json.loads(r), ()) for (r,) in rows]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any, BinaryIO, Iterator
 
 from flask import Blueprint, current_app, jsonify, request
 
+from adapterhub.echo import echo
 from adapterhub.errors import InvalidAdapter, InvalidName
 from adapterhub.refs import validate_name
 from adapterhub.registry import AdapterVersion, LocalRegistry
@@ -43,6 +43,7 @@ from .hf_compat import commit_id
 from .hf_errors import add_error_header
 from .hf_repo_id import DEFAULT_BRANCH, hub_url, repo_not_found, repo_route
 from .hf_repos import empty_repos, repo_exists
+from .json_body import parse_json_object
 from .registry_api import DEFAULT_MAX_COMMIT, MAX_COMMIT_BYTES, MAX_FILES, is_digest, json_body, push_folder
 from .state import app_state
 
@@ -70,7 +71,7 @@ def _writable_repo(repo_id: str, revision: str) -> AdapterVersion | None:
     authorize(WRITE)
     validate_name(repo_id)
     if revision != DEFAULT_BRANCH:
-        raise ApiError(400, f"commits go to {DEFAULT_BRANCH} on this hub, not {revision[:80]!r}; "
+        raise ApiError(400, f"commits go to {DEFAULT_BRANCH} on this hub, not {echo(revision)}; "
                             "tag versions with `adapterhub tag`", code="unsupported_revision")
     if request.args.get("create_pr") not in (None, "", "0", "false"):
         raise ApiError(400, "this hub has no pull requests: commit to main", code="unsupported_pull_request")
@@ -117,7 +118,7 @@ def _file_name(path: Any) -> str:
     try:
         return check_file_name(path)
     except InvalidName:
-        raise ApiError(400, f"invalid file path {str(path)[:80]!r}: an adapter repo holds plain files at its top "
+        raise ApiError(400, f"invalid file path {echo(str(path))}: an adapter repo holds plain files at its top "
                             "(adapter_config.json, adapter_model.safetensors, README.md)", code="invalid_path") from None
 
 
@@ -137,11 +138,8 @@ def _lines(stream: BinaryIO, limit: int) -> Iterator[dict[str, Any]]:
             raise ApiError(413, f"a commit line is over this hub's limit of {limit} bytes", code="too_large")
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except (ValueError, RecursionError):
-            raise ApiError(400, "the commit body is JSON lines: one {key, value} object per line", code="invalid_json") from None
-        if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not isinstance(item.get("value"), dict):
+        item = parse_json_object(line, "each line of a commit body (JSON lines: one {key, value} object per line)")
+        if not isinstance(item.get("key"), str) or not isinstance(item.get("value"), dict):
             raise ApiError(400, "each commit line is {key, value}", code="invalid_json")
         yield item
 
@@ -207,10 +205,10 @@ def _apply(head: AdapterVersion | None, folder: Path) -> _Staged:
             staged.files[path] = (*_lfs_object(registry, value), None)
         elif key == "deletedFile":
             if staged.files.pop(path, None) is None:
-                raise ApiError(404, f"cannot delete {path}: no such file in the repo", code="EntryNotFound",
+                raise ApiError(404, f"cannot delete {echo(path)}: no such file in the repo", code="EntryNotFound",
                                headers={"X-Error-Code": "EntryNotFound"})
         else:
-            raise ApiError(400, f"unknown commit operation {key[:40]!r}", code="invalid_field")
+            raise ApiError(400, f"unknown commit operation {echo(key)}", code="invalid_field")
         if len(staged.files) > MAX_FILES:
             raise ApiError(400, f"an adapter repo holds at most {MAX_FILES} files", code="invalid_manifest")
     return staged

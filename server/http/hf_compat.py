@@ -20,7 +20,9 @@ from typing import Any, Iterator
 
 from flask import Blueprint, Response, jsonify, request
 
+from adapterhub.echo import echo
 from adapterhub.errors import AdapterNotFound, AdapterHubError
+from adapterhub.integers import parse_decimal
 from adapterhub.refs import LATEST, Reference, validate_tag
 from adapterhub.registry import AdapterVersion, FileEntry, LocalRegistry
 
@@ -38,8 +40,6 @@ add_error_header(bp)
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})$")
-# ASCII digits and few of them, as in references: "²".isdigit() is true and int() of 5000 digits raises.
-_VERSION = re.compile(r"[0-9]{1,9}")
 _LFS_POINTER_SIZE = 134  # what a git-lfs pointer file of a sha256 takes; the client only records it
 _CHUNK = 1 << 20
 
@@ -63,8 +63,9 @@ def _candidates(name: str, revision: str) -> list[Reference]:
         out.append(Reference(name, tag=validate_tag(revision)))
     except AdapterHubError:
         pass
-    if _VERSION.fullmatch(revision) and int(revision) > 0:
-        out.append(Reference(name, version=int(revision)))
+    version = parse_decimal(revision)
+    if version:
+        out.append(Reference(name, version=version))
     m = _HEX.match(revision)
     if m:
         out.append(Reference(name, digest=m.group(1)))
@@ -83,14 +84,14 @@ def repo_head(repo_id: str, revision: str) -> AdapterVersion | None:
         if repo_id in empty_repos():
             if revision == DEFAULT_BRANCH:
                 return None
-            raise _not_found("RevisionNotFound", f"{repo_id} is empty: it has no revision {revision!r}")
+            raise _not_found("RevisionNotFound", f"{repo_id} is empty: it has no revision {echo(revision)}")
         raise repo_not_found(repo_id)
     for ref in _candidates(repo_id, revision):
         try:
             return registry.resolve(ref)
         except AdapterNotFound:
             continue
-    raise _not_found("RevisionNotFound", f"{repo_id} has no revision {revision!r}")
+    raise _not_found("RevisionNotFound", f"{repo_id} has no revision {echo(revision)}")
 
 
 def _with_commit(response, v: AdapterVersion | None):
@@ -145,7 +146,7 @@ def model_tree(repo_id: str, revision: str, path_in_repo: str = ""):
     v = repo_head(repo_id, revision)
     path_in_repo = path_in_repo.strip("/")
     if path_in_repo:  # the repo is flat: no folders to list
-        raise _not_found("EntryNotFound", f"{repo_id}@{revision} has no folder {path_in_repo!r}")
+        raise _not_found("EntryNotFound", f"{repo_id}@{revision} has no folder {echo(path_in_repo)}")
     entries = [
         {
             "type": "file",
@@ -167,7 +168,7 @@ def resolve_file(repo_id: str, revision: str, filename: str):
             raise AdapterNotFound(f"{repo_id} is empty")
         entry = v.file(filename)
     except AdapterNotFound:
-        err = _not_found("EntryNotFound", f"{repo_id}@{revision} has no file {filename!r}")
+        err = _not_found("EntryNotFound", f"{repo_id}@{revision} has no file {echo(filename)}")
         if v is not None:
             err.headers["X-Repo-Commit"] = commit_id(v)
         raise err from None

@@ -32,6 +32,7 @@ from typing import Any, Mapping
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
 from adapterhub.adapter_folder import read_adapter_folder
+from adapterhub.echo import echo
 from adapterhub.errors import AdapterHubError, InvalidAdapter, InvalidName
 from adapterhub.refs import validate_name
 from adapterhub.registry import AdapterVersion, LocalRegistry
@@ -40,6 +41,7 @@ from adapterhub.remote import check_file_name
 from .auth import READ, WRITE, authorize, check_credentials
 from .errors import ApiError
 from .header_gate import add_gate
+from .integers import query_count
 from .hf_repo_id import repo_route
 from .json_body import json_object
 from .state import app_state
@@ -101,7 +103,7 @@ def is_digest(value: Any) -> bool:
 
 def _check_digest(digest: Any) -> str:
     if not is_digest(digest):
-        raise ApiError(400, f"invalid digest {str(digest)[:80]!r}: 64 lowercase hex digits of a sha256",
+        raise ApiError(400, f"invalid digest {echo(str(digest))}: 64 lowercase hex digits of a sha256",
                        code="invalid_digest")
     return digest
 
@@ -123,7 +125,7 @@ def json_body() -> dict[str, Any]:
 def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
     value = body.get(key, default)
     if value is not default and not isinstance(value, kind):
-        raise ApiError(400, f"field {key!r} has the wrong type", code="invalid_field")
+        raise ApiError(400, f"field {echo(key)} has the wrong type", code="invalid_field")
     return value
 
 
@@ -151,12 +153,10 @@ def list_versions():
 
 def _count(args: Any, key: str, default: int) -> int:
     """A page parameter: a count, the page size at most MAX_PAGE (one answer stays bounded)."""
-    raw = args.get(key)
-    if raw is None:
+    value = query_count(args.get(key), key)
+    if value is None:
         return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise ApiError(400, f"{key} must be a count", code="invalid_field")
-    return min(int(raw), MAX_PAGE) if key == "limit" else int(raw)
+    return min(value, MAX_PAGE) if key == "limit" else value
 
 
 @bp.get("/versions/<path:ref>")
@@ -211,7 +211,7 @@ def _manifest(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise ApiError(400, "each file is {path, sha256, size}", code="invalid_manifest")
         path = _check_file_name(f.get("path"))
         if path in seen:
-            raise ApiError(400, f"file {path} listed twice", code="invalid_manifest")
+            raise ApiError(400, f"file {echo(path)} listed twice", code="invalid_manifest")
         seen.add(path)
         out.append({"path": path, "sha256": _check_digest(f.get("sha256")), "size": f["size"]})
     return out
@@ -236,7 +236,7 @@ def _check_base(base: str | None) -> None:
     if base.startswith(("/", ".", "~")) or "\\" in base or ".." in base.split("/"):
         raise ApiError(
             400,
-            f"base {base!r} is a path, which means nothing on a shared hub: name the base by its Hub id "
+            f"base {echo(base)} is a path, which means nothing on a shared hub: name the base by its Hub id "
             "(push with --base ORG/NAME)",
             code="local_base",
         )
