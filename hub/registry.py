@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Iterable, Mapping
 
 from .adapter_folder import AdapterFolder, read_adapter_folder
@@ -386,12 +387,18 @@ class LocalRegistry:
         metrics: Mapping[str, Any] | None = None,
         lineage: Iterable[Mapping[str, Any]] = (),
         training: Mapping[str, Any] | None = None,
+        on_latest: int | None | EllipsisType = ...,
     ) -> AdapterVersion:
         """Validate a PEFT adapter folder, store its files and record it as the next version.
 
         The base defaults to the adapter's ``base_model_name_or_path``. When the base's files can
         be read (a local folder, or a Hub id with network), every adapter tensor is checked against
         the base's module shapes before anything is stored.
+
+        ``on_latest`` makes the push a check-and-set: it records the version only if ``latest``
+        still points at that version number (``None``: the name has none yet) when the index
+        writes it, else raises ``ParentMoved``. A Hugging Face commit builds on the head it read,
+        and this is what keeps it from undoing a commit that landed in between.
         """
         validate_name(name)
         tags = [validate_tag(t) for t in tags]
@@ -421,7 +428,8 @@ class LocalRegistry:
             )
             index = self._index(create=True)
             assert index is not None
-            return _version(index.add(name, lambda version: replace(record, version=version).to_dict(), tags))
+            return _version(index.add(name, lambda version: replace(record, version=version).to_dict(), tags,
+                                      on_latest=on_latest))
 
     def _base_record(self, adapter: AdapterFolder, base: str | None) -> dict[str, Any]:
         base_name = base or adapter.base_model
