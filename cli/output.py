@@ -97,12 +97,12 @@ def json_option(f):
 def emit_json(doc: Any) -> None:
     """One JSON document. A list prints one compact record per line: still one document, and
     it keeps json's C encoder (indentation switches to the pure-Python one, far slower on the
-    thousands of records a big registry lists)."""
+    thousands of records a big registry lists). Standard JSON only: a NaN is an error, not ``NaN``."""
     if isinstance(doc, list):
-        body = ",\n".join(json.dumps(item, sort_keys=True) for item in doc)
+        body = ",\n".join(json.dumps(item, sort_keys=True, allow_nan=False) for item in doc)
         click.echo(f"[\n{body}\n]" if doc else "[]")
     else:
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        click.echo(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False))
 
 
 def human_size(n: int | float | None) -> str:

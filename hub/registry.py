@@ -48,6 +48,7 @@ from .index.manifest import MANIFEST_NAME, SCHEMA_VERSION, Legacy, Manifest, ind
 from .index.sqlite import TEMP_PREFIX
 from .peft_format import safetensors_problem
 from .pull_folder import open_pull_folder
+from .record_bounds import check_metrics, check_record
 from .refs import LATEST, Reference, parse_reference, validate_name, validate_tag
 
 __all__ = [
@@ -216,15 +217,6 @@ def _check_text(value: str, what: str, limit: int = 10_000) -> str:
     if not isinstance(value, str) or len(value) > limit or any(c in value for c in "\x00\r"):
         raise InvalidName(f"invalid {what}: text of at most {limit} characters without NUL or CR")
     return value
-
-
-def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in (metrics or {}).items():
-        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise InvalidName(f"invalid metric {k!r}={v!r}: metrics are name -> number")
-        out[k] = v
-    return out
 
 
 class LocalRegistry:
@@ -404,7 +396,7 @@ class LocalRegistry:
         tags = [validate_tag(t) for t in tags]
         _check_text(task, "task", 200)
         _check_text(description, "description")
-        metrics = _check_metrics(metrics)
+        metrics = check_metrics(metrics)
         self._index()  # an unreadable or old-format registry fails the push before any object is stored
         adapter = read_adapter_folder(folder)
         base_record = self._base_record(adapter, base)
@@ -426,6 +418,7 @@ class LocalRegistry:
                 lineage=tuple(dict(x) for x in lineage),
                 training=dict(training) if training is not None else None,
             )
+            check_record(record.to_dict())
             index = self._index(create=True)
             assert index is not None
             return _version(index.add(name, lambda version: replace(record, version=version).to_dict(), tags,
@@ -459,9 +452,14 @@ class LocalRegistry:
 
     def set_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterVersion:
         """Add or update metrics of a version (evaluation can finish after the push)."""
-        metrics = _check_metrics(metrics)
+        metrics = check_metrics(metrics)
         parsed = parse_reference(ref)
-        merge = lambda record: record | {"metrics": {**record.get("metrics", {}), **metrics}}  # noqa: E731
+
+        def merge(record: dict[str, Any]) -> dict[str, Any]:
+            merged = record | {"metrics": check_metrics({**record.get("metrics", {}), **metrics})}
+            check_record(merged)
+            return merged
+
         return _version(self._require(parsed.name).update(parsed, merge))
 
     def remove(self, ref: str, *, all_versions: bool = False) -> list[AdapterVersion]:

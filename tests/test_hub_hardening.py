@@ -5,15 +5,22 @@ full disk is a 507 (a one-line "disk is full" locally) that leaves nothing half-
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import httpx2
 import pytest
+from click.testing import CliRunner
 
+from adapterhub.cli.main import cli
+from adapterhub.errors import InvalidAdapter, InvalidName
 from adapterhub.registry import LocalRegistry
+from conftest import snapshot
 from remote_helpers import serve_hub_process, start_hub, stop_process
 from test_hf_compat import _client_env
 
@@ -95,3 +102,91 @@ def test_concurrent_hf_commits_never_undo_each_other(tmp_path, make_lora, writer
         assert (r["readme"] == r["want_readme"]) == readme_landed, r
         assert (r["alpha"] == r["want_alpha"]) == alpha_landed, r
     assert LocalRegistry(tmp_path / "hub").verify().ok
+
+
+# --- 3. version metrics: finite, bounded, standard JSON -------------------------------------------
+
+
+def _strict_json(text: str):
+    """Parse as standard JSON: Python's parser would take NaN and Infinity silently."""
+    def refuse(name: str):
+        raise AssertionError(f"non-standard JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def metrics_hub(tmp_path, make_lora):
+    hub = start_hub(tmp_path / "hub")
+    hub.registry.push(make_lora("m"), name="m", task="t", metrics={"acc": 0.5})
+    yield hub
+    hub.handle.close()
+
+
+def _patch(hub, body: str) -> httpx2.Response:
+    return httpx2.patch(f"{hub.url}/api/versions/m@1/metrics", content=body,
+                        headers={"Authorization": f"Bearer {hub.write_token}", "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("body", ['{"loss": NaN}', '{"loss": Infinity}', '{"loss": -Infinity}',
+                                  '{"loss": "high"}', '{"": 1}', '{"a\\nb": 1}'])
+def test_metrics_patch_refuses_non_finite_and_bad_names(metrics_hub, body):
+    before = snapshot(metrics_hub.registry.root)
+    r = _patch(metrics_hub, body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] in ("invalid_json", "invalid_name")
+    assert snapshot(metrics_hub.registry.root) == before
+
+
+def test_metrics_cannot_grow_a_record_without_bound(metrics_hub, tmp_path):
+    """Patches of many names each pass on their own until the merged metrics pass the index bound:
+    then a 400 naming it, and the record is as before."""
+    from adapterhub.record_bounds import MAX_INDEX_METRICS_BYTES
+
+    for i in range(40):
+        r = _patch(metrics_hub, json.dumps({f"m{i}.{j}." + "x" * 90: j / 7 for j in range(50)}))
+        if r.status_code != 200:
+            break
+    assert r.status_code == 400, r.text
+    assert str(MAX_INDEX_METRICS_BYTES) in r.json()["error"]["message"]
+    record = metrics_hub.registry.resolve("m@1")
+    assert len(json.dumps(record.metrics)) <= MAX_INDEX_METRICS_BYTES
+    listed = CliRunner().invoke(cli, ["list", "--json", "--registry", str(metrics_hub.registry.root)])
+    assert listed.exit_code == 0 and len(listed.output) < 2 * MAX_INDEX_METRICS_BYTES
+    _strict_json(listed.output)
+
+
+def test_metric_errors_echo_a_bounded_prefix(tmp_path, make_lora):
+    registry = LocalRegistry(tmp_path / "reg", durable=False)
+    registry.push(make_lora("m"), name="m", task="t")
+    with pytest.raises(InvalidName) as info:
+        registry.set_metrics("m@1", {"x" * 100_000: 1.0})
+    assert len(str(info.value)) < 300 and "(100000 chars)" in str(info.value)
+    with pytest.raises(InvalidName) as info:
+        registry.set_metrics("m@1", {"loss": "y" * 100_000})
+    assert len(str(info.value)) < 300
+
+
+def test_local_pushes_and_updates_refuse_nan_everywhere_in_the_record(tmp_path, make_lora):
+    registry = LocalRegistry(tmp_path / "reg", durable=False)
+    lora = make_lora("m")
+    with pytest.raises(InvalidName, match="finite"):
+        registry.push(lora, name="m", task="t", metrics={"loss": float("nan")})
+    with pytest.raises(InvalidAdapter, match="NaN or Infinity"):
+        registry.push(lora, name="m", task="t", training={"final_loss": float("inf")})
+    registry.push(lora, name="m", task="t")
+    before = snapshot(registry.root)
+    with pytest.raises(InvalidName, match="finite"):
+        registry.set_metrics("m@1", {"loss": float("-inf")})
+    assert snapshot(registry.root) == before
+
+
+def test_list_json_never_prints_nan_from_an_old_record(tmp_path, make_lora):
+    """A record written before these checks (NaN stored in the index): ``list --json`` fails in one
+    line instead of printing a document no standard parser reads."""
+    registry = LocalRegistry(tmp_path / "reg", durable=False)
+    registry.push(make_lora("m"), name="m", task="t")
+    with contextlib.closing(sqlite3.connect(tmp_path / "reg" / "index.sqlite")) as db, db:
+        db.execute("""UPDATE versions SET record = replace(record, '"metrics":{}', '"metrics":{"loss":Infinity}')""")
+    assert registry.resolve("m@1").metrics["loss"] == float("inf")
+    result = CliRunner().invoke(cli, ["list", "--json", "--registry", str(tmp_path / "reg")])
+    assert result.exit_code != 0 and "Infinity" not in result.output

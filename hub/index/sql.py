@@ -34,8 +34,9 @@ Row = tuple[dict[str, Any], tuple[str, ...]]
 
 
 def record_json(record: Mapping[str, Any]) -> str:
-    """The record's stored text: sorted keys, as the JSON index wrote it, so output stays identical."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+    """The record's stored text: sorted keys, as the JSON index wrote it, so output stays identical;
+    standard JSON only (``registry.record_bounds`` refuses NaN first, this is the backstop)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from .hf_compat import commit_id
 from .hf_errors import add_error_header
 from .hf_repo_id import DEFAULT_BRANCH, hub_url, repo_not_found, repo_route
 from .hf_repos import empty_repos, repo_exists
+from .json_body import loads_standard
 from .registry_api import DEFAULT_MAX_COMMIT, MAX_COMMIT_BYTES, MAX_FILES, is_digest, json_body, push_folder
 from .state import app_state
 
@@ -149,7 +149,7 @@ def _lines(stream: BinaryIO, limit: int) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = loads_standard(line)
         except (ValueError, RecursionError):
             raise ApiError(400, "the commit body is JSON lines: one {key, value} object per line", code="invalid_json") from None
         if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not isinstance(item.get("value"), dict):
