@@ -12,7 +12,7 @@ Push is three steps, as in OCI registries, so shared bytes cross the network onc
 Objects are named by digest and file names are checked against a strict alphabet, and a base
 named by a filesystem path is refused unless the app allows it (``ALLOW_LOCAL_BASES``), so no
 request can name a path outside the registry folder. Downloads (``GET /api/objects/sha256/<digest>``)
-honour ``Range`` so interrupted pulls resume.
+honour ``Range`` so interrupted pulls resume, and are verified as ``object_download`` serves them.
 
 Writes are refused from their headers before their bodies are read (``header_gate``): a request
 without a write token, or declaring more bytes than the route takes, costs the hub its headers
@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from adapterhub.adapter_folder import read_adapter_folder
 from adapterhub.errors import AdapterHubError, InvalidAdapter, InvalidName
@@ -42,6 +42,7 @@ from .errors import ApiError
 from .header_gate import add_gate
 from .hf_repo_id import repo_route
 from .json_body import json_object
+from .object_download import object_response
 from .state import app_state
 
 __all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "MAX_COMMIT_BYTES", "ALLOW_LOCAL_BASES", "hide_registry_path",
@@ -168,8 +169,7 @@ def show_version(ref: str):
 @bp.get("/objects/sha256/<digest>")
 def get_object(digest: str):
     authorize(READ)
-    path = _registry().object_path(_check_digest(digest))
-    return send_file(path, mimetype="application/octet-stream", conditional=True, etag=digest)
+    return object_response(_registry(), _check_digest(digest))
 
 
 # --- push ------------------------------------------------------------------------------------
