@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import click
 
-from adapterhub.errors import AdapterHubError
+from adapterhub.errors import AdapterHubError, disk_full
 from adapterhub.location import describe_default
 
 __all__ = ["HubGroup", "RegistryOption", "emit_json", "render_table", "human_size", "registry_option", "json_option", "warn", "quiet_ml_libraries"]
@@ -35,6 +35,9 @@ class HubGroup(click.Group):
         except AdapterHubError as e:
             raise click.ClickException(str(e)) from None
         except (OSError, ValueError, KeyError) as e:
+            full = disk_full(e)
+            if full is not None:
+                raise click.ClickException(str(full)) from None
             if os.environ.get(DEBUG_ENV):
                 traceback.print_exc()
             raise click.ClickException(f"{type(e).__name__}: {e}") from None

@@ -40,6 +40,7 @@ __all__ = [
     "ERROR_TABLE",
     "WireCode",
     "disk_full",
+    "full_disk",
     "error_from_wire",
     "wire_code",
 ]
@@ -149,7 +150,7 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
 
 
-def disk_full(error: BaseException, where: str = "the registry's disk") -> DiskFull | None:
+def disk_full(error: BaseException, what: str = "no room to write") -> DiskFull | None:
     """``DiskFull`` when ``error`` is the operating system (``ENOSPC``, ``EDQUOT``) or SQLite
     (``SQLITE_FULL``) saying there is no room left, else ``None``: the one reading of a full disk
     that the CLI, the servers and the index share, so each says the same thing."""
@@ -157,11 +158,12 @@ def disk_full(error: BaseException, where: str = "the registry's disk") -> DiskF
         return error
     full = (isinstance(error, OSError) and error.errno in _FULL_ERRNOS) or (
         getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL)
-    if not full:
-        return None
-    found = DiskFull(f"{where} is full: nothing was recorded; free some space and retry")
-    found.__cause__ = error
-    return found
+    return full_disk(what) if full else None
+
+
+def full_disk(what: str) -> DiskFull:
+    """The one message of a full disk, after ``what`` could not be done."""
+    return DiskFull(f"{what}: the disk is full (nothing was changed; free some space and retry)")
 
 
 # --- serving ---------------------------------------------------------------------------------

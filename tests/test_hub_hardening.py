@@ -21,8 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 from adapterhub.cli.main import cli
-from adapterhub.errors import InvalidAdapter, InvalidName
+from adapterhub.blobstore import sha256_file
+from adapterhub.errors import DiskFull, InvalidAdapter, InvalidName
 from adapterhub.registry import LocalRegistry
+from adapterhub.remote import RemoteRegistry
 from conftest import snapshot
 from remote_helpers import serve_hub_process, start_hub, stop_process
 from test_hf_compat import _client_env
@@ -268,3 +270,69 @@ def test_a_corrupted_object_is_never_served_whole_or_in_part(big_hub):
         assert _get(url) == (200, None)
         assert _get(url, {"Range": "bytes=100-199"}) == (206, None)
     assert not hub.registry.verify().ok
+
+
+# --- 7. a full disk ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs: a real file system that runs out of space (needs root, else skipped)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk: Path, name: str, leave: int = 0) -> None:
+    """Write a filler file until the disk is full, then give back ``leave`` bytes."""
+    block = b"\0" * (64 << 10)
+    with open(disk / name, "wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(block)
+                f.flush()
+    if leave:
+        with open(disk / name, "r+b") as f:
+            f.truncate(max((disk / name).stat().st_size - leave, 0))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "adapterhub"), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_full_disk_is_a_507_and_a_one_line_error_and_nothing_is_half_written(small_disk, make_lora, tmp_path):
+    first, spare = make_lora("first"), make_lora("second", seed=1)
+    (spare / "README.md").write_bytes(os.urandom(1 << 20))
+    for registry in ("reg", "other"):  # pushed by processes of their own: no connection stays open here
+        assert _cli("push", str(first), "--name", "a", "--task", "t", "--registry", str(small_disk / registry)).returncode == 0
+    hub = start_hub(small_disk / "reg")
+    try:
+        before = [v.to_json() for v in hub.registry.list()]
+        _fill(small_disk, "filler", leave=256 << 10)
+        readme = spare / "README.md"
+        r = httpx2.put(f"{hub.url}/api/objects/sha256/{sha256_file(readme)}", content=readme.read_bytes(),
+                       headers={"Authorization": f"Bearer {hub.write_token}"})
+        assert r.status_code == 507 and "disk is full" in r.json()["error"]["message"], r.text
+        with RemoteRegistry(hub.url, token=hub.write_token) as remote:
+            with pytest.raises(DiskFull, match="disk is full"):
+                remote.push(spare, name="a", task="t")
+        pushed = _cli("push", str(spare), "--name", "a", "--task", "t", "--registry", hub.url,
+                      "--token", hub.write_token)
+        assert pushed.returncode != 0 and "disk is full" in pushed.stderr
+        assert len(pushed.stderr.strip().splitlines()) == 1, pushed.stderr
+        report = hub.registry.verify()
+        assert report.ok and report.temporaries == [], report
+        assert [v.to_json() for v in hub.registry.list()] == before
+    finally:
+        hub.handle.close()
+    _fill(small_disk, "rest")
+    other = str(small_disk / "other")
+    for args in (["list"], ["verify"], ["pull", "a@1", "-o", str(tmp_path / "out")]):
+        result = _cli(*args, "--registry", other)
+        assert result.returncode != 0 and "disk is full" in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
