@@ -379,19 +379,37 @@ class LocalRegistry:
         metrics: Mapping[str, Any] | None = None,
         lineage: Iterable[Mapping[str, Any]] = (),
         training: Mapping[str, Any] | None = None,
-        on_latest: int | None | EllipsisType = ...,
     ) -> AdapterVersion:
         """Validate a PEFT adapter folder, store its files and record it as the next version.
 
         The base defaults to the adapter's ``base_model_name_or_path``. When the base's files can
         be read (a local folder, or a Hub id with network), every adapter tensor is checked against
         the base's module shapes before anything is stored.
-
-        ``on_latest`` makes the push a check-and-set: it records the version only if ``latest``
-        still points at that version number (``None``: the name has none yet) when the index
-        writes it, else raises ``ParentMoved``. A Hugging Face commit builds on the head it read,
-        and this is what keeps it from undoing a commit that landed in between.
         """
+        return self._push(folder, name=name, task=task, base=base, tags=tags, description=description,
+                          metrics=metrics, lineage=lineage, training=training, on_latest=...)
+
+    def push_if_latest(self, folder: str | os.PathLike, latest: int | None, **push: Any) -> AdapterVersion:
+        """``push`` as a check-and-set: the version is recorded only if ``latest`` still points at
+        version ``latest`` (``None``: the name has none yet) when the index writes it, else
+        ``ParentMoved``. A Hugging Face commit builds on the head it read, and this keeps it from
+        undoing a commit that landed in between."""
+        return self._push(folder, on_latest=latest, **push)
+
+    def _push(
+        self,
+        folder: str | os.PathLike,
+        *,
+        name: str,
+        task: str,
+        on_latest: int | None | EllipsisType,
+        base: str | None = None,
+        tags: Iterable[str] = (),
+        description: str = "",
+        metrics: Mapping[str, Any] | None = None,
+        lineage: Iterable[Mapping[str, Any]] = (),
+        training: Mapping[str, Any] | None = None,
+    ) -> AdapterVersion:
         validate_name(name)
         tags = [validate_tag(t) for t in tags]
         _check_text(task, "task", 200)

@@ -27,6 +27,7 @@ import json
 import os
 import re
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -273,17 +274,21 @@ def commit_version(name: str):
     return jsonify(version.to_json()), 201
 
 
-def push_folder(registry: LocalRegistry, folder: Path, *, name: str, base: str | None, **metadata: Any) -> AdapterVersion:
+def push_folder(registry: LocalRegistry, folder: Path, *, name: str, base: str | None,
+                on_latest: int | None | EllipsisType = ..., **metadata: Any) -> AdapterVersion:
     """Record a folder assembled on the hub as the next version of ``name``: the one commit path of
     the registry API and of Hugging Face commits, so both validate exactly as ``adapterhub push``
-    does (``LocalRegistry.push``), plus the hub's own rules: no stray files, no base by local path."""
+    does (``LocalRegistry.push``), plus the hub's own rules: no stray files, no base by local path.
+    ``on_latest`` makes it a check-and-set on the head (``LocalRegistry.push_if_latest``)."""
     try:
         adapter = read_adapter_folder(folder)
         extra = sorted({p.name for p in folder.iterdir()} - set(adapter.files))
         if extra:
             raise InvalidAdapter(f"not part of a PEFT adapter folder: {', '.join(extra)}")
         _check_base(base or adapter.base_model)
-        return registry.push(folder, name=name, base=base, **metadata)
+        if on_latest is ...:
+            return registry.push(folder, name=name, base=base, **metadata)
+        return registry.push_if_latest(folder, on_latest, name=name, base=base, **metadata)
     except AdapterHubError as e:
         raise _without_folder(e, str(folder)) from None
 
