@@ -8,6 +8,7 @@ its row of the table (``wire_code``) and the remote client turns the row back in
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -20,6 +21,7 @@ __all__ = [
     "AuthError",
     "ConcurrentModification",
     "DigestMismatch",
+    "DiskFull",
     "EndpointError",
     "IncompatibleBase",
     "InvalidAdapter",
@@ -28,6 +30,7 @@ __all__ = [
     "MergeError",
     "NameTaken",
     "ObjectMissing",
+    "ParentMoved",
     "PermissionDenied",
     "RegistryCorrupt",
     "RemoteError",
@@ -37,6 +40,8 @@ __all__ = [
     "UnsupportedAdapter",
     "ERROR_TABLE",
     "WireCode",
+    "disk_full",
+    "full_disk",
     "error_from_wire",
     "wire_code",
 ]
@@ -133,6 +138,35 @@ class ConcurrentModification(AdapterHubError):
     """The registry lock could not be taken in time (another writer holds it)."""
 
 
+class ParentMoved(AdapterHubError):
+    """A write that names the version it builds on (a Hugging Face commit's ``parentCommit``) found
+    another version there: someone wrote in between, and applying it would undo their change."""
+
+
+class DiskFull(AdapterHubError, OSError):
+    """The registry's disk has no room left: nothing was recorded; free space and retry."""
+
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+
+
+def disk_full(error: BaseException, what: str = "no room to write") -> DiskFull | None:
+    """``DiskFull`` when ``error`` is the operating system (``ENOSPC``, ``EDQUOT``) or SQLite
+    (``SQLITE_FULL``) saying there is no room left, else ``None``: the one reading of a full disk
+    that the CLI, the servers and the index share, so each says the same thing."""
+    if isinstance(error, DiskFull):
+        return error
+    full = (isinstance(error, OSError) and error.errno in _FULL_ERRNOS) or (
+        getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL)
+    return full_disk(what) if full else None
+
+
+def full_disk(what: str) -> DiskFull:
+    """The one message of a full disk, after ``what`` could not be done."""
+    return DiskFull(f"{what}: the disk is full (nothing was changed; free some space and retry)")
+
+
 # --- serving ---------------------------------------------------------------------------------
 
 
@@ -209,6 +243,8 @@ ERROR_TABLE: Mapping[type[AdapterHubError], WireCode] = {
     ObjectMissing: WireCode("object_missing", 404),
     RegistryCorrupt: WireCode("registry_corrupt", 500),
     ConcurrentModification: WireCode("busy", 503),
+    ParentMoved: WireCode("parent_mismatch", 412),
+    DiskFull: WireCode("disk_full", 507),
     AdapterBusy: WireCode("adapter_busy", 503),
     AdapterTooLarge: WireCode("adapter_too_large", 422),
     AdapterInUse: WireCode("adapter_in_use", 409),

@@ -31,6 +31,7 @@ from .credentials import stored_token
 from .echo import echo
 from .errors import DigestMismatch, InvalidName, RemoteError, error_from_wire
 from .pull_folder import open_pull_folder
+from .record_bounds import check_metrics
 from .refs import validate_name
 from .registry import AdapterVersion, FileEntry, GcReport, VerifyReport, folder_entries
 
@@ -201,6 +202,7 @@ class RemoteRegistry:
     ) -> AdapterVersion:
         """Upload the objects the hub lacks, then commit the version (validated again by the hub)."""
         validate_name(name)
+        metrics = check_metrics(metrics)  # refused here, before any object is uploaded
         adapter = read_adapter_folder(folder)
         base_name = base or adapter.base_model
         if base_name and os.path.isdir(base_name):  # a local base: catch a mismatch before uploading
@@ -322,7 +324,7 @@ class RemoteRegistry:
         return AdapterVersion.from_json(d)
 
     def set_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterVersion:
-        d = self._json("PATCH", f"/api/versions/{self._ref_path(ref)}/metrics", json=dict(metrics))
+        d = self._json("PATCH", f"/api/versions/{self._ref_path(ref)}/metrics", json=check_metrics(metrics))
         return AdapterVersion.from_json(d)
 
     def remove(self, ref: str, *, all_versions: bool = False) -> list[AdapterVersion]:

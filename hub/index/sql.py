@@ -17,10 +17,11 @@ import abc
 import contextlib
 import json
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..echo import echo
-from ..errors import AdapterNotFound, InvalidName, RegistryCorrupt
+from ..errors import AdapterNotFound, InvalidName, ParentMoved, RegistryCorrupt
 from ..refs import LATEST, Reference
 
 __all__ = ["SqlIndex", "Query", "Row", "Transaction", "INDEX_SCHEMA_VERSION", "record_json"]
@@ -34,8 +35,9 @@ Row = tuple[dict[str, Any], tuple[str, ...]]
 
 
 def record_json(record: Mapping[str, Any]) -> str:
-    """The record's stored text: sorted keys, as the JSON index wrote it, so output stays identical."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+    """The record's stored text: sorted keys, as the JSON index wrote it, so output stays identical;
+    standard JSON only (``registry.record_bounds`` refuses NaN first, this is the backstop)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -244,10 +246,21 @@ class SqlIndex(abc.ABC):
 
     # --- writes --------------------------------------------------------------------------------
 
-    def add(self, name: str, build: Callable[[int], dict[str, Any]], tags: Iterable[str]) -> Row:
-        """Record ``build(next version number)`` as the next version of ``name`` and tag it."""
+    def add(self, name: str, build: Callable[[int], dict[str, Any]], tags: Iterable[str], *,
+            on_latest: int | None | EllipsisType = ...) -> Row:
+        """Record ``build(next version number)`` as the next version of ``name`` and tag it.
+
+        With ``on_latest`` (a version number, or ``None`` for a name without versions), only while
+        ``latest`` still points there, else ``ParentMoved``: the check and the write are one
+        transaction under the name's lock, so no other writer can land in between."""
         tags = tuple(sorted({LATEST, *tags}))
         with self.transaction(write=True, lock=name) as tx:
+            if on_latest is not ...:
+                found = tx.one("SELECT version FROM tags WHERE name = ? AND tag = ?", name, LATEST)
+                if (found[0] if found else None) != on_latest:
+                    now = f"{name}@{found[0]}" if found else "no version"
+                    raise ParentMoved(f"{name} changed meanwhile: its latest is {now}, not the version this write "
+                                      "builds on")
             (latest,) = tx.one("SELECT max(version) FROM versions WHERE name = ?", name)
             record = build((latest or 0) + 1)
             self._insert(tx, [record])

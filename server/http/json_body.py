@@ -7,6 +7,10 @@ or no field can use: ``NaN`` and ``Infinity`` literals, numbers like ``1e999`` t
 infinity, and integers of thousands of digits (past 4,300 ``int`` refuses them, and the whole body
 was reported as "not a JSON object"). All of these are refused here, once, for every route; the
 numeric ones name the field that holds them (``'max_tokens'``, ``'prompt'[3]``).
+
+``StandardJSON`` is the app's JSON provider: what the app reads and writes is standard JSON, so no
+answer can carry ``NaN`` whatever reached a record (the registry refuses it first; this is the
+backstop).
 """
 
 from __future__ import annotations
@@ -16,15 +20,36 @@ import math
 from typing import Any
 
 from flask import request
+from flask.json.provider import DefaultJSONProvider
 
 from adapterhub.echo import echo
 
 from .errors import ApiError
 
-__all__ = ["json_object", "parse_json_object", "MAX_INTEGER_DIGITS"]
+__all__ = ["StandardJSON", "json_object", "loads_standard", "parse_json_object", "MAX_INTEGER_DIGITS"]
 
 # Seeds (below 2**128) are the largest integers any route reads: 39 digits.
 MAX_INTEGER_DIGITS = 100
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_standard(data: str | bytes) -> Any:
+    """``json.loads`` of standard JSON only: ``NaN``, ``Infinity`` and ``-Infinity`` raise ``ValueError``."""
+    return json.loads(data, parse_constant=_refuse_constant)
+
+
+class StandardJSON(DefaultJSONProvider):
+    """Flask's provider, reading and writing standard JSON only."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return loads_standard(s)
 
 
 class _Refused:

@@ -12,7 +12,7 @@ Push is three steps, as in OCI registries, so shared bytes cross the network onc
 Objects are named by digest and file names are checked against a strict alphabet, and a base
 named by a filesystem path is refused unless the app allows it (``ALLOW_LOCAL_BASES``), so no
 request can name a path outside the registry folder. Downloads (``GET /api/objects/sha256/<digest>``)
-honour ``Range`` so interrupted pulls resume.
+honour ``Range`` so interrupted pulls resume, and are verified as ``object_download`` serves them.
 
 Writes are refused from their headers before their bodies are read (``header_gate``): a request
 without a write token, or declaring more bytes than the route takes, costs the hub its headers
@@ -27,9 +27,10 @@ import json
 import os
 import re
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Mapping
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from adapterhub.adapter_folder import read_adapter_folder
 from adapterhub.echo import echo
@@ -44,6 +45,7 @@ from .header_gate import add_gate
 from .integers import query_count
 from .hf_repo_id import repo_route
 from .json_body import json_object
+from .object_download import object_response
 from .state import app_state
 
 __all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "MAX_COMMIT_BYTES", "ALLOW_LOCAL_BASES", "hide_registry_path",
@@ -168,8 +170,7 @@ def show_version(ref: str):
 @bp.get("/objects/sha256/<digest>")
 def get_object(digest: str):
     authorize(READ)
-    path = _registry().object_path(_check_digest(digest))
-    return send_file(path, mimetype="application/octet-stream", conditional=True, etag=digest)
+    return object_response(_registry(), _check_digest(digest))
 
 
 # --- push ------------------------------------------------------------------------------------
@@ -273,17 +274,21 @@ def commit_version(name: str):
     return jsonify(version.to_json()), 201
 
 
-def push_folder(registry: LocalRegistry, folder: Path, *, name: str, base: str | None, **metadata: Any) -> AdapterVersion:
+def push_folder(registry: LocalRegistry, folder: Path, *, name: str, base: str | None,
+                on_latest: int | None | EllipsisType = ..., **metadata: Any) -> AdapterVersion:
     """Record a folder assembled on the hub as the next version of ``name``: the one commit path of
     the registry API and of Hugging Face commits, so both validate exactly as ``adapterhub push``
-    does (``LocalRegistry.push``), plus the hub's own rules: no stray files, no base by local path."""
+    does (``LocalRegistry.push``), plus the hub's own rules: no stray files, no base by local path.
+    ``on_latest`` makes it a check-and-set on the head (``LocalRegistry.push_if_latest``)."""
     try:
         adapter = read_adapter_folder(folder)
         extra = sorted({p.name for p in folder.iterdir()} - set(adapter.files))
         if extra:
             raise InvalidAdapter(f"not part of a PEFT adapter folder: {', '.join(extra)}")
         _check_base(base or adapter.base_model)
-        return registry.push(folder, name=name, base=base, **metadata)
+        if on_latest is ...:
+            return registry.push(folder, name=name, base=base, **metadata)
+        return registry.push_if_latest(folder, on_latest, name=name, base=base, **metadata)
     except AdapterHubError as e:
         raise _without_folder(e, str(folder)) from None
 
