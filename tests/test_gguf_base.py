@@ -114,6 +114,17 @@ def test_base_import_writes_a_loadable_folder(smollm2_gguf, smollm2_base, tmp_pa
     assert again.exit_code == 1 and "--force" in again.output
 
 
+def test_merge_folds_into_the_gguf_file_as_into_its_hf_copy(smollm2_gguf, smollm2_base, tmp_path):
+    lora = save_lora(smollm2_base, tmp_path / "lora")
+    merged = {}
+    for label, base in (("gguf", smollm2_gguf), ("copy", smollm2_base)):
+        merged[label] = tmp_path / f"merged-{label}"
+        result = CliRunner().invoke(cli, ["merge", str(lora), "--base", str(base), "--out", str(merged[label])])
+        assert result.exit_code == 0, result.output
+    weights = [(merged[label] / "model.safetensors").read_bytes() for label in ("gguf", "copy")]
+    assert weights[0] == weights[1]
+
+
 def test_racing_builders_of_a_cache_entry_keep_the_first_copy(tmp_path):
     from adapterhub.atomic_file import staged_folder
 
