@@ -33,7 +33,9 @@ class HubGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except AdapterHubError as e:
-            raise click.ClickException(str(e)) from None
+            failure = click.ClickException(str(e))
+            failure.exit_code = e.exit_code
+            raise failure from None
         except (OSError, ValueError, KeyError) as e:
             full = disk_full(e)
             if full is not None:

@@ -39,7 +39,7 @@ class ByteSize(click.ParamType):
 
 @click.command()
 @click.option("--base", default=None, metavar="PATH|HUB_ID",
-              help="Base model folder or Hub id (default: the tiny base, built once into the cache).")
+              help="Base model folder, .gguf file or Hub id (default: the tiny base, built once into the cache).")
 @registry_option
 @click.option("--quantize", type=click.Choice(["auto", "bf16", "int8", "nf4", "none"]), default="auto", show_default=True,
               help="Base weights: auto = bf16 on a CPU (near-lossless; none where no C compiler builds its kernel), "

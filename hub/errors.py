@@ -24,6 +24,7 @@ __all__ = [
     "DiskFull",
     "EndpointError",
     "IncompatibleBase",
+    "InvalidBaseFile",
     "InvalidAdapter",
     "InvalidName",
     "InvalidReference",
@@ -51,10 +52,12 @@ class AdapterHubError(Exception):
     """Root of every error raised on purpose by adapterhub; its message is one line for a person.
 
     ``status`` is the HTTP status of the answer when a remote hub raised the error (``None`` when
-    it was raised in this process).
+    it was raised in this process). ``exit_code`` is what the command line exits with: 1, or 2 for
+    an argument that names an unusable file (the code click gives any other bad argument).
     """
 
     status: int | None = None
+    exit_code: int = 1
 
 
 # --- input -----------------------------------------------------------------------------------
@@ -82,6 +85,13 @@ class InvalidReference(AdapterHubError, ValueError):
 
 class IncompatibleBase(AdapterHubError, ValueError):
     """An adapter whose tensors do not fit the base model's modules (another base, or a wrong shape)."""
+
+
+class InvalidBaseFile(IncompatibleBase):
+    """A base model file that is no model: missing, not a GGUF, truncated, or of an architecture
+    transformers cannot dequantize. A bad argument, so the command line exits 2."""
+
+    exit_code = 2
 
 
 class TrainingDataError(AdapterHubError, ValueError):
@@ -234,6 +244,7 @@ ERROR_TABLE: Mapping[type[AdapterHubError], WireCode] = {
     InvalidName: WireCode("invalid_name", 400),
     InvalidReference: WireCode("invalid_reference", 400),
     IncompatibleBase: WireCode("incompatible_base", 409),
+    InvalidBaseFile: WireCode("invalid_base_file", 400),
     TrainingDataError: WireCode("invalid_training_data", 400),
     TrainingConfigError: WireCode("invalid_training_config", 400),
     TrainingInterrupted: WireCode("training_interrupted", 503),

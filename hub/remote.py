@@ -26,6 +26,7 @@ import httpx2
 
 from .adapter_folder import read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
+from .gguf_base import is_gguf
 from .blobstore import CHUNK
 from .credentials import stored_token
 from .echo import echo
@@ -205,7 +206,7 @@ class RemoteRegistry:
         metrics = check_metrics(metrics)  # refused here, before any object is uploaded
         adapter = read_adapter_folder(folder)
         base_name = base or adapter.base_model
-        if base_name and os.path.isdir(base_name):  # a local base: catch a mismatch before uploading
+        if base_name and (os.path.isdir(base_name) or is_gguf(base_name)):  # local: catch a mismatch before uploading
             info = load_base_info(base_name)
             if info is not None:
                 check_adapter_fits(adapter, info)
