@@ -21,12 +21,17 @@ def hub() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Worker threads.")
+@click.option("--max-waiting-http-requests", default=256, show_default=True, type=click.IntRange(0),
+              help="Requests that may wait for a free HTTP worker thread when all --threads are busy (streams "
+                   "hold them); beyond, an immediate 429 server_busy with Retry-After. /health and /metrics "
+                   "never wait: they have threads of their own.")
 @click.option("--read-token-required", is_flag=True, help="Reads need a token too (default: reads are open).")
 @click.option("--max-object-bytes", default=4 << 30, show_default=True, type=click.IntRange(1),
               help="Largest file one upload may carry.")
 @click.option("--allow-local-bases", is_flag=True,
               help="Accept pushes whose base is a folder path, read on this machine (one-machine setups).")
-def serve(registry, host, port, threads, read_token_required, max_object_bytes, allow_local_bases):
+def serve(registry, host, port, threads, max_waiting_http_requests, read_token_required, max_object_bytes,
+          allow_local_bases):
     """Serve the registry folder: push/pull API at /api, HF Hub protocol, web page at /, /health and /metrics."""
     from adapterhub.registry import LocalRegistry
     from adapterhub.server.http.app import create_app
@@ -48,7 +53,8 @@ def serve(registry, host, port, threads, read_token_required, max_object_bytes, 
     def ready(url: str) -> None:
         click.echo(f"serving registry {root} on {url} (reads {reads}, writes need a write token)", err=True)
 
-    run(app, host, port, threads, max_request_body_size=max_object_bytes + (1 << 20), ready=ready)
+    run(app, host, port, threads, max_request_body_size=max_object_bytes + (1 << 20), ready=ready,
+        max_waiting_requests=max_waiting_http_requests)
 
 
 @hub.group()

@@ -40,7 +40,7 @@ def _parse_size(value: str | None) -> int | None:
 
 @click.command("merge")
 @click.argument("refs", nargs=-1, required=True, metavar="REF [REF ...]")
-@click.option("--base", required=True, help="Base model folder (or Hub id) the adapters belong to.")
+@click.option("--base", required=True, help="Base model folder, .gguf file or Hub id the adapters belong to.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Folder for the merged model.")
 @click.option("--weights", help="One weight per adapter, comma-separated (default 1 each).")
 @click.option("--method", default="linear", show_default=True, help=f"One of {', '.join(_METHODS)}.")

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import click
 
-from adapterhub.errors import AdapterHubError
+from adapterhub.errors import AdapterHubError, disk_full
 from adapterhub.location import describe_default
 
 __all__ = ["HubGroup", "RegistryOption", "emit_json", "render_table", "human_size", "registry_option", "json_option", "warn", "quiet_ml_libraries"]
@@ -33,8 +33,13 @@ class HubGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except AdapterHubError as e:
-            raise click.ClickException(str(e)) from None
+            failure = click.ClickException(str(e))
+            failure.exit_code = e.exit_code
+            raise failure from None
         except (OSError, ValueError, KeyError) as e:
+            full = disk_full(e)
+            if full is not None:
+                raise click.ClickException(str(full)) from None
             if os.environ.get(DEBUG_ENV):
                 traceback.print_exc()
             raise click.ClickException(f"{type(e).__name__}: {e}") from None
@@ -97,12 +102,12 @@ def json_option(f):
 def emit_json(doc: Any) -> None:
     """One JSON document. A list prints one compact record per line: still one document, and
     it keeps json's C encoder (indentation switches to the pure-Python one, far slower on the
-    thousands of records a big registry lists)."""
+    thousands of records a big registry lists). Standard JSON only: a NaN is an error, not ``NaN``."""
     if isinstance(doc, list):
-        body = ",\n".join(json.dumps(item, sort_keys=True) for item in doc)
+        body = ",\n".join(json.dumps(item, sort_keys=True, allow_nan=False) for item in doc)
         click.echo(f"[\n{body}\n]" if doc else "[]")
     else:
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        click.echo(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False))
 
 
 def human_size(n: int | float | None) -> str:

@@ -40,7 +40,7 @@ def _version_line(v: AdapterVersion) -> str:
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--name", required=True, help="Adapter name (letters, digits, '.', '_', '-').")
 @click.option("--task", required=True, help="What the adapter was trained for (free text, e.g. 'sentiment').")
-@click.option("--base", default=None, help="Base model (folder or Hub id); default: the adapter's base_model_name_or_path.")
+@click.option("--base", default=None, help="Base model (folder, .gguf file or Hub id); default: the adapter's base_model_name_or_path.")
 @click.option("--tag", "tags", multiple=True, help="Tag the new version (repeatable); 'latest' moves automatically.")
 @click.option("--description", default="", help="One-paragraph description.")
 @registry_option

@@ -39,7 +39,7 @@ class ByteSize(click.ParamType):
 
 @click.command()
 @click.option("--base", default=None, metavar="PATH|HUB_ID",
-              help="Base model folder or Hub id (default: the tiny base, built once into the cache).")
+              help="Base model folder, .gguf file or Hub id (default: the tiny base, built once into the cache).")
 @registry_option
 @click.option("--quantize", type=click.Choice(["auto", "bf16", "int8", "nf4", "none"]), default="auto", show_default=True,
               help="Base weights: auto = bf16 on a CPU (near-lossless; none where no C compiler builds its kernel), "
@@ -61,6 +61,10 @@ class ByteSize(click.ParamType):
               help="Largest LoRA rank a slot holds.")
 @click.option("--threads", default=64, show_default=True, type=click.IntRange(1, 1024),
               help="HTTP worker threads (each open stream holds one).")
+@click.option("--max-waiting-http-requests", default=256, show_default=True, type=click.IntRange(0),
+              help="Requests that may wait for a free HTTP worker thread when all --threads are busy (streams "
+                   "hold them); beyond, an immediate 429 server_busy with Retry-After. /health and /metrics "
+                   "never wait: they have threads of their own.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the GPU if there is one).")
 @click.option("--max-queued-requests", default=256, show_default=True, type=click.IntRange(1),
               help="Answers waiting for the engine at most; beyond, requests get 429 with Retry-After.")
@@ -82,8 +86,9 @@ class ByteSize(click.ParamType):
                    "Needs a registry folder.")
 @ray_options
 def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter_memory, preload, lora_modules,
-          max_batch_size, max_lora_rank, threads, device, max_queued_requests, max_prompt_tokens,
-          max_generations_per_request, max_body_bytes, api_keys, admin_api_keys, metrics_auth, with_hub, fleet):
+          max_batch_size, max_lora_rank, threads, max_waiting_http_requests, device, max_queued_requests,
+          max_prompt_tokens, max_generations_per_request, max_body_bytes, api_keys, admin_api_keys, metrics_auth,
+          with_hub, fleet):
     """Serve a base model with a different adapter per request (OpenAI API at /v1).
 
     One engine thread owns the model and batches requests for different LoRA adapters, soft prompts
@@ -139,7 +144,8 @@ def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter
         # The hub's pushes carry adapter files: with the hub mounted the server takes its bodies too
         # (the OpenAI routes still check max_body_bytes themselves).
         body_limit = max(max_body_bytes, _HUB_MAX_BODY_BYTES) if with_hub else max_body_bytes
-        run(app, host, port, threads, ready=ready, stream_tokens=True, max_request_body_size=body_limit)
+        run(app, host, port, threads, ready=ready, stream_tokens=True, max_request_body_size=body_limit,
+            max_waiting_requests=max_waiting_http_requests)
 
 
 def _pinned_modules(registry: str | None, base: str | None, modules: list[tuple[str, str]]) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.command("train")
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_read_config,
               help="YAML file of settings: any flag, or TRL/PEFT names (learning_rate, lora_r...); flags win.")
-@click.option("--base", required=True, help="Base model: a local folder or a Hub id.")
+@click.option("--base", required=True, help="Base model: a local folder, a .gguf file or a Hub id.")
 @click.option("--data", "data", required=True, type=click.Path(dir_okay=False), help="Training rows (JSONL).")
 @click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out rows (JSONL) for the final evaluation.")
 @click.option("--method", type=click.Choice(["lora", "qlora", "prompt-tuning"]), default="lora", show_default=True)

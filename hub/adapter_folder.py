@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .echo import echo
 from .errors import InvalidAdapter, UnsupportedAdapter
 from .prompt_template import PROMPT_TEMPLATE_FILE, load_prompt_template, parse_prompt_template
 from .peft_format import (
@@ -118,7 +119,7 @@ def _adapter_type(config: dict[str, Any], where: Path) -> str:
     kind = ADAPTER_TYPES.get(peft_type.upper())
     if kind is None:
         supported = ", ".join(sorted(ADAPTER_TYPES))
-        raise UnsupportedAdapter(f"{where}: peft_type {peft_type!r} is not supported (supported: {supported})")
+        raise UnsupportedAdapter(f"{where}: peft_type {echo(peft_type)} is not supported (supported: {supported})")
     return kind
 
 

@@ -197,10 +197,10 @@ def default_base() -> str:
 
     Returns the folder. Raises ``OSError`` when the cache folder cannot be written.
     """
+    from .cache_dir import user_cache_dir
     from .tinybase import build_tiny_base
 
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = os.path.join(cache, "adapterhub", "tiny-llama")
+    folder = str(user_cache_dir("tiny-llama"))
     if not os.path.isfile(os.path.join(folder, "config.json")):
         try:
             build_tiny_base(folder)

@@ -58,11 +58,13 @@ def write_json_atomic(path: Path, doc: Any, *, mode: int = 0o644, durable: bool 
 
 
 @contextlib.contextmanager
-def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
+def staged_folder(out: str | os.PathLike, *, keep_existing: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces ``out`` when the block finishes without error.
 
     An existing ``out`` is moved aside first and removed after the new one is in place (two
-    renames: a folder cannot replace a non-empty folder in one).
+    renames: a folder cannot replace a non-empty folder in one). With ``keep_existing`` (a cache
+    entry: every build of it is the same) an ``out`` that appeared meanwhile wins and the new copy
+    is dropped, so a reader of the first copy never sees it vanish.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,9 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o755)
-        if out.exists():
+        if keep_existing:
+            _rename_unless_present(tmp, out)
+        elif out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / out.name)
             os.replace(tmp, out)
@@ -80,3 +84,13 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _rename_unless_present(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` to ``out`` unless another writer's ``out`` is there already (then drop ``tmp``)."""
+    try:
+        os.rename(tmp, out)  # fails on a non-empty folder, atomically: one of two racing writers wins
+    except OSError:
+        if not out.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

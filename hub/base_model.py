@@ -4,6 +4,9 @@ An adapter belongs to a base architecture, not to a spelling of its name: ``./ll
 ``meta-llama/Llama-3.2-1B`` and a bf16 copy of it are the same base if they hold the same weights
 with the same shapes. The fingerprint hashes exactly that, read from safetensors headers (no
 weights loaded), so the registry, the merger and the server agree on compatibility without torch.
+
+``model_location`` is where a base argument becomes the files every loader opens: a ``.gguf``
+file stands for its Hugging Face copy (``gguf_base``), so a GGUF and that copy are one base.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from typing import Any
 
 from .adapter_folder import AdapterFolder
 from .errors import IncompatibleBase
+from .gguf_base import gguf_hf_folder, is_gguf
 from .peft_format import SafetensorsFormatError, TensorInfo, base_weight_name, check_shapes_fit, read_safetensors_header
 
-__all__ = ["BaseInfo", "load_base_info", "check_adapter_fits", "SAFETENSORS_INDEX", "base_weight_files",
+__all__ = ["BaseInfo", "load_base_info", "model_location", "check_adapter_fits", "SAFETENSORS_INDEX", "base_weight_files",
            "read_base_headers"]
 
 log = logging.getLogger(__name__)
@@ -106,10 +110,17 @@ def _from_hub(repo_id: str, revision: str | None) -> BaseInfo | None:
     return BaseInfo(repo_id, model_type, hidden, weights)
 
 
+def model_location(base: str) -> str:
+    """What transformers and the header readers open for ``base``: a GGUF file's Hugging Face copy
+    (built into the cache on first use), else ``base`` itself (a folder or a Hub id)."""
+    return str(gguf_hf_folder(base)) if is_gguf(base) else base
+
+
 def load_base_info(base: str, revision: str | None = None) -> BaseInfo | None:
-    """Describe ``base`` (a local folder or a Hub id); ``None`` when its files cannot be reached."""
-    if os.path.isdir(base):
-        return _from_folder(Path(base), base)
+    """Describe ``base`` (a local folder, a GGUF file or a Hub id); ``None`` when its files cannot be reached."""
+    location = model_location(base)
+    if os.path.isdir(location):
+        return _from_folder(Path(location), base)
     if os.path.exists(base):
         raise IncompatibleBase(f"base {base}: not a model folder")
     if os.environ.get("HF_HUB_OFFLINE") == "1" or base.startswith((".", "/")):

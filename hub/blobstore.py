@@ -2,7 +2,10 @@
 
 Writes go to a unique temporary file in the store, are hashed on the way in, and are renamed into
 place only when complete; a process killed mid-write leaves at most a temporary file, never a
-wrong object. Readers re-hash what they copy out, so a corrupted object is caught on pull. Files
+wrong object. Readers re-hash what they copy out, so a corrupted object is caught on pull.
+Servers read objects through ``read_verified``: a part of an object costs what it reads once the
+object is known intact (hashed on its way in, or read whole, by this store, and unchanged on disk
+since), and an object not known so is hashed whole before any of its bytes go out. Files
 are stored only if they are regular files named directly (``regular_file``): never a link's target.
 The store's root is made absolute once, so every path it hands out stays valid whatever the
 process's working folder is (a hub started with a relative ``--registry`` stages links to them).
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import queue
 import shutil
@@ -30,6 +34,9 @@ from .waiting import wait_through_interrupts
 __all__ = ["BlobStore", "StoredObject", "copy_hashing", "copy_file_hashing", "sha256_file", "CHUNK"]
 
 CHUNK = 4 * 1024 * 1024
+_SERVE_CHUNK = 1 << 20  # what ``read_verified`` yields at a time
+_MAX_KNOWN_INTACT = 1 << 16  # objects ``read_verified`` remembers as intact (a few MB at most)
+log = logging.getLogger(__name__)
 # A staging folder nothing was written to for this long belongs to a writer that died (an upload
 # in flight writes to it far more often: request timeouts bound it to minutes).
 STALE_STAGING_S = 24 * 3600
@@ -219,6 +226,9 @@ class BlobStore:
         self.durable = durable
         # (st_dev, st_ino) of staged hard links -> their digest; see ``staged``.
         self._staged: dict[tuple[int, int], str] = {}
+        # digest -> the file's identity when its bytes were last seen to hash right; see ``read_verified``.
+        self._intact: dict[str, tuple[int, ...]] = {}
+        self._intact_lock = threading.Lock()
 
     def path(self, digest: str) -> Path:
         return self.root / "sha256" / digest[:2] / digest
@@ -310,7 +320,56 @@ class BlobStore:
         os.replace(tmp, final)
         if self.durable:
             fsync_path(final.parent)
+        self._known_intact(digest, os.stat(final))  # hashed on the way in
         return StoredObject(digest, size, reused=False)
+
+    def _known_intact(self, digest: str, st: os.stat_result) -> None:
+        with self._intact_lock:
+            if len(self._intact) >= _MAX_KNOWN_INTACT:
+                self._intact.clear()
+            self._intact[digest] = _identity(st)
+
+    def _is_known_intact(self, digest: str, st: os.stat_result) -> bool:
+        with self._intact_lock:
+            return self._intact.get(digest) == _identity(st)
+
+    def read_verified(self, digest: str, start: int, stop: int) -> Iterator[bytes]:
+        """Bytes ``[start, stop)`` of an object for a server to send, never unverified ones.
+
+        A range of an object known intact (see the module) is read by seeking: it costs what it
+        reads. Otherwise the whole object is hashed as it is read, the requested bytes are yielded
+        along the way and the last piece is held back until the digest matches, and a match makes
+        the object known intact. A corrupted object thus ends the output short (logged), which
+        every HTTP client treats as a failed download, instead of reaching a cache.
+        """
+        try:
+            f = open(self.path(digest), "rb")
+        except FileNotFoundError as e:
+            raise ObjectMissing(f"object sha256:{digest} is missing from the store") from e
+        with f:
+            st = os.fstat(f.fileno())
+            if self._is_known_intact(digest, st):
+                f.seek(start)
+                left = stop - start
+                while left > 0 and (chunk := f.read(min(_SERVE_CHUNK, left))):
+                    left -= len(chunk)
+                    yield chunk
+                return
+            h, held, offset = hashlib.sha256(), b"", 0
+            while chunk := f.read(_SERVE_CHUNK):
+                h.update(chunk)
+                lo, hi = max(start - offset, 0), min(stop - offset, len(chunk))
+                offset += len(chunk)
+                if lo < hi:
+                    if held:
+                        yield held
+                    held = chunk[lo:hi]
+            if h.hexdigest() != digest:
+                log.error("object sha256:%s is corrupted; download cut short (run adapterhub verify)", digest)
+                return
+            self._known_intact(digest, st)
+        if held:
+            yield held
 
     def open(self, digest: str) -> BinaryIO:
         try:
@@ -363,6 +422,12 @@ class BlobStore:
         size = p.stat().st_size
         p.unlink()
         return size
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's bytes can have: a write, a truncation, a replacement (the
+    change time moves on any of them, and no call sets it back)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _last_write(path: Path) -> float:

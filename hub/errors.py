@@ -8,6 +8,7 @@ its row of the table (``wire_code``) and the remote client turns the row back in
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -16,17 +17,21 @@ __all__ = [
     "AdapterInUse",
     "AdapterHubError",
     "AdapterNotFound",
+    "AdapterTooLarge",
     "AuthError",
     "ConcurrentModification",
     "DigestMismatch",
+    "DiskFull",
     "EndpointError",
     "IncompatibleBase",
+    "InvalidBaseFile",
     "InvalidAdapter",
     "InvalidName",
     "InvalidReference",
     "MergeError",
     "NameTaken",
     "ObjectMissing",
+    "ParentMoved",
     "PermissionDenied",
     "RegistryCorrupt",
     "RemoteError",
@@ -36,6 +41,8 @@ __all__ = [
     "UnsupportedAdapter",
     "ERROR_TABLE",
     "WireCode",
+    "disk_full",
+    "full_disk",
     "error_from_wire",
     "wire_code",
 ]
@@ -45,10 +52,12 @@ class AdapterHubError(Exception):
     """Root of every error raised on purpose by adapterhub; its message is one line for a person.
 
     ``status`` is the HTTP status of the answer when a remote hub raised the error (``None`` when
-    it was raised in this process).
+    it was raised in this process). ``exit_code`` is what the command line exits with: 1, or 2 for
+    an argument that names an unusable file (the code click gives any other bad argument).
     """
 
     status: int | None = None
+    exit_code: int = 1
 
 
 # --- input -----------------------------------------------------------------------------------
@@ -76,6 +85,13 @@ class InvalidReference(AdapterHubError, ValueError):
 
 class IncompatibleBase(AdapterHubError, ValueError):
     """An adapter whose tensors do not fit the base model's modules (another base, or a wrong shape)."""
+
+
+class InvalidBaseFile(IncompatibleBase):
+    """A base model file that is no model: missing, not a GGUF, truncated, or of an architecture
+    transformers cannot dequantize. A bad argument, so the command line exits 2."""
+
+    exit_code = 2
 
 
 class TrainingDataError(AdapterHubError, ValueError):
@@ -132,11 +148,46 @@ class ConcurrentModification(AdapterHubError):
     """The registry lock could not be taken in time (another writer holds it)."""
 
 
+class ParentMoved(AdapterHubError):
+    """A write that names the version it builds on (a Hugging Face commit's ``parentCommit``) found
+    another version there: someone wrote in between, and applying it would undo their change."""
+
+
+class DiskFull(AdapterHubError, OSError):
+    """The registry's disk has no room left: nothing was recorded; free space and retry."""
+
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+
+
+def disk_full(error: BaseException, what: str = "no room to write") -> DiskFull | None:
+    """``DiskFull`` when ``error`` is the operating system (``ENOSPC``, ``EDQUOT``) or SQLite
+    (``SQLITE_FULL``) saying there is no room left, else ``None``: the one reading of a full disk
+    that the CLI, the servers and the index share, so each says the same thing."""
+    if isinstance(error, DiskFull):
+        return error
+    full = (isinstance(error, OSError) and error.errno in _FULL_ERRNOS) or (
+        getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL)
+    return full_disk(what) if full else None
+
+
+def full_disk(what: str) -> DiskFull:
+    """The one message of a full disk, after ``what`` could not be done."""
+    return DiskFull(f"{what}: the disk is full (nothing was changed; free some space and retry)")
+
+
 # --- serving ---------------------------------------------------------------------------------
 
 
 class AdapterBusy(AdapterHubError):
-    """Every adapter slot is held by running requests (or their bytes exceed the bound); retry later."""
+    """Every adapter slot is held by running requests (or the bytes of those in use leave no room
+    under the bound for one that would fit alone); retry later."""
+
+
+class AdapterTooLarge(AdapterHubError, ValueError):
+    """An adapter bigger than the server's whole adapter memory bound (``--max-adapter-memory``): it
+    cannot fit even with nothing else loaded, so retrying is futile (422), unlike ``AdapterBusy``."""
 
 
 class AdapterInUse(AdapterBusy):
@@ -193,6 +244,7 @@ ERROR_TABLE: Mapping[type[AdapterHubError], WireCode] = {
     InvalidName: WireCode("invalid_name", 400),
     InvalidReference: WireCode("invalid_reference", 400),
     IncompatibleBase: WireCode("incompatible_base", 409),
+    InvalidBaseFile: WireCode("invalid_base_file", 400),
     TrainingDataError: WireCode("invalid_training_data", 400),
     TrainingConfigError: WireCode("invalid_training_config", 400),
     TrainingInterrupted: WireCode("training_interrupted", 503),
@@ -202,7 +254,10 @@ ERROR_TABLE: Mapping[type[AdapterHubError], WireCode] = {
     ObjectMissing: WireCode("object_missing", 404),
     RegistryCorrupt: WireCode("registry_corrupt", 500),
     ConcurrentModification: WireCode("busy", 503),
+    ParentMoved: WireCode("parent_mismatch", 412),
+    DiskFull: WireCode("disk_full", 507),
     AdapterBusy: WireCode("adapter_busy", 503),
+    AdapterTooLarge: WireCode("adapter_too_large", 422),
     AdapterInUse: WireCode("adapter_in_use", 409),
     RemoteError: WireCode("remote_error", 502),
     EndpointError: WireCode("endpoint_error", 502),

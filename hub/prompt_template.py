@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .echo import echo
 from .errors import InvalidAdapter
 from .peft_format.config_values import preview
 from .regular_file import read_regular
@@ -169,7 +170,7 @@ def parse_prompt_template(doc: Any) -> PromptTemplate:
         raise InvalidAdapter("a prompt template is a JSON object")
     unknown = sorted(set(doc) - set(_FIELDS))
     if unknown:
-        raise InvalidAdapter(f"unknown field {unknown[0][:40]!r} (a prompt template has {', '.join(_FIELDS)})")
+        raise InvalidAdapter(f"unknown field {echo(unknown[0])} (a prompt template has {', '.join(_FIELDS)})")
     version = doc.get("format_version")
     if isinstance(version, bool) or version != FORMAT_VERSION:
         raise InvalidAdapter(f"format_version must be {FORMAT_VERSION}, got {json.dumps(version)[:20]}")

@@ -18,7 +18,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .echo import echo
 from .errors import InvalidName, InvalidReference
+from .integers import parse_decimal
 
 __all__ = ["Reference", "parse_reference", "validate_name", "validate_tag", "LATEST"]
 
@@ -27,7 +29,6 @@ LATEST = "latest"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DIGEST = re.compile(r"sha256:([0-9a-f]{6,64})")
 # ASCII digits only ("²".isdigit() is true), and few enough that int() is cheap and never refuses.
-_VERSION = re.compile(r"[0-9]{1,9}")
 
 
 def validate_name(name: str) -> str:
@@ -39,7 +40,7 @@ def validate_name(name: str) -> str:
     parts = name.split("/") if isinstance(name, str) else [name]
     if len(parts) > 2 or not all(isinstance(p, str) and _NAME.fullmatch(p) and ".." not in p for p in parts):
         raise InvalidName(
-            f"invalid adapter name {name!r}: use letters, digits, '.', '_' and '-' (no '..'), starting with a "
+            f"invalid adapter name {echo(name)}: use letters, digits, '.', '_' and '-' (no '..'), starting with a "
             "letter or digit, at most 128 characters; an 'org/name' form may hold one '/'"
         )
     return name
@@ -49,7 +50,7 @@ def validate_tag(tag: str) -> str:
     """Tags share the name alphabet, but may not look like a version number or a digest."""
     if not isinstance(tag, str) or not _NAME.fullmatch(tag) or ".." in tag or tag.isdigit() or tag.startswith("sha256"):
         raise InvalidName(
-            f"invalid tag {tag!r}: use letters, digits, '.', '_' and '-', not a bare number or 'sha256...'"
+            f"invalid tag {echo(tag)}: use letters, digits, '.', '_' and '-', not a bare number or 'sha256...'"
         )
     return tag
 
@@ -82,20 +83,20 @@ def parse_reference(ref: str) -> Reference:
         if "@" in ref:
             name, _, rest = ref.partition("@")
             validate_name(name)
-            if _VERSION.fullmatch(rest):
-                version = int(rest)
+            version = parse_decimal(rest)
+            if version is not None:
                 if version < 1:
-                    raise InvalidReference(f"invalid reference {ref!r}: versions start at 1")
+                    raise InvalidReference(f"invalid reference {echo(ref)}: versions start at 1")
                 return Reference(name, version=version)
             m = _DIGEST.fullmatch(rest)
             if m:
                 return Reference(name, digest=m.group(1))
             raise InvalidReference(
-                f"invalid reference {ref!r}: after '@' give a version number or sha256:<at least 6 hex digits>"
+                f"invalid reference {echo(ref)}: after '@' give a version number or sha256:<at least 6 hex digits>"
             )
         if ":" in ref:
             name, _, tag = ref.partition(":")
             return Reference(validate_name(name), tag=validate_tag(tag))
         return Reference(validate_name(ref), tag=LATEST, bare=True)
     except InvalidName as e:
-        raise InvalidReference(f"invalid reference {ref!r}: {e}") from e
+        raise InvalidReference(f"invalid reference {echo(ref)}: {e}") from e

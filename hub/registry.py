@@ -28,11 +28,13 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Iterable, Mapping
 
 from .adapter_folder import AdapterFolder, read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
 from .blobstore import BlobStore, StoredObject, sha256_file
+from .echo import echo
 from .errors import (
     AdapterNotFound,
     ConcurrentModification,
@@ -47,6 +49,7 @@ from .index.manifest import MANIFEST_NAME, SCHEMA_VERSION, Legacy, Manifest, ind
 from .index.sqlite import TEMP_PREFIX
 from .peft_format import safetensors_problem
 from .pull_folder import open_pull_folder
+from .record_bounds import check_metrics, check_record
 from .refs import LATEST, Reference, parse_reference, validate_name, validate_tag
 
 __all__ = [
@@ -117,7 +120,7 @@ class AdapterVersion:
         for f in self.files:
             if f.path == path:
                 return f
-        raise AdapterNotFound(f"{self.ref} has no file {path!r}")
+        raise AdapterNotFound(f"{self.ref} has no file {echo(path)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -215,15 +218,6 @@ def _check_text(value: str, what: str, limit: int = 10_000) -> str:
     if not isinstance(value, str) or len(value) > limit or any(c in value for c in "\x00\r"):
         raise InvalidName(f"invalid {what}: text of at most {limit} characters without NUL or CR")
     return value
-
-
-def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in (metrics or {}).items():
-        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise InvalidName(f"invalid metric {k!r}={v!r}: metrics are name -> number")
-        out[k] = v
-    return out
 
 
 class LocalRegistry:
@@ -330,7 +324,7 @@ class LocalRegistry:
     def _require(self, name: str) -> SqlIndex:
         index = self._index()
         if index is None:
-            raise AdapterNotFound(f"no adapter named {name!r} in {self.location}")
+            raise AdapterNotFound(f"no adapter named {echo(name)} in {self.location}")
         return index
 
     # --- lookups -------------------------------------------------------------------------------
@@ -363,7 +357,7 @@ class LocalRegistry:
         if after is not None:
             ref = parse_reference(after)
             if ref.version is None:
-                raise InvalidName(f"invalid cursor {after!r}: give name@version, the last one listed")
+                raise InvalidName(f"invalid cursor {echo(after)}: give name@version, the last one listed")
             cursor = (ref.name, ref.version)
         index = self._index()
         if index is None:
@@ -393,11 +387,35 @@ class LocalRegistry:
         be read (a local folder, or a Hub id with network), every adapter tensor is checked against
         the base's module shapes before anything is stored.
         """
+        return self._push(folder, name=name, task=task, base=base, tags=tags, description=description,
+                          metrics=metrics, lineage=lineage, training=training, on_latest=...)
+
+    def push_if_latest(self, folder: str | os.PathLike, latest: int | None, **push: Any) -> AdapterVersion:
+        """``push`` as a check-and-set: the version is recorded only if ``latest`` still points at
+        version ``latest`` (``None``: the name has none yet) when the index writes it, else
+        ``ParentMoved``. A Hugging Face commit builds on the head it read, and this keeps it from
+        undoing a commit that landed in between."""
+        return self._push(folder, on_latest=latest, **push)
+
+    def _push(
+        self,
+        folder: str | os.PathLike,
+        *,
+        name: str,
+        task: str,
+        on_latest: int | None | EllipsisType,
+        base: str | None = None,
+        tags: Iterable[str] = (),
+        description: str = "",
+        metrics: Mapping[str, Any] | None = None,
+        lineage: Iterable[Mapping[str, Any]] = (),
+        training: Mapping[str, Any] | None = None,
+    ) -> AdapterVersion:
         validate_name(name)
         tags = [validate_tag(t) for t in tags]
         _check_text(task, "task", 200)
         _check_text(description, "description")
-        metrics = _check_metrics(metrics)
+        metrics = check_metrics(metrics)
         self._index()  # an unreadable or old-format registry fails the push before any object is stored
         adapter = read_adapter_folder(folder)
         base_record = self._base_record(adapter, base)
@@ -419,9 +437,11 @@ class LocalRegistry:
                 lineage=tuple(dict(x) for x in lineage),
                 training=dict(training) if training is not None else None,
             )
+            check_record(record.to_dict())
             index = self._index(create=True)
             assert index is not None
-            return _version(index.add(name, lambda version: replace(record, version=version).to_dict(), tags))
+            return _version(index.add(name, lambda version: replace(record, version=version).to_dict(), tags,
+                                      on_latest=on_latest))
 
     def _base_record(self, adapter: AdapterFolder, base: str | None) -> dict[str, Any]:
         base_name = base or adapter.base_model
@@ -451,9 +471,14 @@ class LocalRegistry:
 
     def set_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterVersion:
         """Add or update metrics of a version (evaluation can finish after the push)."""
-        metrics = _check_metrics(metrics)
+        metrics = check_metrics(metrics)
         parsed = parse_reference(ref)
-        merge = lambda record: record | {"metrics": {**record.get("metrics", {}), **metrics}}  # noqa: E731
+
+        def merge(record: dict[str, Any]) -> dict[str, Any]:
+            merged = record | {"metrics": check_metrics({**record.get("metrics", {}), **metrics})}
+            check_record(merged)
+            return merged
+
         return _version(self._require(parsed.name).update(parsed, merge))
 
     def remove(self, ref: str, *, all_versions: bool = False) -> list[AdapterVersion]:

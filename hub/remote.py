@@ -26,10 +26,13 @@ import httpx2
 
 from .adapter_folder import read_adapter_folder
 from .base_model import check_adapter_fits, load_base_info
+from .gguf_base import is_gguf
 from .blobstore import CHUNK
 from .credentials import stored_token
+from .echo import echo
 from .errors import DigestMismatch, InvalidName, RemoteError, error_from_wire
 from .pull_folder import open_pull_folder
+from .record_bounds import check_metrics
 from .refs import validate_name
 from .registry import AdapterVersion, FileEntry, GcReport, VerifyReport, folder_entries
 
@@ -47,7 +50,7 @@ def check_file_name(path: object) -> str:
     listed, so neither can be steered outside its folder.
     """
     if not isinstance(path, str) or not _FILE_NAME.match(path) or ".." in path:
-        raise InvalidName(f"invalid file path {str(path)[:80]!r}: a plain file name (no '/', no '..')")
+        raise InvalidName(f"invalid file path {echo(str(path))}: a plain file name (no '/', no '..')")
     return path
 
 
@@ -200,9 +203,10 @@ class RemoteRegistry:
     ) -> AdapterVersion:
         """Upload the objects the hub lacks, then commit the version (validated again by the hub)."""
         validate_name(name)
+        metrics = check_metrics(metrics)  # refused here, before any object is uploaded
         adapter = read_adapter_folder(folder)
         base_name = base or adapter.base_model
-        if base_name and os.path.isdir(base_name):  # a local base: catch a mismatch before uploading
+        if base_name and (os.path.isdir(base_name) or is_gguf(base_name)):  # local: catch a mismatch before uploading
             info = load_base_info(base_name)
             if info is not None:
                 check_adapter_fits(adapter, info)
@@ -321,7 +325,7 @@ class RemoteRegistry:
         return AdapterVersion.from_json(d)
 
     def set_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterVersion:
-        d = self._json("PATCH", f"/api/versions/{self._ref_path(ref)}/metrics", json=dict(metrics))
+        d = self._json("PATCH", f"/api/versions/{self._ref_path(ref)}/metrics", json=check_metrics(metrics))
         return AdapterVersion.from_json(d)
 
     def remove(self, ref: str, *, all_versions: bool = False) -> list[AdapterVersion]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic_file import write_json_atomic
+from .echo import echo
 from .errors import AdapterNotFound, InvalidName
 from .file_lock import file_lock
 
@@ -86,7 +87,7 @@ class TokenStore:
     def create(self, scope: str, name: str = "") -> tuple[str, TokenRecord]:
         """A new token and its record; the token string is returned here and nowhere else."""
         if scope not in SCOPES:
-            raise InvalidName(f"invalid scope {scope!r}: use one of {', '.join(SCOPES)}")
+            raise InvalidName(f"invalid scope {echo(scope)}: use one of {', '.join(SCOPES)}")
         if len(name) > 200 or any(c in name for c in "\x00\r\n"):
             raise InvalidName("invalid token name: one line of at most 200 characters")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -101,7 +102,7 @@ class TokenStore:
             records = self.records()
             hit = [r for r in records if r.id == token_id]
             if not hit:
-                raise AdapterNotFound(f"no token with id {token_id!r} in {self.path}")
+                raise AdapterNotFound(f"no token with id {echo(token_id)} in {self.path}")
             self._write(tuple(r for r in records if r.id != token_id))
         return hit[0]
 

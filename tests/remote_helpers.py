@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,3 +87,27 @@ def start_hub(root: Path, config: dict[str, Any] | None = None) -> Hub:
     counter = ByteCounter(create_app(registry, config=config))
     handle = start_in_thread(counter, threads=8)
     return Hub(handle.url, registry, counter, write_token, read_token, handle)
+
+
+def serve_hub_process(root: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """``adapterhub hub serve`` on ``root`` in a process of its own (another writer than the test's
+    hubs: locks held in this process mean nothing to it); its URL once it listens."""
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "adapterhub"), "hub", "serve", "--registry", str(root), "--port", "0",
+         "--allow-local-bases", *args],
+        stderr=subprocess.PIPE, text=True,
+    )
+    line = proc.stderr.readline()
+    assert "serving registry" in line, line
+    return proc, line.split(" on ")[1].split()[0]
+
+
+def stop_process(proc: subprocess.Popen) -> str:
+    """Stop a hub process started by ``serve_hub_process``; what it wrote to stderr after starting."""
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err or ""

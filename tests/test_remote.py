@@ -289,11 +289,11 @@ def test_failed_pull_into_a_new_folder_leaves_nothing(hub, lora, tmp_path):
     assert config.path == "adapter_config.json"  # the first file pulled
     obj = hub.registry.object_path(config.sha256)
     obj.chmod(0o644)
-    obj.write_bytes(b"{}")  # the hub's copy went bad: the client's check catches it
+    obj.write_bytes(b"{}")  # the hub's copy went bad: the hub's check cuts the download short
     out = tmp_path / "new"
-    with pytest.raises(DigestMismatch, match="adapter_config.json from .* hashes to"):
+    with pytest.raises(RemoteError, match="adapter_config.json .* was interrupted"):
         RemoteRegistry(hub.url).pull("sent@1", out)
-    assert not out.exists()
+    assert not (out / "adapter_config.json").exists()  # only a resumable part file, never the bad bytes
 
 
 def test_an_app_in_front_of_a_remote_hub_does_not_re_serve_it(hub):

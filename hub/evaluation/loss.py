@@ -20,7 +20,7 @@ from ..train.config import TrainConfig
 from ..train.data import Example
 from ..train.evaluate import response_loss
 from ..train.sft import prepared_rows, with_run_template
-from ..train.trainer import load_tokenizer, training_device
+from ..train.trainer import load_base_model, load_tokenizer, training_device
 from .templated import templated_examples
 
 __all__ = ["adapter_losses"]
@@ -31,10 +31,9 @@ def adapter_losses(base: str, registry: Any, versions: Sequence[Any], examples: 
     """Mean loss per trained token for each of ``versions`` (None: the bare base), in order."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     tokenizer = with_run_template(load_tokenizer(base), TrainConfig())
-    model = AutoModelForCausalLM.from_pretrained(base).to(training_device())
+    model = load_base_model(base, "lora", training_device())
     model.eval()
     rows = prepared_rows(model, tokenizer, examples, max_length)
     pad_id = tokenizer.pad_token_id

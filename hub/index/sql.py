@@ -17,9 +17,11 @@ import abc
 import contextlib
 import json
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from ..errors import AdapterNotFound, InvalidName, RegistryCorrupt
+from ..echo import echo
+from ..errors import AdapterNotFound, InvalidName, ParentMoved, RegistryCorrupt
 from ..refs import LATEST, Reference
 
 __all__ = ["SqlIndex", "Query", "Row", "Transaction", "INDEX_SCHEMA_VERSION", "record_json"]
@@ -33,8 +35,9 @@ Row = tuple[dict[str, Any], tuple[str, ...]]
 
 
 def record_json(record: Mapping[str, Any]) -> str:
-    """The record's stored text: sorted keys, as the JSON index wrote it, so output stays identical."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+    """The record's stored text: sorted keys, as the JSON index wrote it, so output stays identical;
+    standard JSON only (``registry.record_bounds`` refuses NaN first, this is the backstop)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class SqlIndex(abc.ABC):
             if row is None:
                 self._require_name(tx, ref.name)
                 known = ", ".join(sorted(t for (t,) in tx.all("SELECT tag FROM tags WHERE name = ?", ref.name)))
-                raise AdapterNotFound(f"{ref.name} has no tag {ref.tag!r} (tags: {known or 'none'})")
+                raise AdapterNotFound(f"{ref.name} has no tag {echo(ref.tag)} (tags: {known or 'none'})")
             version = row[0]
         found = tx.one(select, ref.name, version)
         if found is None:
@@ -168,7 +171,7 @@ class SqlIndex(abc.ABC):
 
     def _require_name(self, tx: Transaction, name: str) -> None:
         if tx.one("SELECT 1 FROM versions WHERE name = ? LIMIT 1", name) is None:
-            raise AdapterNotFound(f"no adapter named {name!r} in {self.location}")
+            raise AdapterNotFound(f"no adapter named {echo(name)} in {self.location}")
 
     @staticmethod
     def _span(tx: Transaction, name: str) -> str:
@@ -243,10 +246,21 @@ class SqlIndex(abc.ABC):
 
     # --- writes --------------------------------------------------------------------------------
 
-    def add(self, name: str, build: Callable[[int], dict[str, Any]], tags: Iterable[str]) -> Row:
-        """Record ``build(next version number)`` as the next version of ``name`` and tag it."""
+    def add(self, name: str, build: Callable[[int], dict[str, Any]], tags: Iterable[str], *,
+            on_latest: int | None | EllipsisType = ...) -> Row:
+        """Record ``build(next version number)`` as the next version of ``name`` and tag it.
+
+        With ``on_latest`` (a version number, or ``None`` for a name without versions), only while
+        ``latest`` still points there, else ``ParentMoved``: the check and the write are one
+        transaction under the name's lock, so no other writer can land in between."""
         tags = tuple(sorted({LATEST, *tags}))
         with self.transaction(write=True, lock=name) as tx:
+            if on_latest is not ...:
+                found = tx.one("SELECT version FROM tags WHERE name = ? AND tag = ?", name, LATEST)
+                if (found[0] if found else None) != on_latest:
+                    now = f"{name}@{found[0]}" if found else "no version"
+                    raise ParentMoved(f"{name} changed meanwhile: its latest is {now}, not the version this write "
+                                      "builds on")
             (latest,) = tx.one("SELECT max(version) FROM versions WHERE name = ?", name)
             record = build((latest or 0) + 1)
             self._insert(tx, [record])
@@ -299,7 +313,7 @@ class SqlIndex(abc.ABC):
             if all_versions:
                 rows = tx.all("SELECT record FROM versions WHERE name = ? ORDER BY version", ref.name)
                 if not rows:
-                    raise AdapterNotFound(f"no adapter named {ref.name!r} in {self.location}")
+                    raise AdapterNotFound(f"no adapter named {echo(ref.name)} in {self.location}")
                 tx.run("DELETE FROM versions WHERE name = ?", ref.name)
                 tx.run("DELETE FROM tags WHERE name = ?", ref.name)
                 return [(json.loads(r), ()) for (r,) in rows]

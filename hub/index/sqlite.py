@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..atomic_file import fsync_path
-from ..errors import ConcurrentModification, RegistryCorrupt
+from ..errors import ConcurrentModification, DiskFull, RegistryCorrupt, disk_full, full_disk
 from ..file_lock import LOCK_TIMEOUT_S
 from .sql import SqlIndex, Transaction
 
@@ -28,6 +28,7 @@ __all__ = ["SqliteIndex", "TEMP_PREFIX"]
 
 TEMP_PREFIX = ".index-"  # an index being built (a first write, a migration); gc removes leftovers
 INDEX_MODE = 0o644  # as registry.json (objects are 0o444)
+_SQLITE_IOERR = 10  # the primary code of every "disk I/O error"
 
 
 class _SqliteTransaction(Transaction):
@@ -69,7 +70,8 @@ class SqliteIndex(SqlIndex):
             try:
                 conn = self._connect(self.path, "rw")
             except sqlite3.Error as e:
-                raise RegistryCorrupt(f"{self.path}: cannot open the index ({e})") from e
+                raise self._full(e, "cannot open the index") or RegistryCorrupt(
+                    f"{self.path}: cannot open the index ({e})") from e
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
@@ -86,6 +88,9 @@ class SqliteIndex(SqlIndex):
             conn.execute("COMMIT")
         except sqlite3.OperationalError as e:
             _rollback(conn)
+            full = self._full(e, f"{self.path}: cannot {'write' if write else 'read'} the index")
+            if full is not None:
+                raise full from e
             if "locked" in str(e) or "busy" in str(e):
                 raise ConcurrentModification(f"{self.path} is held by another writer for over {LOCK_TIMEOUT_S:.0f} s") from e
             raise RegistryCorrupt(f"{self.path}: {e}") from e
@@ -95,6 +100,17 @@ class SqliteIndex(SqlIndex):
         except BaseException:
             _rollback(conn)
             raise
+
+    def _full(self, error: sqlite3.Error, what: str) -> DiskFull | None:
+        """``DiskFull`` for SQLite's "database or disk is full", and for its I/O errors while the
+        disk has no free block: a reader in WAL mode must write its shared-memory file, and on a
+        full disk SQLite reports only "disk I/O error"."""
+        full = disk_full(error, what)
+        if full is None and getattr(error, "sqlite_errorcode", 0) & 0xFF == _SQLITE_IOERR:
+            with contextlib.suppress(OSError):
+                if os.statvfs(self.path.parent).f_bavail == 0:
+                    full = full_disk(what)
+        return full
 
     def create(self) -> None:
         """Build the file under a temporary name and link it into place: readers never meet a

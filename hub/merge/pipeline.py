@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..base_model import model_location
 from ..errors import IncompatibleBase, MergeError
 from ..refs import validate_name
 from .export import copy_model_files, staged_output, write_model_card
@@ -48,6 +49,7 @@ class MergeResult:
 
 def resolve_base(base: str) -> Path:
     """A local folder of the base's files; a Hub id is downloaded (weights, config, tokenizer) first."""
+    base = model_location(base)
     if os.path.isdir(base):
         return Path(base)
     if os.path.exists(base) or base.startswith((".", "/", "~")) or base.count("/") > 1:

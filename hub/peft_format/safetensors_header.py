@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..echo import echo
 from ..errors import InvalidAdapter, SafetensorsFormatError
 from ..regular_file import open_regular
 from .dtypes import DTYPES
@@ -100,12 +101,12 @@ def _entry(name: str, entry: Any, data_start: int, where: Path) -> TensorInfo:
     )
     if not ok:
         raise SafetensorsFormatError(
-            f"{where}: bad header entry for tensor {name[:200]!r} (needs dtype, a shape of non-negative "
+            f"{where}: bad header entry for tensor {echo(name)} (needs dtype, a shape of non-negative "
             "integers and two integer data_offsets)"
         )
     dtype = entry["dtype"]
     if dtype not in DTYPES:
-        raise SafetensorsFormatError(f"{where}: tensor {name[:200]!r} has an unsupported dtype {dtype[:40]!r}")
+        raise SafetensorsFormatError(f"{where}: tensor {echo(name)} has an unsupported dtype {echo(dtype)}")
     start, end = entry["data_offsets"]
     return TensorInfo(dtype, tuple(entry["shape"]), (start, end), data_start)
 
@@ -116,14 +117,14 @@ def _check_tiling(tensors: dict[str, TensorInfo], data_len: int, where: Path) ->
     for name, info in sorted(tensors.items(), key=lambda kv: kv[1].offsets):
         start, end = info.offsets
         if start < expected or end < start:
-            raise SafetensorsFormatError(f"{where}: tensor {name[:200]!r} overlaps the tensor before it")
+            raise SafetensorsFormatError(f"{where}: tensor {echo(name)} overlaps the tensor before it")
         if start > expected:
             raise SafetensorsFormatError(
-                f"{where}: tensor {name[:200]!r} starts at byte {start}, leaving a gap after byte {expected}"
+                f"{where}: tensor {echo(name)} starts at byte {start}, leaving a gap after byte {expected}"
             )
         if end - start != info.numel * DTYPES[info.dtype].itemsize:
             raise SafetensorsFormatError(
-                f"{where}: tensor {name[:200]!r} byte range ({end - start} bytes) does not match its dtype "
+                f"{where}: tensor {echo(name)} byte range ({end - start} bytes) does not match its dtype "
                 f"and shape ({info.dtype} {list(info.shape)})"
             )
         expected = end

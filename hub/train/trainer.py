@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from ..base_model import model_location
+from ..gguf_base import is_gguf
 from ..errors import TrainingConfigError, TrainingDataError, TrainingInterrupted
 from .checkpoint import CHECKPOINTS, catch_stop_signals, prepare_output, run_record
 from .config import TrainConfig
@@ -51,8 +53,9 @@ def training_device() -> str:
 
 
 def _base_location(base: str) -> str:
-    """A local folder as an absolute path (so the adapter's config works from anywhere), else the Hub id."""
-    return str(Path(base).resolve()) if os.path.isdir(base) else base
+    """A local folder or GGUF file as an absolute path (so the adapter's config works from anywhere),
+    else the Hub id."""
+    return str(Path(base).resolve()) if os.path.isdir(base) or is_gguf(base) else base
 
 
 def load_tokenizer(base: str) -> Any:
@@ -60,7 +63,7 @@ def load_tokenizer(base: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer = AutoTokenizer.from_pretrained(model_location(base))
     except (OSError, ValueError) as e:
         raise TrainingConfigError(
             f"base {base}: cannot load its tokenizer (not a model folder or reachable Hub id)"
@@ -72,14 +75,15 @@ def load_tokenizer(base: str) -> Any:
 
 def load_base_model(base: str, method: str, device: str) -> Any:
     """The frozen base: full precision, or nf4 with k-bit preparation for QLoRA."""
+    files = model_location(base)
     try:
         if method == "qlora":
             from .qlora import load_4bit_base
 
-            return load_4bit_base(base, device)
+            return load_4bit_base(files, device)
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(base).to(device)
+        return AutoModelForCausalLM.from_pretrained(files).to(device)
     except (OSError, ValueError) as e:
         raise TrainingConfigError(f"base {base}: cannot load the model ({str(e).splitlines()[0]})") from e
 
@@ -108,7 +112,8 @@ def _peft_config(config: TrainConfig, base: str) -> Any:
     if config.prompt_init_text:
         return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens,
                                   prompt_tuning_init=PromptTuningInit.TEXT,
-                                  prompt_tuning_init_text=config.prompt_init_text, tokenizer_name_or_path=base)
+                                  prompt_tuning_init_text=config.prompt_init_text,
+                                  tokenizer_name_or_path=model_location(base))
     return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens)
 
 

@@ -1,4 +1,4 @@
-"""Load the one base model a server runs: local folder or Hub id, optionally quantized.
+"""Load the one base model a server runs: local folder, GGUF file or Hub id, optionally quantized.
 
 ``quantize`` is ``auto`` (the default: the fastest mode measured near-lossless on a real model for
 the device), ``bf16``, ``int8``, ``nf4`` or ``none``. On a CPU:
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from adapterhub.base_model import BaseInfo, load_base_info
+from adapterhub.base_model import BaseInfo, load_base_info, model_location
 from adapterhub.errors import IncompatibleBase
 
 from .attention import use_batch_invariant_attention
@@ -161,9 +161,10 @@ def load_base_model(
     kwargs: dict[str, Any] = {"dtype": dt, "device_map": {"": str(dev)}}
     if mode in ("nf4", "int8") and not cpu_packed:
         kwargs["quantization_config"] = _quantization_config(mode, dt)
+    files = model_location(base)
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(files, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(files)
     except OSError as e:
         raise IncompatibleBase(f"base {base}: cannot load ({e})".splitlines()[0]) from e
     model.eval()

@@ -29,6 +29,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from adapterhub.cache_dir import user_cache_dir
+
 __all__ = ["KernelUnavailable", "load_kernel", "kernel_cache_dir"]
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,7 @@ class KernelUnavailable(RuntimeError):
 
 def kernel_cache_dir() -> Path:
     """Where built kernels are kept: ``$XDG_CACHE_HOME/adapterhub/kernels`` (``~/.cache/...``)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "adapterhub" / "kernels"
+    return user_cache_dir("kernels")
 
 
 def _compiler() -> str:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Iterator, Mapping
 
+from adapterhub.echo import echo
+
 if TYPE_CHECKING:
     from adapterhub.registry import AdapterVersion
 
@@ -100,16 +102,16 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+            raise ValueError(f"max_tokens must be a positive integer, got {echo(self.max_tokens)}")
         if not _finite(self.temperature) or not (
                 self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
             raise ValueError(f"temperature must be 0 (greedy) or a number between {MIN_TEMPERATURE:g} and "
-                             f"{MAX_TEMPERATURE:g}, got {self.temperature!r}")
+                             f"{MAX_TEMPERATURE:g}, got {echo(self.temperature)}")
         if not _finite(self.top_p) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+            raise ValueError(f"top_p must be a number in (0, 1], got {echo(self.top_p)}")
         if self.seed is not None:
             if isinstance(self.seed, bool) or not isinstance(self.seed, int) or abs(self.seed) >= _SEED_BOUND:
-                raise ValueError(f"seed must be an integer with absolute value below 2**128, got {self.seed!r}")
+                raise ValueError(f"seed must be an integer with absolute value below 2**128, got {echo(self.seed)}")
             object.__setattr__(self, "seed", self.seed % _SEED_MODULUS)
         if not isinstance(self.stop, (tuple, list)):
             raise ValueError(f"stop must be a list of strings, got {type(self.stop).__name__}")
@@ -121,11 +123,12 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and (not _integer(value) or not 0 <= value <= MAX_LOGPROBS):
-                raise ValueError(f"{name} must be an integer between 0 and {MAX_LOGPROBS}, got {value!r}")
+                raise ValueError(f"{name} must be an integer between 0 and {MAX_LOGPROBS}, got {echo(value)}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not _finite(value) or not -MAX_PENALTY <= value <= MAX_PENALTY:
-                raise ValueError(f"{name} must be a number between {-MAX_PENALTY:g} and {MAX_PENALTY:g}, got {value!r}")
+                raise ValueError(f"{name} must be a number between {-MAX_PENALTY:g} and {MAX_PENALTY:g}, "
+                                 f"got {echo(value)}")
         object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
 
     @property
@@ -150,10 +153,10 @@ def _logit_bias(bias: object) -> tuple[tuple[int, float], ...]:
         raise ValueError(f"logit_bias takes at most {MAX_LOGIT_BIAS_TOKENS} tokens, got {len(pairs)}")
     for token, value in pairs:
         if not _integer(token) or token < 0:
-            raise ValueError(f"logit_bias keys must be token ids (non-negative integers), got {token!r}")
+            raise ValueError(f"logit_bias keys must be token ids (non-negative integers), got {echo(token)}")
         if not _finite(value) or not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
             raise ValueError(f"logit_bias values must be numbers between {-MAX_LOGIT_BIAS:g} and "
-                             f"{MAX_LOGIT_BIAS:g}, got {value!r}")
+                             f"{MAX_LOGIT_BIAS:g}, got {echo(value)}")
     if len({token for token, _ in pairs}) < len(pairs):
         raise ValueError("logit_bias names a token twice")
     return tuple(sorted((int(t), float(v)) for t, v in pairs))

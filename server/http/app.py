@@ -25,6 +25,7 @@ from .admission import AdmissionLimits
 from .api_keys import ServingKeys
 from .errors import install_error_handlers
 from .header_gate import add_gate
+from .json_body import StandardJSON
 from .state import EXTENSION, app_state
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def create_app(
     if with_hub and not isinstance(registry, LocalRegistry):
         raise ValueError("the hub routes need a registry folder, not a remote hub")
     app = Flask("adapterhub")
+    app.json = StandardJSON(app)
     app.config.update(config or {})
     app.extensions[EXTENSION] = {"registry": registry, "engine": engine}
     install_error_handlers(app)

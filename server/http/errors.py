@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from adapterhub.errors import AdapterHubError, wire_code
+from adapterhub.errors import AdapterHubError, disk_full, wire_code
 
 __all__ = ["ApiError", "install_error_handlers"]
 
@@ -64,5 +64,9 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):
+        full = disk_full(e)
+        if full is not None:  # no room is the hub's state, not a bug: a 507, without a traceback
+            app.logger.error("the registry's disk is full: %s", e)
+            return _hub_error(full)
         app.logger.exception("unhandled error")
         return _response(ApiError(500, f"internal error: {type(e).__name__}", code="internal_error"))

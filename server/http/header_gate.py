@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping
 from waitress.parser import HTTPRequestParser
 from waitress.utilities import RequestEntityTooLarge
 
+from .framing import StrictFramingParser
+
 __all__ = ["HeaderGate", "add_gate", "gate_of", "parser_for"]
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,8 @@ def add_gate(app: Any, gate: HeaderGate) -> None:
     setattr(app, _ATTR, both)
 
 
-class _GatedParser(HTTPRequestParser):
-    """Waitress's request parser, asking the gate once the headers are in."""
+class _GatedParser(StrictFramingParser):
+    """The strict request parser, asking the gate once the headers are in."""
 
     gate: HeaderGate | None = None
     body_limit: int | None = None
@@ -95,9 +97,10 @@ class _GatedParser(HTTPRequestParser):
 
 
 def parser_for(app: Any) -> type[HTTPRequestParser]:
-    """The parser class for connections serving ``app``: gated if a gate is attached."""
+    """The parser class for connections serving ``app``: strict framing (``framing``), gated if a
+    gate is attached."""
     gate = gate_of(app)
-    return HTTPRequestParser if gate is None else _gated(gate)
+    return StrictFramingParser if gate is None else _gated(gate)
 
 
 @functools.lru_cache(maxsize=16)

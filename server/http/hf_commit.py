@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from typing import Any, BinaryIO, Iterator
 
 from flask import Blueprint, current_app, jsonify, request
 
-from adapterhub.errors import InvalidAdapter, InvalidName
+from adapterhub.echo import echo
+from adapterhub.errors import ConcurrentModification, InvalidAdapter, InvalidName, ParentMoved
 from adapterhub.refs import validate_name
 from adapterhub.registry import AdapterVersion, LocalRegistry
 from adapterhub.remote import check_file_name
@@ -43,6 +43,7 @@ from .hf_compat import commit_id
 from .hf_errors import add_error_header
 from .hf_repo_id import DEFAULT_BRANCH, hub_url, repo_not_found, repo_route
 from .hf_repos import empty_repos, repo_exists
+from .json_body import parse_json_object
 from .registry_api import DEFAULT_MAX_COMMIT, MAX_COMMIT_BYTES, MAX_FILES, is_digest, json_body, push_folder
 from .state import app_state
 
@@ -70,13 +71,18 @@ def _writable_repo(repo_id: str, revision: str) -> AdapterVersion | None:
     authorize(WRITE)
     validate_name(repo_id)
     if revision != DEFAULT_BRANCH:
-        raise ApiError(400, f"commits go to {DEFAULT_BRANCH} on this hub, not {revision[:80]!r}; "
+        raise ApiError(400, f"commits go to {DEFAULT_BRANCH} on this hub, not {echo(revision)}; "
                             "tag versions with `adapterhub tag`", code="unsupported_revision")
     if request.args.get("create_pr") not in (None, "", "0", "false"):
         raise ApiError(400, "this hub has no pull requests: commit to main", code="unsupported_pull_request")
     registry = _registry()
     if not repo_exists(registry, repo_id):
         raise repo_not_found(repo_id)
+    return _head(registry, repo_id)
+
+
+def _head(registry: LocalRegistry, repo_id: str) -> AdapterVersion | None:
+    """The version ``main`` (``latest``) points at now; ``None`` for a repo created empty."""
     found = registry.list(name=repo_id, tag="latest", limit=1)
     return found[0] if found else None
 
@@ -117,17 +123,23 @@ def _file_name(path: Any) -> str:
     try:
         return check_file_name(path)
     except InvalidName:
-        raise ApiError(400, f"invalid file path {str(path)[:80]!r}: an adapter repo holds plain files at its top "
+        raise ApiError(400, f"invalid file path {echo(str(path))}: an adapter repo holds plain files at its top "
                             "(adapter_config.json, adapter_model.safetensors, README.md)", code="invalid_path") from None
 
 
-@dataclass
-class _Staged:
-    """The repo's files after the commit: path -> (sha256, size, inline temporary or None)."""
+# One commit operation: (key, path, the file it writes or None); paths and files checked as read.
+_Operation = tuple[str, str, "tuple[str, int, Path | None] | None"]
+_Files = dict[str, tuple[str, int, Path | None]]  # path -> (sha256, size, inline temporary or None)
+_ATTEMPTS = 16  # a commit without parentCommit re-applies its operations when another commit lands first
 
-    files: dict[str, tuple[str, int, Path | None]] = field(default_factory=dict)
+
+@dataclass
+class _Body:
+    """A commit as sent, before it meets the head: read once, applied to whatever the head is then."""
+
     summary: str = ""
     parent: str | None = None
+    operations: list[_Operation] = field(default_factory=list)
 
 
 def _lines(stream: BinaryIO, limit: int) -> Iterator[dict[str, Any]]:
@@ -137,11 +149,8 @@ def _lines(stream: BinaryIO, limit: int) -> Iterator[dict[str, Any]]:
             raise ApiError(413, f"a commit line is over this hub's limit of {limit} bytes", code="too_large")
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except (ValueError, RecursionError):
-            raise ApiError(400, "the commit body is JSON lines: one {key, value} object per line", code="invalid_json") from None
-        if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not isinstance(item.get("value"), dict):
+        item = parse_json_object(line, "each line of a commit body (JSON lines: one {key, value} object per line)")
+        if not isinstance(item.get("key"), str) or not isinstance(item.get("value"), dict):
             raise ApiError(400, "each commit line is {key, value}", code="invalid_json")
         yield item
 
@@ -179,41 +188,52 @@ def _lfs_object(registry: LocalRegistry, value: dict[str, Any]) -> tuple[str, in
     return oid, stored
 
 
-def _apply(head: AdapterVersion | None, folder: Path) -> _Staged:
-    """Read the commit body into ``folder`` and apply its operations to the head's files."""
+def _read_body(folder: Path) -> _Body:
+    """Read the commit body, decoding its inline files into ``folder``; nothing is applied yet."""
     registry = _registry()
     limit = current_app.config.get(MAX_COMMIT_BYTES, DEFAULT_MAX_COMMIT)
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"commit body over this hub's limit of {limit} bytes: send large files through LFS",
                        code="too_large")
-    staged = _Staged({f.path: (f.sha256, f.size, None) for f in head.files} if head is not None else {})
     lines = _lines(request.stream, limit)
     first = next(lines, None)
     if first is None or first["key"] != "header":
         raise ApiError(400, "a commit starts with its header line", code="invalid_json")
     summary, parent = first["value"].get("summary", ""), first["value"].get("parentCommit")
-    staged.summary = summary if isinstance(summary, str) else ""
-    staged.parent = parent if isinstance(parent, str) else None
+    body = _Body(summary if isinstance(summary, str) else "", parent if isinstance(parent, str) else None)
     for item in lines:
         key, value = item["key"], item["value"]
         if key == "deletedFolder":
-            prefix = str(value.get("path", "")).strip("/")
-            staged.files = {p: f for p, f in staged.files.items() if prefix and not p.startswith(prefix + "/")}
+            body.operations.append((key, str(value.get("path", "")).strip("/"), None))
             continue
         path = _file_name(value.get("path"))
         if key == "file":
-            staged.files[path] = _write_inline(folder, value)
+            body.operations.append((key, path, _write_inline(folder, value)))
         elif key == "lfsFile":
-            staged.files[path] = (*_lfs_object(registry, value), None)
+            body.operations.append((key, path, (*_lfs_object(registry, value), None)))
         elif key == "deletedFile":
-            if staged.files.pop(path, None) is None:
-                raise ApiError(404, f"cannot delete {path}: no such file in the repo", code="EntryNotFound",
+            body.operations.append((key, path, None))
+        else:
+            raise ApiError(400, f"unknown commit operation {echo(key)}", code="invalid_field")
+    return body
+
+
+def _apply(head: AdapterVersion | None, operations: list[_Operation]) -> _Files:
+    """The head's files after the operations, in order."""
+    files: _Files = {f.path: (f.sha256, f.size, None) for f in head.files} if head is not None else {}
+    for key, path, written in operations:
+        if key == "deletedFolder":
+            files = {p: f for p, f in files.items() if path and not p.startswith(path + "/")}
+        elif key == "deletedFile":
+            if files.pop(path, None) is None:
+                raise ApiError(404, f"cannot delete {echo(path)}: no such file in the repo", code="EntryNotFound",
                                headers={"X-Error-Code": "EntryNotFound"})
         else:
-            raise ApiError(400, f"unknown commit operation {key[:40]!r}", code="invalid_field")
-        if len(staged.files) > MAX_FILES:
+            assert written is not None
+            files[path] = written
+        if len(files) > MAX_FILES:
             raise ApiError(400, f"an adapter repo holds at most {MAX_FILES} files", code="invalid_manifest")
-    return staged
+    return files
 
 
 def _check_parent(head: AdapterVersion | None, parent: str | None) -> None:
@@ -221,36 +241,55 @@ def _check_parent(head: AdapterVersion | None, parent: str | None) -> None:
     if parent is None:
         return
     if head is None or len(parent) < 6 or not commit_id(head).startswith(parent.lower()):
-        raise ApiError(412, f"parent commit {parent[:40]} is not the head of {DEFAULT_BRANCH}: fetch and retry",
-                       code="parent_mismatch")
+        raise ParentMoved(f"parent commit {parent[:40]} is not the head of {DEFAULT_BRANCH}: fetch and retry")
 
 
 @repo_route(bp, "/api/models/{repo}/commit/<revision>", methods=["POST"])
 def commit(repo_id: str, revision: str):
-    head = _writable_repo(repo_id, revision)
+    """Apply the operations to the head and record the result, as one check-and-set: the version
+    lands only while the head is still the one they were applied to (``LocalRegistry.push``'s
+    ``on_latest``, checked in the index's write transaction, so across threads and processes).
+    A commit naming ``parentCommit`` that lost the race is a 412, as on the Hub; one without is
+    applied again to the new head, so neither commit undoes the other."""
+    _writable_repo(repo_id, revision)
     registry = _registry()
     staging = registry.store.root / "staging"
     staging.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hf-commit-", dir=staging) as tmp:
-        staged = _apply(head, Path(tmp))
-        _check_parent(head, staged.parent)
-        if not staged.files:
-            raise InvalidAdapter("the commit leaves the repo empty: an adapter needs adapter_config.json and its weights")
-        wanted = {p: sha for p, (sha, _, _) in staged.files.items()}
-        if head is not None and wanted == {f.path: f.sha256 for f in head.files}:
-            return _commit_answer(repo_id, head)
-        objects = {p: sha for p, (sha, _, inline) in staged.files.items() if inline is None}
-        with registry.store.staged(objects) as folder:
-            for p, (_, _, inline) in staged.files.items():
-                if inline is not None:
-                    os.replace(inline, folder / p)
-            version = push_folder(
-                registry, folder, name=repo_id, base=None,
-                task=head.task if head is not None else "",
-                description=head.description if head is not None else "",
-            )
+        body = _read_body(Path(tmp))
+        for _ in range(_ATTEMPTS):
+            head = _head(registry, repo_id)
+            _check_parent(head, body.parent)
+            try:
+                version = _record(registry, repo_id, head, _apply(head, body.operations))
+                break
+            except ParentMoved:
+                if body.parent is not None:
+                    raise
+        else:
+            raise ConcurrentModification(f"{repo_id} kept changing under this commit ({_ATTEMPTS} tries): retry")
     empty_repos().discard(repo_id)
     return _commit_answer(repo_id, version)
+
+
+def _record(registry: LocalRegistry, repo_id: str, head: AdapterVersion | None, files: _Files) -> AdapterVersion:
+    """The new version holding ``files``, recorded only if ``head`` is still the head (the head
+    itself when nothing changes). Inline files are linked, not moved, so a retry still has them."""
+    if not files:
+        raise InvalidAdapter("the commit leaves the repo empty: an adapter needs adapter_config.json and its weights")
+    if head is not None and {p: sha for p, (sha, _, _) in files.items()} == {f.path: f.sha256 for f in head.files}:
+        return head
+    objects = {p: sha for p, (sha, _, inline) in files.items() if inline is None}
+    with registry.store.staged(objects) as folder:
+        for p, (_, _, inline) in files.items():
+            if inline is not None:
+                os.link(inline, folder / p)
+        return push_folder(
+            registry, folder, name=repo_id, base=None,
+            task=head.task if head is not None else "",
+            description=head.description if head is not None else "",
+            on_latest=head.version if head is not None else None,
+        )
 
 
 def _commit_answer(repo_id: str, v: AdapterVersion):

@@ -12,36 +12,32 @@ files' sha256 (what the client names cached blobs by); no redirects, no Xet head
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import re
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, jsonify
 
+from adapterhub.echo import echo
 from adapterhub.errors import AdapterNotFound, AdapterHubError
+from adapterhub.integers import parse_decimal
 from adapterhub.refs import LATEST, Reference, validate_tag
-from adapterhub.registry import AdapterVersion, FileEntry, LocalRegistry
+from adapterhub.registry import AdapterVersion, LocalRegistry
 
 from .auth import READ, authorize
 from .errors import ApiError
 from .hf_errors import add_error_header
 from .hf_repo_id import DEFAULT_BRANCH, checked_repo_id, repo_not_found, repo_route
 from .hf_repos import empty_repos
+from .object_download import object_response
 from .state import app_state
 
 __all__ = ["bp", "commit_id", "model_tags", "repo_head", "repo_info"]
 
 bp = Blueprint("hf_compat", __name__)  # registry_api hides the registry's path in its errors, app-wide
 add_error_header(bp)
-log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{6,64})$")
-# ASCII digits and few of them, as in references: "²".isdigit() is true and int() of 5000 digits raises.
-_VERSION = re.compile(r"[0-9]{1,9}")
 _LFS_POINTER_SIZE = 134  # what a git-lfs pointer file of a sha256 takes; the client only records it
-_CHUNK = 1 << 20
 
 
 def commit_id(v: AdapterVersion) -> str:
@@ -63,8 +59,9 @@ def _candidates(name: str, revision: str) -> list[Reference]:
         out.append(Reference(name, tag=validate_tag(revision)))
     except AdapterHubError:
         pass
-    if _VERSION.fullmatch(revision) and int(revision) > 0:
-        out.append(Reference(name, version=int(revision)))
+    version = parse_decimal(revision)
+    if version:
+        out.append(Reference(name, version=version))
     m = _HEX.match(revision)
     if m:
         out.append(Reference(name, digest=m.group(1)))
@@ -83,14 +80,14 @@ def repo_head(repo_id: str, revision: str) -> AdapterVersion | None:
         if repo_id in empty_repos():
             if revision == DEFAULT_BRANCH:
                 return None
-            raise _not_found("RevisionNotFound", f"{repo_id} is empty: it has no revision {revision!r}")
+            raise _not_found("RevisionNotFound", f"{repo_id} is empty: it has no revision {echo(revision)}")
         raise repo_not_found(repo_id)
     for ref in _candidates(repo_id, revision):
         try:
             return registry.resolve(ref)
         except AdapterNotFound:
             continue
-    raise _not_found("RevisionNotFound", f"{repo_id} has no revision {revision!r}")
+    raise _not_found("RevisionNotFound", f"{repo_id} has no revision {echo(revision)}")
 
 
 def _with_commit(response, v: AdapterVersion | None):
@@ -145,7 +142,7 @@ def model_tree(repo_id: str, revision: str, path_in_repo: str = ""):
     v = repo_head(repo_id, revision)
     path_in_repo = path_in_repo.strip("/")
     if path_in_repo:  # the repo is flat: no folders to list
-        raise _not_found("EntryNotFound", f"{repo_id}@{revision} has no folder {path_in_repo!r}")
+        raise _not_found("EntryNotFound", f"{repo_id}@{revision} has no folder {echo(path_in_repo)}")
     entries = [
         {
             "type": "file",
@@ -167,60 +164,13 @@ def resolve_file(repo_id: str, revision: str, filename: str):
             raise AdapterNotFound(f"{repo_id} is empty")
         entry = v.file(filename)
     except AdapterNotFound:
-        err = _not_found("EntryNotFound", f"{repo_id}@{revision} has no file {filename!r}")
+        err = _not_found("EntryNotFound", f"{repo_id}@{revision} has no file {echo(filename)}")
         if v is not None:
             err.headers["X-Repo-Commit"] = commit_id(v)
         raise err from None
-    return _with_commit(_verified_file(_registry().object_path(entry.sha256), entry, filename), v)
-
-
-def _verified_file(path: Path, entry: FileEntry, filename: str) -> Response:
-    """The object, whole or the requested range, re-hashed as it streams.
-
-    The Hugging Face client checks only sizes, so the hub checks content: every byte of the
-    object is hashed (those outside the range are read but not sent) and the last chunk is held
-    back until the digest matches. A corrupted object thus ends the response short of its
-    Content-Length, which every client treats as a failed download, instead of reaching a cache.
-    """
-    digest, size = entry.sha256, entry.size
-    start, stop = 0, size
-    status = 200
-    if request.range is not None:
-        span = request.range.range_for_length(size)
-        if span is None:
-            raise ApiError(416, f"range not satisfiable for {size} bytes", code="range_not_satisfiable",
-                           headers={"Content-Range": f"bytes */{size}"})
-        (start, stop), status = span, 206
     headers = {
-        "ETag": f'"{digest}"',
-        "Accept-Ranges": "bytes",
-        "Content-Length": str(stop - start),
-        "X-Linked-Size": str(size),
-        "X-Linked-ETag": f'"{digest}"',
+        "X-Linked-Size": str(entry.size),
+        "X-Linked-ETag": f'"{entry.sha256}"',
         "Content-Disposition": f'attachment; filename="{filename}"',  # a stored file name: plain, no quotes
     }
-    if status == 206:
-        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    # For HEAD, werkzeug sends the headers and never starts the generator.
-    body = _stream_checked(path, digest, start, stop)
-    return Response(body, status=status, headers=headers, mimetype="application/octet-stream", direct_passthrough=True)
-
-
-def _stream_checked(path: Path, digest: str, start: int, stop: int) -> Iterator[bytes]:
-    h = hashlib.sha256()
-    held = b""
-    with open(path, "rb") as f:
-        offset = 0
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            lo, hi = max(start - offset, 0), min(stop - offset, len(chunk))
-            offset += len(chunk)
-            if lo < hi:
-                if held:
-                    yield held
-                held = chunk[lo:hi]
-    if h.hexdigest() != digest:
-        log.error("object sha256:%s is corrupted; download cut short (run adapterhub verify)", digest)
-        return
-    if held:
-        yield held
+    return _with_commit(object_response(_registry(), entry.sha256, headers), v)

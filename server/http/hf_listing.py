@@ -18,7 +18,7 @@ from adapterhub.refs import LATEST
 from adapterhub.registry import AdapterVersion, LocalRegistry
 
 from .auth import READ, authorize, check_credentials
-from .errors import ApiError
+from .integers import query_count
 from .hf_compat import commit_id, model_tags, repo_head, repo_info
 from .hf_errors import add_error_header
 from .hf_repo_id import hub_url, repo_route
@@ -38,10 +38,8 @@ def _registry() -> LocalRegistry:
 
 
 def _page_size() -> int:
-    raw = request.args.get("limit", "")
-    if raw and (not raw.isascii() or not raw.isdigit() or len(raw) > 9):
-        raise ApiError(400, "limit must be a count", code="invalid_field")
-    return min(int(raw), MAX_PAGE) if raw and int(raw) > 0 else MAX_PAGE
+    value = query_count(request.args.get("limit") or None, "limit")
+    return min(value, MAX_PAGE) if value else MAX_PAGE
 
 
 def _paged(items: list[dict[str, Any]], next_cursor: str | None):
@@ -117,10 +115,7 @@ def list_commits(repo_id: str, revision: str):
     head = repo_head(repo_id, revision)
     if head is None:
         return jsonify([])
-    raw = request.args.get(_CURSOR, "0")
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise ApiError(400, "cursor must be a count", code="invalid_field")
-    start = int(raw)
+    start = query_count(request.args.get(_CURSOR, "0"), "cursor")
     history = [v for v in _versions(_registry(), repo_id) if v.version <= head.version][::-1]
     page = history[start:start + MAX_PAGE]
     more = start + MAX_PAGE < len(history)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from flask import Blueprint, request
 
+from adapterhub.echo import echo
 from adapterhub.errors import AdapterHubError
 from adapterhub.refs import validate_name
 
@@ -46,7 +47,7 @@ def repo_route(bp: Blueprint, rule: str, **options: Any) -> Callable[[Callable[.
 
 
 def repo_not_found(repo_id: str) -> ApiError:
-    return ApiError(404, f"repository {repo_id!r} not found", code="RepoNotFound",
+    return ApiError(404, f"repository {echo(repo_id)} not found", code="RepoNotFound",
                     headers={"X-Error-Code": "RepoNotFound"})
 
 

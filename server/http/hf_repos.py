@@ -20,6 +20,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from adapterhub.atomic_file import write_json_atomic
+from adapterhub.echo import echo
 from adapterhub.errors import InvalidName
 from adapterhub.file_lock import file_lock
 from adapterhub.refs import validate_name
@@ -88,7 +89,7 @@ def _repo_id_of(body: dict[str, Any]) -> str:
     """``organization/name`` from create/delete bodies, checked; only model repos live here."""
     repo_type = body.get("type")
     if repo_type not in (None, "model"):
-        raise ApiError(400, f"this hub holds model repos (adapters) only, not {str(repo_type)[:40]!r}",
+        raise ApiError(400, f"this hub holds model repos (adapters) only, not {echo(str(repo_type))}",
                        code="unsupported_repo_type")
     name, org = body.get("name"), body.get("organization")
     if not isinstance(name, str) or not (org is None or isinstance(org, str)):

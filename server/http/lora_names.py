@@ -22,6 +22,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from adapterhub.adapter_folder import read_adapter_folder
+from adapterhub.echo import echo
 from adapterhub.errors import AdapterNotFound, InvalidName, InvalidReference, NameTaken, PermissionDenied
 from adapterhub.refs import validate_name
 from adapterhub.registry import folder_entries, manifest_digest
@@ -72,14 +73,14 @@ class LoraNames:
             raise InvalidName("both 'lora_name' and 'lora_path' must be provided")
         validate_name(lora_name)
         if lora_name == self.engine.base_name:
-            raise InvalidName(f"{lora_name!r} is the base model's name")
+            raise InvalidName(f"{echo(lora_name)} is the base model's name")
         with self._lock:
             if lora_name in self._refs and not replace:
                 raise NameTaken(f"the lora adapter '{lora_name}' has already been loaded; "
                                 "set 'load_inplace' to true to replace it")
             version = self.engine.resolve(self._version_ref(lora_name, lora_path, client=client))
             if version is None:
-                raise InvalidName(f"{lora_path!r} names the base model, not an adapter")
+                raise InvalidName(f"{echo(lora_path)} names the base model, not an adapter")
             if load:
                 self.engine.load_adapter(version)
             self._refs[lora_name] = version.ref
@@ -98,7 +99,7 @@ class LoraNames:
                 version = self._resolve_or_none(lora_name)
                 ref = version.ref if version is not None else None
                 if ref is None or not self.engine.is_loaded(ref):
-                    raise AdapterNotFound(f"the lora adapter '{lora_name}' cannot be found")
+                    raise AdapterNotFound(f"the lora adapter {echo(lora_name)} cannot be found")
             self.engine.unload_adapter(ref)  # False: evicted meanwhile; the name goes all the same
             self._refs.pop(lora_name, None)
             return ref
@@ -126,7 +127,7 @@ def pin_lora_module(registry: Registry, lora_name: str, lora_path: str, *, base:
     a resolution raises (``InvalidName``, ``AdapterNotFound``, ``InvalidAdapter``, ...)."""
     validate_name(lora_name)
     if lora_name == base:
-        raise InvalidName(f"{lora_name!r} is the base model's name")
+        raise InvalidName(f"{echo(lora_name)} is the base model's name")
     if os.path.isdir(lora_path):
         return f"{lora_name}={_push_once(registry, lora_name, lora_path, base).ref}"
     return f"{lora_name}={registry.resolve(lora_path).ref}"

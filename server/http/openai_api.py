@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from adapterhub.echo import echo
 from adapterhub.errors import IncompatibleBase
 from adapterhub.server.engine.adapters.picker import SERVED_TYPES, check_compatible
 from adapterhub.server.engine.engine import ContextTooLong, EngineStopped, QueueFull
@@ -59,6 +60,7 @@ from .disconnect import DisconnectWatcher
 from .errors import ApiError
 from .header_gate import add_gate
 from .health import ServerMetrics
+from .integers import token_id_key
 from .json_body import json_object
 from .openai_logprobs import chat_logprobs, completion_logprobs
 from .prompt_templates import refuse_token_ids, template_of, templated_messages
@@ -155,12 +157,17 @@ def _resolve(engine: Engine, body: dict[str, Any]) -> AdapterVersion | None:
     return version
 
 
+def _neutral(key: str, value: Any) -> bool:
+    """``value`` is one of ``key``'s neutral values, of the same JSON type (``true`` is not ``1``)."""
+    return any(type(value) is type(v) and value == v for v in _NEUTRAL.get(key, ()))
+
+
 def _refuse_unsupported(body: dict[str, Any], supported: frozenset[str]) -> None:
     """A field the endpoint does not implement is a 400 naming it: a client relying on it must
     not get an answer that silently ignored it."""
     for key, value in body.items():
-        if key not in supported and value is not None and value not in _NEUTRAL.get(key, ()):
-            raise ApiError(400, f"'{key}' is not supported by this server", code="unsupported_field")
+        if key not in supported and value is not None and not _neutral(key, value):
+            raise ApiError(400, f"{echo(key)} is not supported by this server", code="unsupported_field")
 
 
 def _logit_bias(body: dict[str, Any], vocab: int) -> dict[int, float]:
@@ -168,12 +175,10 @@ def _logit_bias(body: dict[str, Any], vocab: int) -> dict[int, float]:
     bias = _field(body, "logit_bias", dict, "an object mapping token ids to numbers", {})
     out = {}
     for key, value in bias.items():
-        if not key.isdigit() or int(key) >= vocab:
-            raise ApiError(400, f"'logit_bias' keys must be token ids in [0, {vocab}), got {key[:32]!r}",
-                           code="invalid_value")
+        token = token_id_key(key, "logit_bias", vocab)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ApiError(400, "'logit_bias' values must be numbers", code="invalid_type")
-        out[int(key)] = value
+        out[token] = value
     return out
 
 
@@ -549,7 +554,8 @@ def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int,
             raise ApiError(400, f"messages[{i}].content must be a string", code="invalid_type")
         for key, value in m.items():  # e.g. name, tool_calls: the template would drop them unseen
             if key not in ("role", "content") and value not in (None, "", [], {}):
-                raise ApiError(400, f"messages[{i}].{key} is not supported by this server", code="unsupported_field")
+                raise ApiError(400, f"messages[{i}].{echo(key)} is not supported by this server",
+                               code="unsupported_field")
         clean.append({"role": m["role"], "content": content})
     app_state()["limits"].check_generations(1, n)
     _bounds().check_chars(sum(len(m["content"]) for m in clean), "the conversation")  # before templating it

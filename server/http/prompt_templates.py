@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.echo import echo
 from adapterhub.errors import InvalidAdapter
 
 from .errors import ApiError
@@ -31,7 +32,7 @@ def template_of(engine: Engine, version: AdapterVersion | None) -> PromptTemplat
 def refuse_token_ids(template: PromptTemplate | None, model: str) -> None:
     """A 400 when a template would have to apply to a prompt sent as token ids."""
     if template is not None:
-        raise ApiError(400, f"{model!r} is a prompt template, which applies to text: send 'prompt' as a string "
+        raise ApiError(400, f"{echo(model)} is a prompt template, which applies to text: send 'prompt' as a string "
                             "or a list of strings, not token ids", code="invalid_value")
 
 

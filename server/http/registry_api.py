@@ -12,7 +12,7 @@ Push is three steps, as in OCI registries, so shared bytes cross the network onc
 Objects are named by digest and file names are checked against a strict alphabet, and a base
 named by a filesystem path is refused unless the app allows it (``ALLOW_LOCAL_BASES``), so no
 request can name a path outside the registry folder. Downloads (``GET /api/objects/sha256/<digest>``)
-honour ``Range`` so interrupted pulls resume.
+honour ``Range`` so interrupted pulls resume, and are verified as ``object_download`` serves them.
 
 Writes are refused from their headers before their bodies are read (``header_gate``): a request
 without a write token, or declaring more bytes than the route takes, costs the hub its headers
@@ -27,11 +27,13 @@ import json
 import os
 import re
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Mapping
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from adapterhub.adapter_folder import read_adapter_folder
+from adapterhub.echo import echo
 from adapterhub.errors import AdapterHubError, InvalidAdapter, InvalidName
 from adapterhub.refs import validate_name
 from adapterhub.registry import AdapterVersion, LocalRegistry
@@ -40,8 +42,10 @@ from adapterhub.remote import check_file_name
 from .auth import READ, WRITE, authorize, check_credentials
 from .errors import ApiError
 from .header_gate import add_gate
+from .integers import query_count
 from .hf_repo_id import repo_route
 from .json_body import json_object
+from .object_download import object_response
 from .state import app_state
 
 __all__ = ["bp", "MAX_OBJECT_BYTES", "MAX_JSON_BYTES", "MAX_COMMIT_BYTES", "ALLOW_LOCAL_BASES", "hide_registry_path",
@@ -101,7 +105,7 @@ def is_digest(value: Any) -> bool:
 
 def _check_digest(digest: Any) -> str:
     if not is_digest(digest):
-        raise ApiError(400, f"invalid digest {str(digest)[:80]!r}: 64 lowercase hex digits of a sha256",
+        raise ApiError(400, f"invalid digest {echo(str(digest))}: 64 lowercase hex digits of a sha256",
                        code="invalid_digest")
     return digest
 
@@ -123,7 +127,7 @@ def json_body() -> dict[str, Any]:
 def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
     value = body.get(key, default)
     if value is not default and not isinstance(value, kind):
-        raise ApiError(400, f"field {key!r} has the wrong type", code="invalid_field")
+        raise ApiError(400, f"field {echo(key)} has the wrong type", code="invalid_field")
     return value
 
 
@@ -151,12 +155,10 @@ def list_versions():
 
 def _count(args: Any, key: str, default: int) -> int:
     """A page parameter: a count, the page size at most MAX_PAGE (one answer stays bounded)."""
-    raw = args.get(key)
-    if raw is None:
+    value = query_count(args.get(key), key)
+    if value is None:
         return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise ApiError(400, f"{key} must be a count", code="invalid_field")
-    return min(int(raw), MAX_PAGE) if key == "limit" else int(raw)
+    return min(value, MAX_PAGE) if key == "limit" else value
 
 
 @bp.get("/versions/<path:ref>")
@@ -168,8 +170,7 @@ def show_version(ref: str):
 @bp.get("/objects/sha256/<digest>")
 def get_object(digest: str):
     authorize(READ)
-    path = _registry().object_path(_check_digest(digest))
-    return send_file(path, mimetype="application/octet-stream", conditional=True, etag=digest)
+    return object_response(_registry(), _check_digest(digest))
 
 
 # --- push ------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def _manifest(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise ApiError(400, "each file is {path, sha256, size}", code="invalid_manifest")
         path = _check_file_name(f.get("path"))
         if path in seen:
-            raise ApiError(400, f"file {path} listed twice", code="invalid_manifest")
+            raise ApiError(400, f"file {echo(path)} listed twice", code="invalid_manifest")
         seen.add(path)
         out.append({"path": path, "sha256": _check_digest(f.get("sha256")), "size": f["size"]})
     return out
@@ -236,7 +237,7 @@ def _check_base(base: str | None) -> None:
     if base.startswith(("/", ".", "~")) or "\\" in base or ".." in base.split("/"):
         raise ApiError(
             400,
-            f"base {base!r} is a path, which means nothing on a shared hub: name the base by its Hub id "
+            f"base {echo(base)} is a path, which means nothing on a shared hub: name the base by its Hub id "
             "(push with --base ORG/NAME)",
             code="local_base",
         )
@@ -273,17 +274,21 @@ def commit_version(name: str):
     return jsonify(version.to_json()), 201
 
 
-def push_folder(registry: LocalRegistry, folder: Path, *, name: str, base: str | None, **metadata: Any) -> AdapterVersion:
+def push_folder(registry: LocalRegistry, folder: Path, *, name: str, base: str | None,
+                on_latest: int | None | EllipsisType = ..., **metadata: Any) -> AdapterVersion:
     """Record a folder assembled on the hub as the next version of ``name``: the one commit path of
     the registry API and of Hugging Face commits, so both validate exactly as ``adapterhub push``
-    does (``LocalRegistry.push``), plus the hub's own rules: no stray files, no base by local path."""
+    does (``LocalRegistry.push``), plus the hub's own rules: no stray files, no base by local path.
+    ``on_latest`` makes it a check-and-set on the head (``LocalRegistry.push_if_latest``)."""
     try:
         adapter = read_adapter_folder(folder)
         extra = sorted({p.name for p in folder.iterdir()} - set(adapter.files))
         if extra:
             raise InvalidAdapter(f"not part of a PEFT adapter folder: {', '.join(extra)}")
         _check_base(base or adapter.base_model)
-        return registry.push(folder, name=name, base=base, **metadata)
+        if on_latest is ...:
+            return registry.push(folder, name=name, base=base, **metadata)
+        return registry.push_if_latest(folder, on_latest, name=name, base=base, **metadata)
     except AdapterHubError as e:
         raise _without_folder(e, str(folder)) from None
 

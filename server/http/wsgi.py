@@ -24,7 +24,10 @@ whose body was large, asks the allocator to give free memory back (``malloc_trim
 milliseconds, only then). Elsewhere than glibc both are no-ops.
 
 ``channel_request_lookahead=1`` keeps reading a connection while its request runs, so the app can
-see a client that has gone (``environ["waitress.client_disconnected"]``) and stop generating for it.
+see a client that has gone (``environ["waitress.client_disconnected"]``) and stop generating for it;
+end-of-file after a complete request is a half-close, not a departure (``half_close``). Requests are
+framed strictly (``framing``), and the worker threads are waitress's own with ``/health`` beside
+them and a bound on the requests waiting for one (``dispatcher``).
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 
+from .dispatcher import DEFAULT_MAX_WAITING, WorkerDispatcher
+from .half_close import HalfCloseChannel
 from .header_gate import parser_for
 
 __all__ = ["run", "start_in_thread", "ServerHandle", "DEFAULT_THREADS", "CONNECTION_LIMIT", "CHANNEL_TIMEOUT_S",
@@ -126,21 +130,24 @@ class _TrimAfterLargeBodies:
 
 
 class _JsonErrorTask(ErrorTask):
-    """Waitress's own refusals (413 body too large, 400 malformed, 431 headers too large) in the
-    ``{"error": {...}}`` shape the app answers with, instead of a plain-text page."""
+    """Waitress's own refusals (413 body too large, 400 malformed, 431 headers too large, 429 server
+    busy) in the ``{"error": {...}}`` shape the app answers with, instead of a plain-text page. An
+    error class may name its code, type and headers (``dispatcher.ServerBusy``)."""
 
     def execute(self) -> None:
         e = self.request.error
-        body = json.dumps({"error": {"message": f"{e.reason}: {e.body}", "type": "invalid_request_error",
-                                     "code": e.reason.lower().replace(" ", "_")}}).encode()
+        code = getattr(e, "wire_code", None) or e.reason.lower().replace(" ", "_")
+        body = json.dumps({"error": {"message": f"{e.reason}: {e.body}",
+                                     "type": getattr(e, "type_", "invalid_request_error"), "code": code}}).encode()
         self.status = f"{e.code} {e.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers.extend(getattr(e, "headers", ()))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
 
 
-class _Channel(HTTPChannel):
+class _Channel(HalfCloseChannel):
     """One connection; remembers when its request in progress began, for the receive deadline."""
 
     error_task_class = _JsonErrorTask
@@ -177,7 +184,7 @@ class _Server(TcpWSGIServer):
 
 
 def _create(app: Callable, host: str, port: int, threads: int, max_request_body_size: int, stream_tokens: bool,
-            **adjustments: Any) -> _Server:
+            max_waiting_requests: int, **adjustments: Any) -> _Server:
     settings = {
         "recv_bytes": _SOCKET_CHUNK,
         # Token streaming hands every server-sent event to the socket at once: waitress's own default
@@ -193,7 +200,9 @@ def _create(app: Callable, host: str, port: int, threads: int, max_request_body_
                       # waitress refuses a body of exactly its limit: allow the limit itself
                       max_request_body_size=max_request_body_size + 1, **settings)
     _cap_malloc_arenas()
-    server = _Server(_TrimAfterLargeBodies(app), map={}, adj=adj)
+    dispatcher = WorkerDispatcher(max_waiting_requests)
+    dispatcher.set_thread_count(threads)
+    server = _Server(_TrimAfterLargeBodies(app), map={}, adj=adj, dispatcher=dispatcher)
     # Connections parse with the app's header gate, if it has one (one class per server).
     server.channel_class = type("Channel", (_Channel,), {"parser_class": parser_for(app)})
     return server
@@ -207,15 +216,18 @@ def run(
     *,
     max_request_body_size: int = 4 * _GIB,
     stream_tokens: bool = False,
+    max_waiting_requests: int = DEFAULT_MAX_WAITING,
     ready: Callable[[str], None] | None = None,
     **adjustments: Any,
 ) -> None:
     """Serve ``app`` until interrupted; ``ready(url)`` is called once the socket listens.
 
     ``stream_tokens`` sends each write of a response at once (server-sent events, token by token)
-    instead of gathering 256 KB; other waitress ``adjustments`` override the defaults above.
+    instead of gathering 256 KB; ``max_waiting_requests`` bounds the requests waiting for a worker
+    thread (``dispatcher``); other waitress ``adjustments`` override the defaults above.
     """
-    server = _create(app, host, port, threads, max_request_body_size, stream_tokens, **adjustments)
+    server = _create(app, host, port, threads, max_request_body_size, stream_tokens, max_waiting_requests,
+                     **adjustments)
     url = f"http://{_url_host(host)}:{server.effective_port}"
     if ready is not None:
         ready(url)
@@ -266,10 +278,12 @@ def start_in_thread(
     *,
     max_request_body_size: int = 4 * _GIB,
     stream_tokens: bool = False,
+    max_waiting_requests: int = DEFAULT_MAX_WAITING,
     **adjustments: Any,
 ) -> ServerHandle:
     """Start ``app`` on ``host:port`` (0 = a free port) in a daemon thread and return at once."""
-    server = _create(app, host, port, threads, max_request_body_size, stream_tokens, **adjustments)
+    server = _create(app, host, port, threads, max_request_body_size, stream_tokens, max_waiting_requests,
+                     **adjustments)
     stop = threading.Event()
     thread = threading.Thread(target=_serve_until, args=(server, stop), name="waitress", daemon=True)
     thread.start()

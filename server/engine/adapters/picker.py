@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.adapter_folder import PROMPT_TEMPLATE
+from adapterhub.echo import echo
 from adapterhub.errors import AdapterNotFound, IncompatibleBase, InvalidReference, UnsupportedAdapter
 from adapterhub.peft_format import check_shapes_fit
 
@@ -88,7 +89,7 @@ class AdapterPicker:
         try:
             version = self.registry.resolve(model)
         except InvalidReference as e:
-            raise AdapterNotFound(f"model {model!r} does not exist: {e}") from e
+            raise AdapterNotFound(f"model {echo(model)} does not exist: {e}") from e
         if version.adapter_type not in SERVED_TYPES:
             raise UnsupportedAdapter(f"{version.ref}: adapter type {version.adapter_type} cannot be served")
         if version.adapter_type == "lora" and self.lora_slots is None:

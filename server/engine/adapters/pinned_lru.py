@@ -4,7 +4,8 @@ LoRA slots and soft prompts differ only in what an entry holds and in what a ful
 
 * a LoRA occupies one of a fixed number of slots, so a cache whose entries are all pinned makes a
   new adapter wait for a slot (``AdapterBusy`` after the timeout), and an adapter that would take
-  the cache over its byte bound is refused (``elastic=False``);
+  the cache over its byte bound is refused (``elastic=False``): ``AdapterBusy`` while others in use
+  hold the room, ``AdapterTooLarge`` when it exceeds the bound alone and never fits;
 * a soft prompt is a plain tensor, so pinned prompts may take the cache over its bounds until their
   requests finish (``elastic=True``).
 
@@ -22,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
-from adapterhub.errors import AdapterBusy, AdapterInUse
+from adapterhub.errors import AdapterBusy, AdapterInUse, AdapterTooLarge
 
 from .cache_stats import CacheStats
 
@@ -167,7 +168,11 @@ class PinnedLRU(Generic[V]):
 
     def _shrink(self, keep: CacheEntry[V] | None = None) -> None:
         """Evict idle entries, least recently used first, until both bounds hold; when they cannot,
-        refuse ``keep`` (the entry just loaded) unless the cache is elastic."""
+        refuse ``keep`` (the entry just loaded) unless the cache is elastic, before evicting
+        anything for an entry that could never fit."""
+        if keep is not None and not self._elastic and self.max_bytes is not None and keep.bytes > self.max_bytes:
+            raise AdapterTooLarge(f"{keep.label} needs {keep.bytes} bytes, more than the server's whole "
+                                  f"{self.max_bytes}-byte adapter memory bound (--max-adapter-memory)")
         counted = [e for e in self._entries.values() if e.ready or e is keep]
         count, total = len(counted), sum(e.bytes for e in counted)
         for e in [e for e in counted if e is not keep and e.pins == 0]:
