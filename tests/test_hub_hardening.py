@@ -138,7 +138,7 @@ def test_metrics_patch_refuses_non_finite_and_bad_names(metrics_hub, body):
     before = snapshot(metrics_hub.registry.root)
     r = _patch(metrics_hub, body)
     assert r.status_code == 400, r.text
-    assert r.json()["error"]["code"] in ("invalid_json", "invalid_name")
+    assert r.json()["error"]["code"] in ("invalid_value", "invalid_json", "invalid_name")
     assert snapshot(metrics_hub.registry.root) == before
 
 
