@@ -168,22 +168,26 @@ class ServerProcess:
     """``python -m adapterhub.cli serve`` in a subprocess, reached over HTTP on loopback; one
     keep-alive connection per client thread. Use as a context manager (the process is stopped after)."""
 
-    def __init__(self, base: Path, registry: Path, *extra: str) -> None:
+    def __init__(self, base: Path, registry: Path, *extra: str, log: Path | None = None) -> None:
         env = dict(os.environ, ADAPTERHUB_REGISTRY=str(registry))
         cmd = [sys.executable, "-m", "adapterhub.cli", "serve", "--base", str(base), "--port", "0", *extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
         self.url: tuple[str, int] | None = None
         self.banner = ""
+        self.log = open(log, "w") if log is not None else None  # the server's stderr, kept when asked
+        self._drain: threading.Thread | None = None
         for line in self.proc.stderr:
+            self._keep(line)
             found = re.search(r"serving .* on http://([\d.]+):(\d+): OpenAI API", line)
             if found:
                 self.url, self.banner = (found.group(1), int(found.group(2))), line.strip()
                 break
         if self.url is None:
             self.close()
-            raise RuntimeError("the server did not start")
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+            raise RuntimeError("the server did not start" + (f"; see {log}" if log else ""))
+        self._drain = threading.Thread(target=lambda: [self._keep(line) for line in self.proc.stderr], daemon=True)
+        self._drain.start()
         self._local = threading.local()
 
     def post(self, path: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -216,9 +220,18 @@ class ServerProcess:
         conn.request("GET", path)
         return conn.getresponse().read().decode()
 
+    def _keep(self, line: str) -> None:
+        if self.log is not None:
+            self.log.write(line)
+            self.log.flush()
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+        if self._drain is not None:
+            self._drain.join(5)
+        if self.log is not None:
+            self.log.close()
 
     def __enter__(self) -> ServerProcess:
         return self

@@ -8,6 +8,8 @@ renamed into place only when every one verified. The token comes from ``token=``
 ``$ADAPTERHUB_TOKEN``, else the one ``adapterhub login`` stored for the URL (``hub.credentials``),
 and travels as ``Authorization: Bearer``. A refusal of the hub comes back as
 the exception class the hub raised (``raise_for_status`` reads ``adapterhub.errors.ERROR_TABLE``).
+A hub that answers 429/503 (busy: it did not act) is asked again, and a GET, PUT or DELETE also
+after a connection error, as ``retry=`` (``hub.retry.RetryPolicy``) allows.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import hashlib
 import os
 import re
 import sys
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote
 
 import httpx2
@@ -35,12 +37,15 @@ from .pull_folder import open_pull_folder
 from .record_bounds import check_metrics
 from .refs import validate_name
 from .registry import AdapterVersion, FileEntry, GcReport, VerifyReport, folder_entries
+from .retry import DEFAULT_RETRY, IDEMPOTENT_METHODS, RetryPolicy, send_with_retries, tries_note
 
 __all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN", "check_file_name", "raise_for_status"]
 
 ENV_TOKEN = "ADAPTERHUB_TOKEN"
 _PROGRESS_MIN_BYTES = 8 << 20
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The connection errors and timeouts after which a request may go again (as huggingface_hub's).
+_TRANSIENT = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
 
 
 def check_file_name(path: object) -> str:
@@ -66,10 +71,11 @@ class TransferStats:
     resumed_bytes: int = 0
 
 
-def raise_for_status(response: httpx2.Response, what: str) -> None:
+def raise_for_status(response: httpx2.Response, what: str, *, tries: int = 1) -> None:
     """Raise the exception an error answer of the hub stands for: the class its ``error.code`` names
     in ``ERROR_TABLE``, so callers catch what a local registry would raise. ``what`` names the call
-    in the message when the answer carries no hub error (a proxy's page, a cut connection)."""
+    in the message when the answer carries no hub error (a proxy's page, a cut connection); after
+    retries the message ends with the last status and the count (``(429 server_busy, after 5 tries)``)."""
     if response.status_code < 400:
         return
     response.read()
@@ -78,11 +84,14 @@ def raise_for_status(response: httpx2.Response, what: str) -> None:
         message, code = str(err["message"]), err.get("code")
     except (ValueError, KeyError, TypeError, AttributeError):
         message, code = f"{what}: HTTP {response.status_code} {response.reason_phrase}", None
-    raise error_from_wire(code if isinstance(code, str) else None, message, status=response.status_code)
+    code = code if isinstance(code, str) else None
+    message += tries_note(tries, f"{response.status_code} {code or ''}".strip())
+    raise error_from_wire(code, message, status=response.status_code)
 
 
 class RemoteRegistry:
-    """A hub at ``url`` (``http://host:port``); implements ``Registry``."""
+    """A hub at ``url`` (``http://host:port``); implements ``Registry``. ``retry`` bounds how often
+    and how long a request the hub refused for now (or a cut idempotent one) is sent again."""
 
     def __init__(
         self,
@@ -91,8 +100,10 @@ class RemoteRegistry:
         token: str | None = None,
         progress: bool | None = None,
         timeout: float = 60.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.url = url.rstrip("/")
+        self.retry = retry
         token = token if token is not None else os.environ.get(ENV_TOKEN) or stored_token(self.url)
         headers = {"User-Agent": "adapterhub"}
         if token:
@@ -119,12 +130,43 @@ class RemoteRegistry:
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kw: Any) -> httpx2.Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str | None = None,
+        idempotent: bool | None = None,
+        body: Callable[[], Any] | None = None,
+        resendable: bool = True,
+        stream: bool = False,
+        **kw: Any,
+    ) -> httpx2.Response:
+        """Send (and resend, as ``hub.retry`` decides) one request; an error answer is raised.
+
+        ``idempotent`` defaults to what the method says; ``body`` makes the content anew for each
+        try (a stream rewound to its start), ``resendable=False`` when it cannot be. A ``stream``
+        answer is returned unread: the caller closes it."""
+
+        def send() -> httpx2.Response:
+            content = {"content": body()} if body is not None else {}
+            return self._client.send(self._client.build_request(method, path, **content, **kw), stream=stream)
+
         try:
-            response = self._client.request(method, path, **kw)
+            outcome = send_with_retries(
+                send, policy=self.retry, idempotent=method in IDEMPOTENT_METHODS if idempotent is None else idempotent,
+                transient=_TRANSIENT, resendable=resendable)
         except httpx2.HTTPError as e:
             raise RemoteError(f"cannot reach the hub at {self.url}: {e}") from e
-        raise_for_status(response, f"{method} {path}")
+        if outcome.error is not None:
+            raise RemoteError(f"cannot reach the hub at {self.url}: {outcome.error}{tries_note(outcome.tries)}"
+                              ) from outcome.error
+        response = outcome.answer
+        try:
+            raise_for_status(response, what or f"{method} {path}", tries=outcome.tries)
+        except BaseException:
+            response.close()
+            raise
         return response
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -211,7 +253,8 @@ class RemoteRegistry:
             if info is not None:
                 check_adapter_fits(adapter, info)
         files = folder_entries(adapter)
-        missing = set(self._json("POST", "/api/objects/check", json={"digests": [f.sha256 for f in files]})["missing"])
+        missing = set(self._json("POST", "/api/objects/check", json={"digests": [f.sha256 for f in files]},
+                                 idempotent=True)["missing"])  # a read: safe to send again
         stats = TransferStats()
         to_send = {f.sha256: f for f in files if f.sha256 in missing}  # identical files go once
         for f in files:
@@ -224,7 +267,8 @@ class RemoteRegistry:
                     self._request(
                         "PUT",
                         f"/api/objects/sha256/{f.sha256}",
-                        content=_chunks(src, bar),
+                        body=lambda src=src: _rewound_chunks(src, bar),
+                        resendable=src.seekable(),
                         headers={"Content-Length": str(f.size), "Content-Type": "application/octet-stream"},
                     )
                 stats.sent_bytes += f.size
@@ -286,9 +330,10 @@ class RemoteRegistry:
             bar.update(have)
         if have < entry.size:
             headers = {"Range": f"bytes={have}-"} if have else {}
+            r = self._request("GET", f"/api/objects/sha256/{entry.sha256}", what=f"download {entry.path}",
+                              headers=headers, stream=True)
             try:
-                with self._client.stream("GET", f"/api/objects/sha256/{entry.sha256}", headers=headers) as r:
-                    raise_for_status(r, f"download {entry.path}")
+                with closing(r):
                     if have and r.status_code != 206:  # the hub ignored the range: start over
                         h, have = hashlib.sha256(), 0
                     with open(part, "ab" if have else "wb") as dst:
@@ -341,7 +386,10 @@ class RemoteRegistry:
         return None
 
 
-def _chunks(src: BinaryIO, bar: Any) -> Iterator[bytes]:
+def _rewound_chunks(src: BinaryIO, bar: Any) -> Iterator[bytes]:
+    """The file from its start, for each try of an upload (the bar takes back a refused try's bytes)."""
+    bar.update(-src.tell())
+    src.seek(0)
     while chunk := src.read(CHUNK):
         bar.update(len(chunk))
         yield chunk
