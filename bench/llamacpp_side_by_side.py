@@ -53,10 +53,11 @@ class LlamaServer:
     """``llama-server`` in a subprocess, ``--parallel`` slots with continuous batching, LoRAs loaded
     but applied per request only."""
 
-    def __init__(self, binary: str, model: str, loras: list[str], parallel: int, threads: int, ctx: int) -> None:
+    def __init__(self, binary: str, model: str, loras: list[str], parallel: int, threads: int, ctx: int,
+                 extra: list[str]) -> None:
         self.port = _free_port()
         cmd = [binary, "-m", model, "--port", str(self.port), "--host", "127.0.0.1", "--parallel", str(parallel),
-               "--cont-batching", "-t", str(threads), "-c", str(ctx), "--no-webui"]
+               "--cont-batching", "-t", str(threads), "-c", str(ctx), "--no-webui", *extra]
         for lora in loras:
             cmd += ["--lora", lora]
         if loras:
@@ -139,6 +140,8 @@ def main() -> None:
     ap.add_argument("--round-s", type=float, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="llama.cpp's -t")
+    ap.add_argument("--llama-args", nargs="*", default=[],
+                    help="more llama-server flags, e.g. --no-repack where its AMX weight repacking never finishes")
     ap.add_argument("--save", default=None)
     args = ap.parse_args()
     if len(args.llama_loras) != len(args.adapters) or len(args.adapters) < args.clients:
@@ -163,7 +166,7 @@ def main() -> None:
                 for system in ("llama.cpp", "adapterhub"):
                     if system == "llama.cpp":
                         server: Any = LlamaServer(args.llama_server, gguf, args.llama_loras, args.clients,
-                                                  args.threads, ctx)
+                                                  args.threads, ctx, args.llama_args)
                         base_send = lambda c, ids: server.complete(None, ids, args.new)  # noqa: E731
                         lora_send = lambda c, ids: server.complete(c, ids, args.new)  # noqa: E731
                     else:
