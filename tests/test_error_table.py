@@ -10,6 +10,7 @@ import pytest
 
 from adapterhub.errors import ERROR_TABLE, AdapterHubError, RemoteError
 from adapterhub.remote import RemoteRegistry
+from adapterhub.retry import RetryPolicy
 from remote_helpers import start_hub
 
 
@@ -51,8 +52,9 @@ def raising_hub(tmp_path):
 
 @pytest.mark.parametrize("cls", list(ERROR_TABLE), ids=lambda cls: cls.__name__)
 def test_remote_client_raises_the_class_the_hub_raised(raising_hub, cls):
+    """One try: the class and message as raised (retrying 429/503 is test_client_retries')."""
     wire = ERROR_TABLE[cls]
-    with RemoteRegistry(raising_hub.url, token=raising_hub.read_token) as remote:
+    with RemoteRegistry(raising_hub.url, token=raising_hub.read_token, retry=RetryPolicy(tries=1)) as remote:
         with pytest.raises(AdapterHubError) as info:
             remote._request("GET", f"/api/test-raise/{wire.code}")
     assert type(info.value) is cls
