@@ -65,6 +65,9 @@ class ByteSize(click.ParamType):
               help="Requests that may wait for a free HTTP worker thread when all --threads are busy (streams "
                    "hold them); beyond, an immediate 429 server_busy with Retry-After. /health and /metrics "
                    "never wait: they have threads of their own.")
+@click.option("--send-timeout", "send_timeout_s", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds an answer may wait for a client that reads nothing (more than 64 KiB of it undelivered) "
+                   "before its connection is dropped and its generation cancelled, freeing its batch rows.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the GPU if there is one).")
 @click.option("--max-queued-requests", default=256, show_default=True, type=click.IntRange(1),
               help="Answers waiting for the engine at most; beyond, requests get 429 with Retry-After.")
@@ -86,9 +89,9 @@ class ByteSize(click.ParamType):
                    "Needs a registry folder.")
 @ray_options
 def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter_memory, preload, lora_modules,
-          max_batch_size, max_lora_rank, threads, max_waiting_http_requests, device, max_queued_requests,
-          max_prompt_tokens, max_generations_per_request, max_body_bytes, api_keys, admin_api_keys, metrics_auth,
-          with_hub, fleet):
+          max_batch_size, max_lora_rank, threads, max_waiting_http_requests, send_timeout_s, device,
+          max_queued_requests, max_prompt_tokens, max_generations_per_request, max_body_bytes, api_keys,
+          admin_api_keys, metrics_auth, with_hub, fleet):
     """Serve a base model with a different adapter per request (OpenAI API at /v1).
 
     One engine thread owns the model and batches requests for different LoRA adapters, soft prompts
@@ -145,7 +148,7 @@ def serve(base, registry, quantize, host, port, max_loaded_adapters, max_adapter
         # (the OpenAI routes still check max_body_bytes themselves).
         body_limit = max(max_body_bytes, _HUB_MAX_BODY_BYTES) if with_hub else max_body_bytes
         run(app, host, port, threads, ready=ready, stream_tokens=True, max_request_body_size=body_limit,
-            max_waiting_requests=max_waiting_http_requests)
+            max_waiting_requests=max_waiting_http_requests, send_timeout_s=send_timeout_s)
 
 
 def _pinned_modules(registry: str | None, base: str | None, modules: list[tuple[str, str]]) -> tuple[str, ...]:

@@ -208,8 +208,9 @@ class Engine:
             )
 
     def submit(self, prompt_ids: list[int], params: SamplingParams,
-               version: AdapterVersion | None = None) -> GenerationRequest:
-        """Queue a request and return it; read ``request.stream`` for its tokens.
+               version: AdapterVersion | None = None, group: str | None = None) -> GenerationRequest:
+        """Queue a request and return it; read ``request.stream`` for its tokens. Requests of one
+        ``group`` (the answers of one HTTP request) share the batch as one (``scheduler``).
 
         The adapter is loaded here, in the caller's thread, if it is not resident: the engine loop
         keeps decoding everyone else meanwhile. Raises ``QueueFull`` when ``max_queued_requests``
@@ -222,7 +223,7 @@ class Engine:
         self.check_fits(len(prompt_ids), version, params.max_tokens)
         if not all(0 <= t < self.vocab_size for t in prompt_ids):  # an embedding lookup past the end is fatal on CUDA
             raise ValueError(f"token ids must be integers in [0, {self.vocab_size})")
-        request = GenerationRequest(list(prompt_ids), params, adapter=version)
+        request = GenerationRequest(list(prompt_ids), params, adapter=version, group=group)
         if not self._scheduler.has_room():
             raise self._queue_full()
         self.adapters.pin(request)

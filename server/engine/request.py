@@ -265,6 +265,10 @@ class GenerationRequest:
     ``adapter`` is the registry version (``hub.registry.AdapterVersion``) the HTTP thread resolved
     and checked against the base, or ``None`` for the bare base model. While the request runs, the
     engine pins the loaded adapter in ``soft_prompt`` or ``lora`` (``adapters.picker`` does both).
+
+    ``group`` names the requests that share in the batch as one: the answers of one HTTP request
+    (its prompts times ``n``). The scheduler admits waiting requests round-robin across groups, so
+    one group with many answers never takes the batch from the others; ``None`` is a group of one.
     """
 
     prompt_ids: list[int]
@@ -275,6 +279,12 @@ class GenerationRequest:
     submitted_at: float = field(default_factory=time.monotonic)
     soft_prompt: SoftPrompt | None = None
     lora: LoraSlot | None = None
+    group: str | None = None
+
+    @property
+    def share_key(self) -> str:
+        """What fair admission counts rows by: the group, or the request alone."""
+        return self.group or self.id
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:

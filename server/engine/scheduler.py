@@ -1,6 +1,8 @@
 """Continuous batching: one thread owns the model and decodes every running request in one loop.
 
-Between two decode steps the loop admits queued requests while the batch has room: it runs their
+Between two decode steps the loop admits queued requests while the batch has room, round-robin
+across the groups they belong to (the answers of one HTTP request are one group), so no caller's
+many answers take the batch while another's wait (``_take_fair_share``); it runs their
 prompts through the model in one prefill pass and joins their key/value cache to the running
 batch's (``kv_cache``). Each decode step feeds every row its last token; rows that finish leave at
 once, so a short request never waits for a long one.
@@ -33,6 +35,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
@@ -277,13 +280,32 @@ class Scheduler:
     def _admit(self) -> None:
         """Prefill as many waiting requests as the batch has room for and join them to it; when the
         prefill raises, prefill them one by one, so only the request that breaks it fails."""
-        room = self.max_batch_size - len(self._rows)
-        joining, self._waiting = self._waiting[:room], self._waiting[room:]
+        joining = self._take_fair_share(self.max_batch_size - len(self._rows))
         self._dequeued(len(joining))
         plain = [r for r in joining if r.params.prompt_logprobs is None]
         echoing = [r for r in joining if r.params.prompt_logprobs is not None]
         groups = ([plain] if plain else []) + [[r] for r in echoing]
         self._join([p for group in groups for p in self._prefill_group(group)])
+
+    def _take_fair_share(self, room: int) -> list[GenerationRequest]:
+        """Up to ``room`` waiting requests, round-robin across groups (``GenerationRequest.group``):
+        a request's turn is the number of rows its group already runs plus those of its group
+        waiting ahead of it, ties going to the earlier arrival. First come, first served by row let
+        one request with ``n`` answers (or a burst of them) fill the batch while a one-row request
+        behind it waited for all of them to finish; this way every group gets a row before any
+        gets a second. (vLLM and SGLang admit first come, first served, but with hundreds of rows
+        per batch; with 16, one caller's answers are the whole batch.)"""
+        if room <= 0 or not self._waiting:
+            return []
+        turns = Counter(row.request.share_key for row in self._rows)
+        ranked = []
+        for arrival, request in enumerate(self._waiting):
+            ranked.append((turns[request.share_key], arrival))
+            turns[request.share_key] += 1
+        chosen = {arrival for _, arrival in sorted(ranked)[:room]}
+        joining = [r for i, r in enumerate(self._waiting) if i in chosen]
+        self._waiting = [r for i, r in enumerate(self._waiting) if i not in chosen]
+        return joining
 
     def _prefill_group(self, joining: list[GenerationRequest]) -> list[_Prefilled]:
         try:

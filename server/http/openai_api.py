@@ -261,18 +261,20 @@ def _submit(engine: Engine, version: AdapterVersion | None, prompts: list[list[i
             n: int) -> list[_Choice]:
     """Queue ``n`` answers per prompt; all or nothing (a failure cancels those already queued).
 
-    The j-th answer's seed is ``seed + j`` (the engine reduces seeds modulo 2**64)."""
+    The j-th answer's seed is ``seed + j`` (the engine reduces seeds modulo 2**64). The answers are
+    one group: the engine admits them round-robin with other requests', not all before them."""
     for ids in prompts:
         try:
             engine.check_fits(len(ids), version, params.max_tokens)
         except ContextTooLong as e:
             raise ApiError(400, str(e), code="context_length_exceeded") from None
     choices: list[_Choice] = []
+    group = uuid.uuid4().hex
     try:
         for ids in prompts:
             for j in range(n):
                 p = params if params.seed is None else replace(params, seed=params.seed + j)
-                choices.append(_Choice(engine.submit(ids, p, version)))
+                choices.append(_Choice(engine.submit(ids, p, version, group)))
     except EngineStopped as e:
         _cancel(choices)
         raise ApiError(503, str(e), code="shutting_down") from None

@@ -25,7 +25,8 @@ milliseconds, only then). Elsewhere than glibc both are no-ops.
 
 ``channel_request_lookahead=1`` keeps reading a connection while its request runs, so the app can
 see a client that has gone (``environ["waitress.client_disconnected"]``) and stop generating for it;
-end-of-file after a complete request is a half-close, not a departure (``half_close``). Requests are
+end-of-file after a complete request is a half-close, not a departure (``half_close``); a client
+that stops reading its answer is dropped after ``send_timeout_s`` (``send_timeout``). Requests are
 framed strictly (``framing``), and the worker threads are waitress's own with ``/health`` beside
 them and a bound on the requests waiting for one (``dispatcher``).
 """
@@ -50,6 +51,7 @@ from waitress.task import ErrorTask
 from .dispatcher import DEFAULT_MAX_WAITING, WorkerDispatcher
 from .half_close import HalfCloseChannel
 from .header_gate import parser_for
+from .send_timeout import DEFAULT_SEND_TIMEOUT_S, SendTimeoutChannel
 
 __all__ = ["run", "start_in_thread", "ServerHandle", "DEFAULT_THREADS", "CONNECTION_LIMIT", "CHANNEL_TIMEOUT_S",
            "REQUEST_HEADER_TIMEOUT_S", "MIN_BODY_BYTES_PER_S"]
@@ -147,8 +149,9 @@ class _JsonErrorTask(ErrorTask):
         self.write(body)
 
 
-class _Channel(HalfCloseChannel):
-    """One connection; remembers when its request in progress began, for the receive deadline."""
+class _Channel(SendTimeoutChannel, HalfCloseChannel):
+    """One connection; remembers when its request in progress began, for the receive deadline, and
+    gives up on a client that stops reading (``send_timeout``)."""
 
     error_task_class = _JsonErrorTask
     request_started = 0.0
@@ -179,12 +182,16 @@ class _Server(TcpWSGIServer):
     def maintenance(self, now: float) -> None:
         super().maintenance(now)
         for channel in list(self.active_channels.values()):
-            if isinstance(channel, _Channel) and channel.overdue(now):
+            if isinstance(channel, _Channel) and channel.stalled:
+                channel.handle_close()  # its client reads nothing: the unsent answer is dropped
+            elif isinstance(channel, _Channel) and channel.overdue(now):
                 channel.will_close = True
 
 
 def _create(app: Callable, host: str, port: int, threads: int, max_request_body_size: int, stream_tokens: bool,
-            max_waiting_requests: int, **adjustments: Any) -> _Server:
+            max_waiting_requests: int, send_timeout_s: float, **adjustments: Any) -> _Server:
+    if send_timeout_s <= 0:
+        raise ValueError("send_timeout_s must be positive")
     settings = {
         "recv_bytes": _SOCKET_CHUNK,
         # Token streaming hands every server-sent event to the socket at once: waitress's own default
@@ -204,7 +211,8 @@ def _create(app: Callable, host: str, port: int, threads: int, max_request_body_
     dispatcher.set_thread_count(threads)
     server = _Server(_TrimAfterLargeBodies(app), map={}, adj=adj, dispatcher=dispatcher)
     # Connections parse with the app's header gate, if it has one (one class per server).
-    server.channel_class = type("Channel", (_Channel,), {"parser_class": parser_for(app)})
+    server.channel_class = type("Channel", (_Channel,), {"parser_class": parser_for(app),
+                                                         "send_timeout_s": send_timeout_s})
     return server
 
 
@@ -217,6 +225,7 @@ def run(
     max_request_body_size: int = 4 * _GIB,
     stream_tokens: bool = False,
     max_waiting_requests: int = DEFAULT_MAX_WAITING,
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
     ready: Callable[[str], None] | None = None,
     **adjustments: Any,
 ) -> None:
@@ -224,10 +233,12 @@ def run(
 
     ``stream_tokens`` sends each write of a response at once (server-sent events, token by token)
     instead of gathering 256 KB; ``max_waiting_requests`` bounds the requests waiting for a worker
-    thread (``dispatcher``); other waitress ``adjustments`` override the defaults above.
+    thread (``dispatcher``); ``send_timeout_s`` is how long a write waits for a client that reads
+    nothing before its connection is dropped (``send_timeout``); other waitress ``adjustments``
+    override the defaults above.
     """
     server = _create(app, host, port, threads, max_request_body_size, stream_tokens, max_waiting_requests,
-                     **adjustments)
+                     send_timeout_s, **adjustments)
     url = f"http://{_url_host(host)}:{server.effective_port}"
     if ready is not None:
         ready(url)
@@ -279,11 +290,12 @@ def start_in_thread(
     max_request_body_size: int = 4 * _GIB,
     stream_tokens: bool = False,
     max_waiting_requests: int = DEFAULT_MAX_WAITING,
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
     **adjustments: Any,
 ) -> ServerHandle:
     """Start ``app`` on ``host:port`` (0 = a free port) in a daemon thread and return at once."""
     server = _create(app, host, port, threads, max_request_body_size, stream_tokens, max_waiting_requests,
-                     **adjustments)
+                     send_timeout_s, **adjustments)
     stop = threading.Event()
     thread = threading.Thread(target=_serve_until, args=(server, stop), name="waitress", daemon=True)
     thread.start()
