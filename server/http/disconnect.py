@@ -10,11 +10,14 @@ answer's events.
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 __all__ = ["DisconnectWatcher", "POLL_INTERVAL_S"]
+
+log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.1
 
@@ -56,9 +59,17 @@ class DisconnectWatcher:
                     self._cond.wait()
                 watched = list(self._watched.items())
             for key, (gone, on_gone) in watched:
-                if gone():
+                try:
+                    left = gone()
+                except Exception:  # one connection's check must never stop the watch over the others
+                    log.exception("disconnect check failed; treating the client as gone")
+                    left = True
+                if left:
                     with self._cond:
                         self._watched.pop(key, None)
-                    on_gone()
+                    try:
+                        on_gone()
+                    except Exception:
+                        log.exception("cancelling a gone client's work failed")
             with self._cond:
                 self._cond.wait(self._interval_s)

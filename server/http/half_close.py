@@ -78,8 +78,9 @@ class HalfCloseChannel(HTTPChannel):
         if not self.peer_done or self._reset:
             return self._reset
         self._probe()
+        sock = self.socket  # the event loop sets it to None when it closes the channel
         try:
-            self._reset = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+            self._reset = sock is None or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
         except OSError:  # closed meanwhile by the event loop
             self._reset = True
         return self._reset
