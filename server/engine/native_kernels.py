@@ -6,7 +6,7 @@ Why not a wheel with compiled code: the kernels are built for the CPU they run o
 needed to build them (plain C over raw pointers), so the package stays pure Python and installs on
 any torch in its range. The first use on a machine compiles the source with the system C compiler
 (``$CC``, else ``cc``/``gcc``/``clang``; about a second) into the user cache
-(``$XDG_CACHE_HOME/adapterhub/kernels``), keyed by the source, the compiler, its flags and the
+(``$XDG_CACHE_HOME/adapterhub/kernels``), keyed by the source (with the shared `native/*.h`), the compiler, its flags and the
 CPU's feature flags; later uses load the cached library. A build is written to a temporary file
 and renamed into place, so processes building at once never load a half-written library.
 
@@ -111,7 +111,8 @@ def load_kernel(name: str) -> ctypes.CDLL:
     source = SOURCES / f"{name}.c"
     cc = _compiler()
     version = _compiler_version(cc)
-    text = source.read_bytes()
+    # the shared headers are part of every kernel's source
+    text = b"\0".join([source.read_bytes(), *(h.read_bytes() for h in sorted(SOURCES.glob("*.h")))])
     extra = os.environ.get("ADAPTERHUB_KERNEL_CFLAGS", "").split()
     errors: list[str] = []
     for base_flags in _FLAG_SETS:

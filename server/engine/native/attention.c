@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "parallel.h"
 
 #define LANES 16
 typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));
@@ -64,7 +65,7 @@ int attention(const float *q, int64_t B, int64_t H, int64_t Lq, int64_t D, int64
     const int64_t chunks = (per_kv + LANES - 1) / LANES;
     const int64_t tasks = B * KVH * chunks;
     int failed = 0;
-#pragma omp parallel
+#pragma omp parallel if (2 * B * H * Lq * Lk * D >= PARALLEL_MIN_WORK)
     {
         /* the chunk's queries, [d][lane]; vectors want their own alignment, which malloc does not give */
         lanes_t *qt = aligned_alloc(sizeof(lanes_t), sizeof(lanes_t) * (size_t)(D > 0 ? D : 1));

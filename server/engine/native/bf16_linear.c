@@ -18,6 +18,7 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include "parallel.h"
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #include <immintrin.h>
 #define NATIVE_BF16 1
@@ -180,7 +181,7 @@ void bf16_linear(const float *x, int64_t M, int64_t K, int64_t ldx, void *scratc
     const int64_t panel = Kp * 16;
     const int64_t panels = (N + 15) / 16;
     const int64_t tiles = (panels + PANELS - 1) / PANELS;
-#pragma omp parallel
+#pragma omp parallel if (M * N * Kp >= PARALLEL_MIN_WORK)
     for (int64_t b0 = 0; b0 < M; b0 += BLOCK) {
         const int64_t b1 = M - b0 < BLOCK ? M : b0 + BLOCK;
 #pragma omp for schedule(static)

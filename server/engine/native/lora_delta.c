@@ -16,6 +16,7 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include "parallel.h"
 
 #define LANES 16
 typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));
@@ -53,7 +54,7 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 void lora_down(const float *x, int64_t rows, int64_t T, int64_t K, int64_t sxb, int64_t sxt,
                const int64_t *slot, const float *A, int64_t sas, int64_t saj, int64_t width, float *h)
 {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (rows * T * width * K >= PARALLEL_MIN_WORK)
     for (int64_t b = 0; b < rows; b++)
         for (int64_t t = 0; t < T; t++) {
             if (slot[b] < 0) continue;
@@ -68,7 +69,7 @@ void lora_up(const float *h, int64_t rows, int64_t T, int64_t hw, int64_t lo, in
 {
     const int64_t chunk = 64;                               /* outputs per task: enough tasks for a decode step */
     const int64_t chunks = (N + chunk - 1) / chunk;
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (rows * T * N * R >= PARALLEL_MIN_WORK)
     for (int64_t b = 0; b < rows; b++)
         for (int64_t t = 0; t < T; t++)
             for (int64_t c = 0; c < chunks; c++) {
