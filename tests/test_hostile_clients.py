@@ -223,6 +223,20 @@ def test_transfer_encoding_on_http_1_0_is_refused(serving):
     assert _final(answer)[0] == 400 and closed
 
 
+@pytest.mark.parametrize("token", ["write", None])
+def test_a_body_refused_from_its_headers_still_lets_the_client_read_the_answer(hub, token):
+    """The hub answers a write over its JSON limit (or without a token) before reading the body; the
+    client, still sending its 4 MB, must read that answer, not a reset (the soak's 1 MB metrics
+    patch got a broken pipe): the server shuts its side, drains, then closes."""
+    body = b'{"m": "' + b"x" * (4 << 20) + b'"}'
+    auth = b"Authorization: Bearer %s\r\n" % hub.write_token.encode() if token else b""
+    data = _request("PATCH", "/api/versions/small@1/metrics", body, headers=auth)
+    answer, closed = _exchange(hub.handle.port, data)
+    status, raw = _final(answer)
+    assert (status, closed) == ((413 if token else 401), True), answer[:300]
+    assert "error" in json.loads(raw)
+
+
 # --- 9. health beside busy workers; the wait for a worker is bounded --------------------------------
 
 

@@ -50,6 +50,7 @@ from waitress.task import ErrorTask
 
 from .dispatcher import DEFAULT_MAX_WAITING, WorkerDispatcher
 from .half_close import HalfCloseChannel
+from .lingering_close import LingeringCloseChannel
 from .header_gate import parser_for
 from .send_timeout import DEFAULT_SEND_TIMEOUT_S, SendTimeoutChannel
 
@@ -149,9 +150,10 @@ class _JsonErrorTask(ErrorTask):
         self.write(body)
 
 
-class _Channel(SendTimeoutChannel, HalfCloseChannel):
-    """One connection; remembers when its request in progress began, for the receive deadline, and
-    gives up on a client that stops reading (``send_timeout``)."""
+class _Channel(LingeringCloseChannel, SendTimeoutChannel, HalfCloseChannel):
+    """One connection; remembers when its request in progress began, for the receive deadline, gives
+    up on a client that stops reading (``send_timeout``), and closes so that its client can read the
+    answer (``lingering_close``)."""
 
     error_task_class = _JsonErrorTask
     request_started = 0.0
@@ -182,7 +184,9 @@ class _Server(TcpWSGIServer):
     def maintenance(self, now: float) -> None:
         super().maintenance(now)
         for channel in list(self.active_channels.values()):
-            if isinstance(channel, _Channel) and channel.stalled:
+            if isinstance(channel, _Channel) and channel.linger_over(now):
+                channel.close_now()
+            elif isinstance(channel, _Channel) and channel.stalled:
                 channel.handle_close()  # its client reads nothing: the unsent answer is dropped
             elif isinstance(channel, _Channel) and channel.overdue(now):
                 channel.will_close = True
