@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from adapterhub.cli.main import cli
-from adapterhub.data.rouge import rouge_l
+from adapterhub.rouge import rouge_l
 from adapterhub.data.self_instruct import (SelfInstructConfig, _drop_reason, instruction_problem, parse_instance,
                                            parse_instructions)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..rouge import rouge_l
 from ..train.formats import row_to_messages, to_trl_row
-from .rouge import rouge_l
 
 __all__ = ["CurateConfig", "CurateReport", "CuratedRow", "curate_rows"]
 

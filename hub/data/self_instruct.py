@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import TrainingDataError
+from ..rouge import max_rouge_l
 from ..train.data import data_digest, read_jsonl
 from .openai_client import ChatClient, EndpointError
-from .rouge import max_rouge_l
 
 __all__ = ["SeedTask", "SelfInstructConfig", "SelfInstructReport", "load_seed_tasks", "instruction_problem",
            "parse_instructions", "parse_instance", "run_self_instruct"]

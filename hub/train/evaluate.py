@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..data.rouge import rouge_l
+from ..rouge import rouge_l
 from .data import IGNORE_INDEX, Example, encode_prompt
 
 __all__ = ["EvalResult", "answer_scores", "evaluate_model", "greedy_answers", "response_loss"]

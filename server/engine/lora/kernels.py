@@ -25,18 +25,25 @@ next quantized layer turns a float32 rounding into a whole rounding step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import torch
 
 from ..shared_input import OncePerInput
 from . import native_delta
+from .row_plan import RowGroups, RowPlan
 
-if TYPE_CHECKING:
-    from .layer import GatheredLoraLinear
-    from .row_plan import RowGroups, RowPlan
+__all__ = ["GroupMember", "InputGroup", "LayerUpdate", "RowByRowUpdate"]
 
-__all__ = ["InputGroup", "LayerUpdate", "RowByRowUpdate"]
+
+class GroupMember(Protocol):
+    """What an input group reads of each of its layers (``layer.GatheredLoraLinear`` is one): the
+    kernels are written against this, not against the layer, so the layer imports the kernels and
+    never the other way."""
+
+    ranks: list[int]  # rank each slot holds for this layer (0: nothing)
+    a_row: int  # where the layer's rows start in the group's ``a_store``
+    lora_B: torch.Tensor  # [slots, out_features, max_rank]
 
 
 class InputGroup:
@@ -48,7 +55,7 @@ class InputGroup:
     tensor object, take their slice (``OncePerInput``).
     """
 
-    def __init__(self, members: list[GatheredLoraLinear], a_store: torch.Tensor) -> None:
+    def __init__(self, members: list[GroupMember], a_store: torch.Tensor) -> None:
         self.members = members
         self.a_store = a_store
 

@@ -7,23 +7,27 @@ refused, rather than silently computing with the new adapter's weights.
 
 The rows are grouped by adapter (``RowGroups``): the update runs as one batched product whose
 batch is the distinct adapters, each reading its weights once however many rows use it.
+
+A plan is data: the kernels (``kernels``) read it and store the updates they build in it, and the
+wrapped layers (``layer``) call those updates. It imports neither module, so the dependency runs
+one way, layer -> kernels -> row_plan.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Callable, Iterator
 
 import torch
 
-if TYPE_CHECKING:
-    from .kernels import LayerUpdate, RowByRowUpdate
-    from .layer import GatheredLoraLinear
-
-__all__ = ["BASE_ROW", "RowGroups", "RowPlan", "RowPlans"]
+__all__ = ["BASE_ROW", "RowGroups", "RowPlan", "RowPlans", "Update"]
 
 BASE_ROW = -1  # a row that uses no adapter
+
+# What a layer adds for the plan's rows: ``update(x, out)`` returns ``out`` plus the LoRA update
+# (``kernels.LayerUpdate`` or ``kernels.RowByRowUpdate``).
+Update = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class RowGroups:
@@ -106,8 +110,8 @@ class RowPlan:
     distinct: tuple[int, ...]
     stale: str | None = None
     row_slots: torch.Tensor = field(init=False)  # ``rows`` as int64 (BASE_ROW for base rows), for native_delta
-    # layer -> its update, None for a layer no adapter of the batch targets
-    updates: dict[GatheredLoraLinear, LayerUpdate | RowByRowUpdate | None] = field(default_factory=dict)
+    # wrapped layer -> its update, None for a layer no adapter of the batch targets
+    updates: dict[object, Update | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.row_slots = torch.tensor(self.rows, dtype=torch.int64)

@@ -1,6 +1,10 @@
 """ROUGE-L F-measure with Google's ``rouge-score`` package: the score Self-Instruct filters by and
 evaluation reports.
 
+It sits at the package's top level because the data tools (``data.curate``, ``data.self_instruct``)
+and training's evaluation (``train.evaluate``) both need it, and ``data`` imports ``train`` (the row
+shapes), so ``train`` importing it from ``data`` made the two packages import each other.
+
 ``rouge-score``'s tokenizer lowercases and keeps ASCII letters and digits only (as in the papers
 that use it), so two texts without such characters score 0 against each other.
 """
