@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .adapters.picker import AdapterPicker
 from .adapters.soft_prompt_cache import SoftPromptCache
 from .compute_threads import release_thread_pool
+from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache
 from .request import GenerationRequest, SamplingParams
 
 if TYPE_CHECKING:
@@ -61,10 +62,12 @@ def create_engine(
     max_lora_rank: int = 64,
     lora_target_modules: list[str] | None = None,
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
 ) -> Engine:
     """An engine over ``loaded`` with LoRA slots (wrapping the model's linear layers) and a
     soft-prompt cache, each bounded by ``max_loaded_adapters`` and ``max_adapter_bytes``; at most
-    ``max_queued_requests`` requests wait for a place in the batch (``QueueFull`` beyond)."""
+    ``max_queued_requests`` requests wait for a place in the batch (``QueueFull`` beyond); prompt
+    prefixes' keys and values kept for reuse up to ``prefix_cache_bytes`` (0: none)."""
     from .adapters.lora_cache import LoraCache
     from .lora.slot_bank import LoraSlotBank
 
@@ -73,7 +76,7 @@ def create_engine(
     slots = LoraCache(bank, registry, max_loaded=max_loaded_adapters, max_bytes=max_adapter_bytes)
     return Engine(loaded, registry, lora_slots=slots, max_batch_size=max_batch_size,
                   max_loaded_adapters=max_loaded_adapters, max_adapter_bytes=max_adapter_bytes,
-                  max_queued_requests=max_queued_requests)
+                  max_queued_requests=max_queued_requests, prefix_cache_bytes=prefix_cache_bytes)
 
 
 class Engine:
@@ -90,6 +93,7 @@ class Engine:
         slot_wait_s: how long a request waits for a LoRA slot while every slot is pinned by
             running requests (``AdapterBusy`` after that).
         max_queued_requests: most requests waiting for a place in the batch (``QueueFull`` beyond).
+        prefix_cache_bytes: bound of the prompt-prefix KV store (``prefix_cache``); 0 turns it off.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class Engine:
         max_adapter_bytes: int = 1 << 30,
         slot_wait_s: float = 300.0,
         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         # torch comes with the first engine, not with this module: the HTTP layer imports its errors.
         from .scheduler import Scheduler
@@ -111,6 +116,8 @@ class Engine:
             raise ValueError("max_batch_size must be at least 1")
         if max_queued_requests < 1:
             raise ValueError("max_queued_requests must be at least 1")
+        if prefix_cache_bytes < 0:
+            raise ValueError("prefix_cache_bytes must be 0 (off) or positive")
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -124,9 +131,12 @@ class Engine:
                                             max_loaded=max_loaded_adapters, max_bytes=max_adapter_bytes)
         self.adapters = AdapterPicker(registry, base_name=loaded.name, base_info=loaded.info,
                                       soft_prompts=self.soft_prompts, lora_slots=lora_slots, slot_wait_s=slot_wait_s)
+        fingerprint = loaded.info.fingerprint if loaded.info is not None else loaded.name
+        self.prefix_cache = PrefixCache(prefix_cache_bytes, salt=f"{fingerprint}|{loaded.quantize}|{loaded.dtype}") \
+            if prefix_cache_bytes else None
         self._scheduler = Scheduler(self.model, self.tokenizer, max_batch_size=max_batch_size,
                                     max_queued=max_queued_requests, set_rows=None if lora_slots is None else lora_slots.bank.set_rows,
-                                    release=self.adapters.unpin)
+                                    release=self.adapters.unpin, prefix_cache=self.prefix_cache)
 
     @property
     def base_name(self) -> str:

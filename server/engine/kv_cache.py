@@ -16,13 +16,16 @@ when rows or columns run out, doubling the room.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-__all__ = ["BatchCache", "left_pad_prompts"]
+if TYPE_CHECKING:
+    from .prefix_cache import PrefixHit
+
+__all__ = ["BatchCache", "left_pad_prompts", "place_prefixes"]
 
 _MIN_COLUMNS = 64  # room a fresh layout leaves on each side of the used columns, at least
 
@@ -40,6 +43,27 @@ def left_pad_prompts(pieces: Sequence[torch.Tensor],
         mask[i, length - p.shape[0]:] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return embeds, mask, positions
+
+
+def place_prefixes(cache: DynamicCache, prefixes: Sequence[PrefixHit | None]) -> torch.Tensor:
+    """Write cached prefixes (``prefix_cache.PrefixHit``, ``None`` for a row without one) into an
+    empty prefill cache, each right-aligned in a window as wide as the longest; the window's mask
+    ``[rows, width]``. The prefill then appends the rest of each prompt after it."""
+    some = next(p for p in prefixes if p is not None)
+    width = max(p.items for p in prefixes if p is not None)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=some.keys[0].device)
+    for layer, (k0, v0) in enumerate(zip(some.keys, some.values)):
+        keys = k0.new_zeros(len(prefixes), k0.shape[0], width, k0.shape[2])
+        values = v0.new_zeros(len(prefixes), v0.shape[0], width, v0.shape[2])
+        for row, p in enumerate(prefixes):
+            if p is not None:
+                keys[row, :, width - p.items:] = p.keys[layer]
+                values[row, :, width - p.items:] = p.values[layer]
+        cache.update(keys, values, layer)
+    for row, p in enumerate(prefixes):
+        if p is not None:
+            mask[row, width - p.items:] = 1
+    return mask
 
 
 class _SlabLayer(DynamicLayer):

@@ -42,14 +42,16 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import torch
 
 from .detokenizer import StopText
-from .kv_cache import BatchCache, left_pad_prompts
+from .kv_cache import BatchCache, left_pad_prompts, place_prefixes
 from .logprobs import chosen_logprobs, prompt_logprobs
 from .lora.row_plan import BASE_ROW
+from .prefix_cache import PrefixCache, PrefixHit, sequence_items
 from .request import ErrorCode, GenerationRequest, RowFailure, TokenEvent, TokenLogprob
 from .sampler import new_generator, sample
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers.cache_utils import Cache
 
 __all__ = ["Scheduler", "EngineStats", "Enqueued"]
 
@@ -101,6 +103,11 @@ class _Row:
     last_token: int = -1
     generated: list[int] = field(default_factory=list)
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # sent with the first token, then dropped
+    failed: bool = False  # ended with an error: nothing it computed is kept for reuse
+    # what its cached prefixes are keyed under, fixed at its prefill (a finished row's adapter is
+    # unpinned before its answer's KV is kept)
+    prefix_root: bytes | None = None
+    prompt_items: list[int] = field(default_factory=list)  # ``prefix_cache.sequence_items`` of its prompt
 
     @property
     def slot(self) -> int:
@@ -128,17 +135,20 @@ class Scheduler:
         set_rows: tells the LoRA slot bank which slot each row of the next forward uses; ``None``
             when the model serves no LoRA.
         release: unpins a finished request's adapter.
+        prefix_cache: where prefilled prefixes are kept and found (``prefix_cache``); ``None``
+            prefills every prompt whole.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_batch_size: int,
                  max_queued: int, set_rows: Callable[[Sequence[int]], None] | None,
-                 release: Callable[[GenerationRequest], None]) -> None:
+                 release: Callable[[GenerationRequest], None], prefix_cache: PrefixCache | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_queued = max_queued
         self._set_rows = set_rows
         self._release = release
+        self.prefix_cache = prefix_cache
         self._embed = model.get_input_embeddings()
         self._device = self._embed.weight.device
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -330,15 +340,21 @@ class Scheduler:
 
     def _prefill(self, joining: list[GenerationRequest]) -> _Prefilled:
         """Run the prompts of ``joining`` through the model, touching nothing the batch holds: a
-        failure here is retried without harm."""
+        failure here is retried without harm. A row whose prompt begins with a cached prefix
+        (``prefix_cache``) runs only the rest, after the prefix's keys and values."""
         rows = [_Row(r, StopText(self.tokenizer, r.params.stop), new_generator(r.params, self._device))
                 for r in joining]
         pieces = [self._prompt_embeddings(r.request) for r in rows]
+        hits = [self._cached_prefix(r) for r in rows]
+        reused = [0 if hit is None else hit.items for hit in hits]
         pad = self._embed(torch.tensor([self._pad_id], device=self._device))[0]
-        embeds, mask, positions = left_pad_prompts(pieces, pad)
+        embeds, mask, positions = left_pad_prompts([p[n:] for p, n in zip(pieces, reused)], pad)
         for row, piece in zip(rows, pieces):
             row.next_position = piece.shape[0]
         cache = BatchCache.empty()
+        if any(reused):
+            positions = positions + torch.tensor(reused, device=self._device).unsqueeze(1)
+            mask = torch.cat([place_prefixes(cache, hits), mask], 1)
         echo = any(r.request.params.prompt_logprobs is not None for r in rows)
         logits = self._forward(embeds, mask, positions, cache, [r.slot for r in rows], all_positions=echo)
         self.stats.prefills += 1
@@ -346,6 +362,37 @@ class Scheduler:
             for i, row in enumerate(rows):
                 row.prompt_logprobs = self._prompt_logprobs(row, logits[i])
         return _Prefilled(rows, cache, mask, logits[:, -1, :].float())
+
+    def _cached_prefix(self, row: _Row) -> PrefixHit | None:
+        """The longest cached prefix of the row's prompt (and the key it is kept under); none for a
+        request that wants every prompt position's scores (``echo``: they come from the prefill)."""
+        if self.prefix_cache is None:
+            return None
+        request = row.request
+        digests = [x.digest for x in (request.lora, request.soft_prompt) if x is not None]
+        row.prefix_root = self.prefix_cache.root("+".join(digests) if digests else None)
+        prompt = request.soft_prompt
+        row.prompt_items = sequence_items(request.prompt_ids, 0 if prompt is None else prompt.num_virtual_tokens)
+        if request.params.prompt_logprobs is not None:
+            return None
+        return self.prefix_cache.lookup(row.prefix_root, row.prompt_items)
+
+    def _keep_prefixes(self, rows: Sequence[_Row], cache: Cache, mask: torch.Tensor, batch_rows: Sequence[int],
+                       answered: bool) -> None:
+        """Keep what ``rows`` computed (their prompts, and with ``answered`` the tokens they
+        generated and fed back) for later prompts; ``batch_rows`` are their rows in ``cache``."""
+        if self.prefix_cache is None:
+            return
+        for row, b in zip(rows, batch_rows):
+            if row.failed or row.prefix_root is None:
+                continue
+            items = row.prompt_items + (row.generated[:-1] if answered else [])
+            columns = mask[b].nonzero().squeeze(1)
+            if columns.numel() != len(items):
+                continue  # not a layout this store understands: keep nothing rather than a wrong prefix
+            self.prefix_cache.store(row.prefix_root, items,
+                                    [layer.keys[b][:, columns] for layer in cache.layers],
+                                    [layer.values[b][:, columns] for layer in cache.layers])
 
     @staticmethod
     def _prompt_logprobs(row: _Row, logits: torch.Tensor) -> tuple[TokenLogprob | None, ...] | None:
@@ -369,6 +416,8 @@ class Scheduler:
         for p in prefilled:
             self._batch.join(p.cache, p.mask)
         self._advance(torch.cat([p.logits for p in prefilled]), offset)
+        for p in prefilled:
+            self._keep_prefixes(p.rows, p.cache, p.mask, range(len(p.rows)), answered=False)
 
     def _decode_step(self) -> None:
         tokens = torch.tensor([[r.last_token] for r in self._rows], device=self._device)
@@ -422,6 +471,9 @@ class Scheduler:
             elif self._emit(row, token, logprob):
                 done.add(offset + i)
         if done:
+            finished = sorted(i for i in done if not self._rows[i].failed and self._rows[i].generated)
+            self._keep_prefixes([self._rows[i] for i in finished], self._batch.cache, self._batch.mask, finished,
+                                answered=True)
             self._remove(done)
 
     def _emit(self, row: _Row, token: int, logprob: TokenLogprob | None = None) -> bool:
@@ -470,6 +522,7 @@ class Scheduler:
 
     def _fail_row(self, row: _Row, failure: RowFailure) -> None:
         """End the row with ``failure``, its message naming the model the row ran."""
+        row.failed = True
         version = row.request.adapter
         subject = "the base model" if version is None else f"adapter {version.ref}"
         self._fail_request(row.request, RowFailure(failure.code, f"{subject} {failure.message}"),

@@ -31,6 +31,7 @@ from .state import app_state
 if TYPE_CHECKING:
     from adapterhub.server.engine.adapters.cache_stats import CacheStats
     from adapterhub.server.engine.engine import Engine
+    from adapterhub.server.engine.prefix_cache import PrefixCacheStats
 
     from .lora_names import LoraNames
 
@@ -124,6 +125,7 @@ class EngineCollector:
                                dict(engine.stats.batch_sizes))
         yield from self._engine_counters()
         yield from self._caches()
+        yield from self._prefix_cache()
         resident = engine.loaded_adapters()
         family = GaugeMetricFamily("adapterhub_adapters_resident", "adapters loaded, by kind", labels=["kind"])
         for kind, _ in self.engine.adapter_caches():
@@ -157,6 +159,32 @@ class EngineCollector:
             for kind, stats in caches:
                 family.add_metric([kind], getattr(stats, field))
             yield family
+
+
+    def _prefix_cache(self) -> Iterator[Metric]:
+        """The prompt-prefix store (``prefix_cache``), ours and vLLM's names; nothing when it is off."""
+        cache = self.engine.prefix_cache
+        if cache is None:
+            return
+        stats = cache.stats
+        for name, help_text, value in _prefix_counters(stats):
+            yield CounterMetricFamily(name, help_text, value=value)
+        yield GaugeMetricFamily("adapterhub_prefix_cache_bytes", "bytes of cached prefix keys and values",
+                                value=cache.bytes_resident)
+        yield GaugeMetricFamily("adapterhub_prefix_cache_max_bytes", "the prefix store's bound (--prefix-cache-bytes)",
+                                value=cache.max_bytes)
+        yield from vllm_metrics.prefix_cache_families(self.engine.base_name, stats)
+
+
+def _prefix_counters(stats: PrefixCacheStats) -> list[tuple[str, str, int]]:
+    return [
+        ("adapterhub_prefix_cache_queries_total", "prompts looked up in the prefix store", stats.queries),
+        ("adapterhub_prefix_cache_hits_total", "prompts that reused a cached prefix", stats.hits),
+        ("adapterhub_prefix_cache_tokens_queried_total", "prompt tokens looked up", stats.tokens_queried),
+        ("adapterhub_prefix_cache_tokens_reused_total", "prompt tokens not prefilled: their KV was cached",
+         stats.tokens_reused),
+        ("adapterhub_prefix_cache_evictions_total", "cached blocks evicted (least recently used)", stats.blocks_evicted),
+    ]
 
 
 class HubMetrics:
@@ -212,7 +240,19 @@ def health_document(engine: Engine | None) -> dict[str, Any]:
         "queued_requests": engine.queued,
         "max_batch_size": engine.max_batch_size,
         "max_queued_requests": engine.max_queued_requests,
+        "prefix_cache": _prefix_cache_line(engine),
     }
+
+
+def _prefix_cache_line(engine: Engine) -> dict[str, Any] | None:
+    cache = engine.prefix_cache
+    if cache is None:
+        return None
+    stats = cache.stats
+    return {"bytes": cache.bytes_resident, "max_bytes": cache.max_bytes, "blocks": cache.blocks_resident,
+            "queries": stats.queries, "hits": stats.hits, "tokens_queried": stats.tokens_queried,
+            "tokens_reused": stats.tokens_reused,
+            "token_hit_rate": round(stats.tokens_reused / stats.tokens_queried, 4) if stats.tokens_queried else 0.0}
 
 
 @bp.get("/health")

@@ -23,10 +23,11 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
     from adapterhub.server.engine.engine import Engine
+    from adapterhub.server.engine.prefix_cache import PrefixCacheStats
 
     from .lora_names import LoraNames
 
@@ -112,3 +113,14 @@ def engine_families(engine: Engine, resident: list[dict[str, Any]], lora_names: 
     max_lora = engine.lora_slots.bank.max_slots if engine.lora_slots is not None else 0
     info.add_metric([str(max_lora), ",".join(_served_names(resident, lora_names)), ""], time.time())
     yield info
+
+
+def prefix_cache_families(model: str, stats: PrefixCacheStats) -> Iterator[Metric]:
+    """vLLM's prefix-cache counters: prompt tokens looked up, and those found cached."""
+    for name, help_text, value in (
+        ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", stats.tokens_queried),
+        ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", stats.tokens_reused),
+    ):
+        family = CounterMetricFamily(name, help_text, labels=["model_name"])
+        family.add_metric([model], value)
+        yield family

@@ -34,6 +34,7 @@ class SoftPrompt:
     ref: str
     embeddings: torch.Tensor
     nbytes: int
+    digest: str  # the version's manifest digest: what its rows' cached prefixes are keyed by
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -77,5 +78,5 @@ class SoftPromptCache:
         if emb is None or emb.dim() != 2:
             raise InvalidAdapter(f"{version.ref}: no 2-d prompt_embeddings tensor")
         emb = emb.to(device=self._device, dtype=self._dtype).contiguous()
-        prompt = SoftPrompt(version.ref, emb, emb.numel() * emb.element_size())
+        prompt = SoftPrompt(version.ref, emb, emb.numel() * emb.element_size(), version.digest)
         return prompt, prompt.nbytes
