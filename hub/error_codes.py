@@ -157,6 +157,9 @@ UNSUPPORTED_OPERATION = _row("unsupported_operation", 400, _REQUEST)
 UNSUPPORTED_TRANSFER = _row("unsupported_transfer", 400, _REQUEST)
 UNSUPPORTED_HASH = _row("unsupported_hash", 400, _REQUEST)
 INVALID_UPLOAD_LINK = _row("invalid_upload_link", 403, _REQUEST)
+# Git LFS answers a batch's refused object inside its 200, by status alone (``{"code": 422}``): an
+# empty object is committed inline instead, one over the hub's bound not at all (``TOO_LARGE``).
+EMPTY_OBJECT = _row("empty_object", 422, _REQUEST)
 
 ERROR_CODES: Mapping[str, WireCode] = {row.code: row for row in _ROWS}
 

@@ -92,7 +92,8 @@ def _answer(item: Any) -> dict[str, Any]:
     limit = _object_limit()
     if size == 0 or size > limit:
         why = "is empty (commit it inline)" if size == 0 else f"is over this hub's limit of {limit} bytes"
-        return {"oid": oid, "size": size, "error": {"code": 422 if size == 0 else 413, "message": f"object {oid} {why}"}}
+        row = codes.EMPTY_OBJECT if size == 0 else codes.TOO_LARGE
+        return {"oid": oid, "size": size, "error": {"code": row.http_status, "message": f"object {oid} {why}"}}
     registry = app_state()["registry"]
     if registry.store.has(oid) and registry.object_path(oid).stat().st_size == size:
         return {"oid": oid, "size": size}
