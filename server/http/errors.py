@@ -31,7 +31,6 @@ class ApiError(Exception):
 
     def __init__(self, row: WireCode, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.row = row
         self.status = row.http_status
         self.message = message
         self.code = row.code
