@@ -1,16 +1,20 @@
-"""Every failure the hub reports, and ``ERROR_TABLE``: each class's wire code and HTTP status.
+"""Every failure the hub reports, and ``ERROR_TABLE``: the row of ``error_codes`` each class answers with.
 
 The classes also inherit from the matching builtin (``KeyError``, ``ValueError``, ...) so code that
 does not know about adapterhub can still catch them sensibly. The HTTP server answers an error with
-its row of the table (``wire_code``) and the remote client turns the row back into the same class
-(``error_from_wire``), as ``huggingface_hub`` does in ``hf_raise_for_status``.
+its class's row (``wire_code``) and the remote client turns the row back into the same class
+(``error_from_wire``), as ``huggingface_hub`` does in ``hf_raise_for_status``. The rows themselves
+(code, status, OpenAI type, retryable) are the one table of ``error_codes``, which also holds the
+codes of the HTTP layer that no class stands for.
 """
 
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
 from typing import Mapping
+
+from . import error_codes as codes
+from .error_codes import WireCode
 
 __all__ = [
     "AdapterBusy",
@@ -226,44 +230,37 @@ class PermissionDenied(RemoteError, PermissionError):
 # --- the wire --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WireCode:
-    """How an error travels over HTTP: the ``error.code`` string of the JSON body and the status."""
-
-    code: str
-    http_status: int
-
-
-# Every class, once: the hub answers with its row and the remote client raises the row's class
-# back, so a caller catches the same exception whether the registry is local or remote.
+# Every class, once, with its row of the one table (``error_codes``): the hub answers with the row
+# and the remote client raises the row's class back, so a caller catches the same exception whether
+# the registry is local or remote.
 ERROR_TABLE: Mapping[type[AdapterHubError], WireCode] = {
-    AdapterHubError: WireCode("invalid_request", 400),
-    InvalidAdapter: WireCode("invalid_adapter", 400),
-    UnsupportedAdapter: WireCode("unsupported_adapter", 400),
-    SafetensorsFormatError: WireCode("invalid_safetensors", 400),
-    InvalidName: WireCode("invalid_name", 400),
-    InvalidReference: WireCode("invalid_reference", 400),
-    IncompatibleBase: WireCode("incompatible_base", 409),
-    InvalidBaseFile: WireCode("invalid_base_file", 400),
-    TrainingDataError: WireCode("invalid_training_data", 400),
-    TrainingConfigError: WireCode("invalid_training_config", 400),
-    TrainingInterrupted: WireCode("training_interrupted", 503),
-    MergeError: WireCode("invalid_merge", 400),
-    AdapterNotFound: WireCode("not_found", 404),
-    DigestMismatch: WireCode("digest_mismatch", 400),
-    ObjectMissing: WireCode("object_missing", 404),
-    RegistryCorrupt: WireCode("registry_corrupt", 500),
-    ConcurrentModification: WireCode("busy", 503),
-    ParentMoved: WireCode("parent_mismatch", 412),
-    DiskFull: WireCode("disk_full", 507),
-    AdapterBusy: WireCode("adapter_busy", 503),
-    AdapterTooLarge: WireCode("adapter_too_large", 422),
-    AdapterInUse: WireCode("adapter_in_use", 409),
-    RemoteError: WireCode("remote_error", 502),
-    EndpointError: WireCode("endpoint_error", 502),
-    NameTaken: WireCode("already_loaded", 400),
-    AuthError: WireCode("unauthorized", 401),
-    PermissionDenied: WireCode("forbidden", 403),
+    AdapterHubError: codes.INVALID_REQUEST,
+    InvalidAdapter: codes.INVALID_ADAPTER,
+    UnsupportedAdapter: codes.UNSUPPORTED_ADAPTER,
+    SafetensorsFormatError: codes.INVALID_SAFETENSORS,
+    InvalidName: codes.INVALID_NAME,
+    InvalidReference: codes.INVALID_REFERENCE,
+    IncompatibleBase: codes.INCOMPATIBLE_BASE,
+    InvalidBaseFile: codes.INVALID_BASE_FILE,
+    TrainingDataError: codes.INVALID_TRAINING_DATA,
+    TrainingConfigError: codes.INVALID_TRAINING_CONFIG,
+    TrainingInterrupted: codes.TRAINING_INTERRUPTED,
+    MergeError: codes.INVALID_MERGE,
+    AdapterNotFound: codes.NOT_FOUND,
+    DigestMismatch: codes.DIGEST_MISMATCH,
+    ObjectMissing: codes.OBJECT_MISSING,
+    RegistryCorrupt: codes.REGISTRY_CORRUPT,
+    ConcurrentModification: codes.BUSY,
+    ParentMoved: codes.PARENT_MISMATCH,
+    DiskFull: codes.DISK_FULL,
+    AdapterBusy: codes.ADAPTER_BUSY,
+    AdapterTooLarge: codes.ADAPTER_TOO_LARGE,
+    AdapterInUse: codes.ADAPTER_IN_USE,
+    RemoteError: codes.REMOTE_ERROR,
+    EndpointError: codes.ENDPOINT_ERROR,
+    NameTaken: codes.ALREADY_LOADED,
+    AuthError: codes.UNAUTHORIZED,
+    PermissionDenied: codes.FORBIDDEN,
 }
 
 _CLASS_FOR_CODE: Mapping[str, type[AdapterHubError]] = {wire.code: cls for cls, wire in ERROR_TABLE.items()}

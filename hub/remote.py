@@ -8,8 +8,9 @@ renamed into place only when every one verified. The token comes from ``token=``
 ``$ADAPTERHUB_TOKEN``, else the one ``adapterhub login`` stored for the URL (``hub.credentials``),
 and travels as ``Authorization: Bearer``. A refusal of the hub comes back as
 the exception class the hub raised (``raise_for_status`` reads ``adapterhub.errors.ERROR_TABLE``).
-A hub that answers 429/503 (busy: it did not act) is asked again, and a GET, PUT or DELETE also
-after a connection error, as ``retry=`` (``hub.retry.RetryPolicy``) allows.
+A hub that answers 429/503 (busy: it did not act; the statuses of the error table's retryable rows)
+is asked again, and a GET, PUT or DELETE also after a connection error, as ``retry=``
+(``hub.retry.RetryPolicy``) allows.
 """
 
 from __future__ import annotations

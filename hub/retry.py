@@ -4,9 +4,10 @@ tools' OpenAI client (``data.openai_client``), modelled on huggingface_hub's ``h
 What is retried depends on whether the server may have acted on the request:
 
 * A 429 or a 503 from our servers means it did not, so any method (POST included) is retried on
-  them. The 429s: ``server_busy`` is answered by the worker dispatcher before the app sees the
-  request (``server.http.dispatcher``), ``queue_full`` once the engine refused it, its answers
-  already queued cancelled (``openai_api._submit``). The 503s: the hub's ``busy``
+  them: they are the statuses of the error table's ``retryable`` rows (``error_codes``), and every
+  row with one of them is retryable. The 429s: ``server_busy`` is answered by the worker
+  dispatcher before the app sees the request (``server.http.dispatcher``), ``queue_full`` once the
+  engine refused it, its answers already queued cancelled (``openai_api._submit``). The 503s: the hub's ``busy``
   (``ConcurrentModification``: the registry lock was not taken, or a tag moved, and nothing was
   written), ``no_model``, ``adapter_busy`` and ``shutting_down`` before a generation runs. The one
   503 that can come after work, a model stopping under a non-streamed generation (the engine's
@@ -33,11 +34,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Generic, Protocol, TypeVar
 
+from .error_codes import RETRYABLE_STATUSES
+
 __all__ = ["RetryPolicy", "Answer", "Outcome", "DEFAULT_RETRY", "IDEMPOTENT_METHODS", "RETRY_STATUSES",
            "retry_after_s", "send_with_retries", "tries_note"]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-RETRY_STATUSES = frozenset({429, 503})
+RETRY_STATUSES = RETRYABLE_STATUSES  # 429 and 503
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@
   it in-process.
 - ``http/``: the Flask layer, and nothing but HTTP. The registry API, the Hugging Face download
   protocol and the web page serve a ``LocalRegistry``; the OpenAI API, ``/health`` and
-  ``/metrics`` serve an engine. It also holds the waitress runner and the one table that maps
-  errors to status codes.
+  ``/metrics`` serve an engine. It also holds the waitress runner and the handlers that answer
+  every error with its row of the one error table, ``adapterhub.error_codes`` (in the library, so
+  clients read it without Flask).
 """

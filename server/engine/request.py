@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Iterator, Mapping
 
+from adapterhub import error_codes as codes
 from adapterhub.echo import echo
+from adapterhub.error_codes import ERROR_CODES, WireCode
 
 if TYPE_CHECKING:
     from adapterhub.registry import AdapterVersion
@@ -50,13 +52,19 @@ _SEED_MODULUS = 1 << 64
 
 
 class ErrorCode(StrEnum):
-    """Why a request ended with finish reason ``error``: machine-readable, for the HTTP layer to map."""
+    """Why a request ended with finish reason ``error``: machine-readable, each the code of a row of
+    ``adapterhub.error_codes`` (``row``), whose status and type the HTTP layer answers with."""
 
-    NON_FINITE_LOGITS = "non_finite_logits"  # the model (with the row's adapter) produced NaN or inf
-    SAMPLING_FAILED = "sampling_failed"  # drawing the row's next token raised
-    DETOKENIZE_FAILED = "detokenize_failed"  # turning the row's tokens into text (or stop strings) raised
-    INTERNAL_ERROR = "internal_error"  # the shared forward pass failed: a bug, not the request
-    SHUTTING_DOWN = "shutting_down"  # the engine stopped before the request finished
+    NON_FINITE_LOGITS = codes.NON_FINITE_LOGITS.code  # the model (with the row's adapter) produced NaN or inf
+    SAMPLING_FAILED = codes.SAMPLING_FAILED.code  # drawing the row's next token raised
+    DETOKENIZE_FAILED = codes.DETOKENIZE_FAILED.code  # turning the row's tokens into text (or stop strings) raised
+    INTERNAL_ERROR = codes.INTERNAL_ERROR.code  # the shared forward pass failed: a bug, not the request
+    SHUTTING_DOWN = codes.SHUTTING_DOWN.code  # the engine stopped before the request finished
+
+    @property
+    def row(self) -> WireCode:
+        """The code's row of the one error table."""
+        return ERROR_CODES[self.value]
 
 _ids = itertools.count(1)
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from adapterhub import error_codes as codes
+
 from .errors import ApiError
 
 __all__ = ["AdmissionLimits", "PromptBounds", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_GENERATIONS_PER_REQUEST"]
@@ -49,14 +51,15 @@ class AdmissionLimits:
 
     def check_body(self, content_length: int | None) -> None:
         if content_length is not None and content_length > self.max_body_bytes:
-            raise ApiError(413, f"the request body is {content_length} bytes; this server takes at most "
-                                f"{self.max_body_bytes}", code="body_too_large")
+            raise ApiError(codes.BODY_TOO_LARGE,
+                           f"the request body is {content_length} bytes; this server takes at most "
+                           f"{self.max_body_bytes}")
 
     def check_generations(self, prompts: int, n: int) -> None:
         if prompts * n > self.max_generations_per_request:
-            raise ApiError(400, f"{prompts} prompt(s) x n={n} asks for {prompts * n} answers; this server "
-                                f"answers at most {self.max_generations_per_request} per request",
-                           code="too_many_generations")
+            raise ApiError(codes.TOO_MANY_GENERATIONS,
+                           f"{prompts} prompt(s) x n={n} asks for {prompts * n} answers; this server "
+                           f"answers at most {self.max_generations_per_request} per request")
 
 
 def _longest_token_chars(tokenizer: Any) -> int:
@@ -75,10 +78,10 @@ class PromptBounds:
     def check_chars(self, chars: int, what: str) -> None:
         """Refuse a text that cannot fit, before it is tokenized."""
         if chars > self.max_chars:
-            raise ApiError(400, f"{what} is {chars} characters, more than {self.max_tokens} tokens can hold; "
-                                f"prompts take at most {self.max_tokens} tokens", code="prompt_too_long")
+            raise ApiError(codes.PROMPT_TOO_LONG,
+                           f"{what} is {chars} characters, more than {self.max_tokens} tokens can hold; "
+                           f"prompts take at most {self.max_tokens} tokens")
 
     def check_tokens(self, tokens: int, what: str) -> None:
         if tokens > self.max_tokens:
-            raise ApiError(400, f"{what} is {tokens} tokens; prompts take at most {self.max_tokens}",
-                           code="prompt_too_long")
+            raise ApiError(codes.PROMPT_TOO_LONG, f"{what} is {tokens} tokens; prompts take at most {self.max_tokens}")

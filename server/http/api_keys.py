@@ -24,6 +24,8 @@ from typing import Iterable
 
 from flask import Flask, request
 
+from adapterhub import error_codes as codes
+
 from .errors import ApiError
 from .header_gate import add_gate
 
@@ -87,15 +89,13 @@ class ServingKeys:
         if not needed:
             return
         if token is None:
-            raise ApiError(401, "this server needs an API key: send 'Authorization: Bearer <key>'",
-                           code="missing_api_key")
+            raise ApiError(codes.MISSING_API_KEY, "this server needs an API key: send 'Authorization: Bearer <key>'")
         presented = _digest(token)
         if _matches(presented, needed):
             return
         if admin and _matches(presented, self.api):
-            raise ApiError(403, "loading and unloading adapters needs an admin API key", code="admin_key_required",
-                           type_="permission_error")
-        raise ApiError(401, "the API key is not valid on this server", code="invalid_api_key")
+            raise ApiError(codes.ADMIN_KEY_REQUIRED, "loading and unloading adapters needs an admin API key")
+        raise ApiError(codes.INVALID_API_KEY, "the API key is not valid on this server")
 
 
 def keys_from_env(name: str) -> list[str]:

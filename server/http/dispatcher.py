@@ -22,6 +22,8 @@ from typing import Any
 from waitress.task import ThreadedTaskDispatcher
 from waitress.utilities import Error
 
+from adapterhub import error_codes as codes
+
 __all__ = ["WorkerDispatcher", "ServerBusy", "CONTROL_PATHS", "CONTROL_THREADS", "DEFAULT_MAX_WAITING"]
 
 CONTROL_PATHS = frozenset({"/health", "/metrics"})
@@ -31,12 +33,12 @@ RETRY_AFTER_S = 1
 
 
 class ServerBusy(Error):
-    """Waitress's error shape for the refusal: ``_JsonErrorTask`` (``wsgi``) reads the code and headers."""
+    """Waitress's error shape for the refusal: ``_JsonErrorTask`` (``wsgi``) answers with its ``row``
+    of the error table and its headers."""
 
-    code = 429
+    row = codes.SERVER_BUSY
+    code = row.http_status
     reason = "Too Many Requests"
-    wire_code = "server_busy"
-    type_ = "rate_limit_error"
     headers = (("Retry-After", str(RETRY_AFTER_S)),)
 
 

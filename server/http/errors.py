@@ -2,8 +2,10 @@
 
 Every error leaves the server as ``{"error": {"message", "type", "code"}}`` (the OpenAI shape, which
 the registry API shares), so clients parse one format and no client input can produce a 500 page.
-Hub errors are answered with their row of ``adapterhub.errors.ERROR_TABLE``, the table the remote
-client reads back.
+Its status, code and type are one row of ``adapterhub.error_codes``, the table the clients read
+back: a view names the row (``ApiError(error_codes.NOT_LOADED, message)``), a hub error answers
+with its class's row (``adapterhub.errors.ERROR_TABLE``), werkzeug's own refusals with the row of
+their reason (``http_error_row``).
 """
 
 from __future__ import annotations
@@ -13,21 +15,26 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from adapterhub import error_codes as codes
+from adapterhub.error_codes import WireCode
 from adapterhub.errors import AdapterHubError, disk_full, wire_code
 
 __all__ = ["ApiError", "install_error_handlers"]
 
 
 class ApiError(Exception):
-    """An error a view raises on purpose, with its HTTP status and a machine-readable code."""
+    """An error a view raises on purpose: a row of the error table and a message for a person.
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, type_: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    ``status``, ``code`` and ``type`` are the row's, so no raising site writes a status or a code
+    of its own; ``headers`` are added to the answer (``Retry-After``, ``X-Error-Code``, ...).
+    """
+
+    def __init__(self, row: WireCode, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = row.http_status
         self.message = message
-        self.code = code
-        self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
+        self.code = row.code
+        self.type = row.type
         self.headers = headers or {}
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,12 +62,12 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(AdapterHubError)
     def _hub_error(e: AdapterHubError):
-        wire = wire_code(e)
-        return _response(ApiError(wire.http_status, str(e), code=wire.code))
+        return _response(ApiError(wire_code(e), str(e)))
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException):
-        return _response(ApiError(e.code or 500, e.description or e.name, code=e.name.lower().replace(" ", "_")))
+        row = codes.http_error_row(e.name.lower().replace(" ", "_"), e.code or 500)
+        return _response(ApiError(row, e.description or e.name))
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):
@@ -69,4 +76,4 @@ def install_error_handlers(app: Flask) -> None:
             app.logger.error("the registry's disk is full: %s", e)
             return _hub_error(full)
         app.logger.exception("unhandled error")
-        return _response(ApiError(500, f"internal error: {type(e).__name__}", code="internal_error"))
+        return _response(ApiError(codes.INTERNAL_ERROR, f"internal error: {type(e).__name__}"))

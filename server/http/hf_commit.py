@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Iterator
 
 from flask import Blueprint, current_app, jsonify, request
 
+from adapterhub import error_codes as codes
 from adapterhub.echo import echo
 from adapterhub.errors import ConcurrentModification, InvalidAdapter, InvalidName, ParentMoved
 from adapterhub.refs import validate_name
@@ -41,7 +42,7 @@ from .auth import WRITE, authorize
 from .errors import ApiError
 from .hf_compat import commit_id
 from .hf_errors import add_error_header
-from .hf_repo_id import DEFAULT_BRANCH, hub_url, repo_not_found, repo_route
+from .hf_repo_id import DEFAULT_BRANCH, hf_not_found, hub_url, repo_not_found, repo_route
 from .hf_repos import empty_repos, repo_exists
 from .json_body import parse_json_object
 from .registry_api import DEFAULT_MAX_COMMIT, MAX_COMMIT_BYTES, MAX_FILES, is_digest, json_body, push_folder
@@ -71,10 +72,11 @@ def _writable_repo(repo_id: str, revision: str) -> AdapterVersion | None:
     authorize(WRITE)
     validate_name(repo_id)
     if revision != DEFAULT_BRANCH:
-        raise ApiError(400, f"commits go to {DEFAULT_BRANCH} on this hub, not {echo(revision)}; "
-                            "tag versions with `adapterhub tag`", code="unsupported_revision")
+        raise ApiError(codes.UNSUPPORTED_REVISION,
+                       f"commits go to {DEFAULT_BRANCH} on this hub, not {echo(revision)}; "
+                       "tag versions with `adapterhub tag`")
     if request.args.get("create_pr") not in (None, "", "0", "false"):
-        raise ApiError(400, "this hub has no pull requests: commit to main", code="unsupported_pull_request")
+        raise ApiError(codes.UNSUPPORTED_PULL_REQUEST, "this hub has no pull requests: commit to main")
     registry = _registry()
     if not repo_exists(registry, repo_id):
         raise repo_not_found(repo_id)
@@ -102,13 +104,13 @@ def preupload(repo_id: str, revision: str):
     head = _writable_repo(repo_id, revision)
     files = json_body().get("files")
     if not isinstance(files, list) or not 1 <= len(files) <= 256:
-        raise ApiError(400, "'files' lists 1 to 256 files", code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, "'files' lists 1 to 256 files")
     current = {f.path: f for f in head.files} if head is not None else {}
     registry, inline_max = _registry(), _inline_max()
     answer = []
     for item in files:
         if not isinstance(item, dict) or isinstance(item.get("size"), bool) or not isinstance(item.get("size"), int):
-            raise ApiError(400, "each file is {path, size, sample}", code="invalid_field")
+            raise ApiError(codes.INVALID_FIELD, "each file is {path, size, sample}")
         path = _file_name(item.get("path"))
         mode = "regular" if item["size"] <= inline_max else "lfs"
         known = current.get(path)
@@ -123,8 +125,9 @@ def _file_name(path: Any) -> str:
     try:
         return check_file_name(path)
     except InvalidName:
-        raise ApiError(400, f"invalid file path {echo(str(path))}: an adapter repo holds plain files at its top "
-                            "(adapter_config.json, adapter_model.safetensors, README.md)", code="invalid_path") from None
+        raise ApiError(codes.INVALID_PATH,
+                       f"invalid file path {echo(str(path))}: an adapter repo holds plain files at its top "
+                       "(adapter_config.json, adapter_model.safetensors, README.md)") from None
 
 
 # One commit operation: (key, path, the file it writes or None); paths and files checked as read.
@@ -146,22 +149,22 @@ def _lines(stream: BinaryIO, limit: int) -> Iterator[dict[str, Any]]:
     """The ndjson body, one ``{"key", "value"}`` object at a time; a line is at most ``limit`` bytes."""
     while line := stream.readline(limit + 1):
         if len(line) > limit:
-            raise ApiError(413, f"a commit line is over this hub's limit of {limit} bytes", code="too_large")
+            raise ApiError(codes.TOO_LARGE, f"a commit line is over this hub's limit of {limit} bytes")
         if not line.strip():
             continue
         item = parse_json_object(line, "each line of a commit body (JSON lines: one {key, value} object per line)")
         if not isinstance(item.get("key"), str) or not isinstance(item.get("value"), dict):
-            raise ApiError(400, "each commit line is {key, value}", code="invalid_json")
+            raise ApiError(codes.INVALID_JSON, "each commit line is {key, value}")
         yield item
 
 
 def _write_inline(folder: Path, value: dict[str, Any]) -> tuple[str, int, Path]:
     """Decode one inline file into ``folder``, hashing it; its size is capped by the inline limit."""
     if value.get("encoding", "base64") != "base64" or not isinstance(value.get("content"), str):
-        raise ApiError(400, "inline files are base64 'content'", code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, "inline files are base64 'content'")
     content, limit = value["content"], _inline_max()
     if len(content) > (limit + 2) // 3 * 4:
-        raise ApiError(413, f"inline file over this hub's limit of {limit} bytes: send it through LFS", code="too_large")
+        raise ApiError(codes.TOO_LARGE, f"inline file over this hub's limit of {limit} bytes: send it through LFS")
     fd, tmp = tempfile.mkstemp(dir=folder)
     h, size = hashlib.sha256(), 0
     with os.fdopen(fd, "wb") as out:
@@ -169,7 +172,7 @@ def _write_inline(folder: Path, value: dict[str, Any]) -> tuple[str, int, Path]:
             try:
                 chunk = base64.b64decode(content[start:start + _B64_CHUNK], validate=True)
             except (binascii.Error, ValueError):
-                raise ApiError(400, "an inline file's content is not valid base64", code="invalid_field") from None
+                raise ApiError(codes.INVALID_FIELD, "an inline file's content is not valid base64") from None
             h.update(chunk)
             size += len(chunk)
             out.write(chunk)
@@ -179,12 +182,12 @@ def _write_inline(folder: Path, value: dict[str, Any]) -> tuple[str, int, Path]:
 def _lfs_object(registry: LocalRegistry, value: dict[str, Any]) -> tuple[str, int]:
     oid, size = value.get("oid"), value.get("size")
     if value.get("algo", "sha256") != "sha256" or not is_digest(oid):
-        raise ApiError(400, "an lfsFile names its object by sha256 'oid'", code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, "an lfsFile names its object by sha256 'oid'")
     if not registry.store.has(oid):
-        raise ApiError(409, f"upload object {oid} first (LFS batch API)", code="objects_missing")
+        raise ApiError(codes.OBJECTS_MISSING, f"upload object {oid} first (LFS batch API)")
     stored = registry.object_path(oid).stat().st_size
     if size is not None and size != stored:
-        raise ApiError(400, f"object {oid} has {stored} bytes, the commit says {size}", code="invalid_manifest")
+        raise ApiError(codes.INVALID_MANIFEST, f"object {oid} has {stored} bytes, the commit says {size}")
     return oid, stored
 
 
@@ -193,12 +196,12 @@ def _read_body(folder: Path) -> _Body:
     registry = _registry()
     limit = current_app.config.get(MAX_COMMIT_BYTES, DEFAULT_MAX_COMMIT)
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"commit body over this hub's limit of {limit} bytes: send large files through LFS",
-                       code="too_large")
+        raise ApiError(codes.TOO_LARGE,
+                       f"commit body over this hub's limit of {limit} bytes: send large files through LFS")
     lines = _lines(request.stream, limit)
     first = next(lines, None)
     if first is None or first["key"] != "header":
-        raise ApiError(400, "a commit starts with its header line", code="invalid_json")
+        raise ApiError(codes.INVALID_JSON, "a commit starts with its header line")
     summary, parent = first["value"].get("summary", ""), first["value"].get("parentCommit")
     body = _Body(summary if isinstance(summary, str) else "", parent if isinstance(parent, str) else None)
     for item in lines:
@@ -214,7 +217,7 @@ def _read_body(folder: Path) -> _Body:
         elif key == "deletedFile":
             body.operations.append((key, path, None))
         else:
-            raise ApiError(400, f"unknown commit operation {echo(key)}", code="invalid_field")
+            raise ApiError(codes.INVALID_FIELD, f"unknown commit operation {echo(key)}")
     return body
 
 
@@ -226,13 +229,12 @@ def _apply(head: AdapterVersion | None, operations: list[_Operation]) -> _Files:
             files = {p: f for p, f in files.items() if path and not p.startswith(path + "/")}
         elif key == "deletedFile":
             if files.pop(path, None) is None:
-                raise ApiError(404, f"cannot delete {echo(path)}: no such file in the repo", code="EntryNotFound",
-                               headers={"X-Error-Code": "EntryNotFound"})
+                raise hf_not_found(codes.ENTRY_NOT_FOUND, f"cannot delete {echo(path)}: no such file in the repo")
         else:
             assert written is not None
             files[path] = written
         if len(files) > MAX_FILES:
-            raise ApiError(400, f"an adapter repo holds at most {MAX_FILES} files", code="invalid_manifest")
+            raise ApiError(codes.INVALID_MANIFEST, f"an adapter repo holds at most {MAX_FILES} files")
     return files
 
 
@@ -307,7 +309,7 @@ def validate_yaml():
     authorize(WRITE)
     content = json_body().get("content")
     if not isinstance(content, str):
-        raise ApiError(400, "give the README's text as 'content'", code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, "give the README's text as 'content'")
     lines = content.splitlines()
     if not lines or lines[0].strip() != "---" or "---" not in (line.strip() for line in lines[1:]):
         return jsonify({"errors": [], "warnings": []})
@@ -325,5 +327,6 @@ def validate_yaml():
 @repo_route(bp, "/api/models/{repo}/xet-write-token/<revision>", methods=["GET"])
 @repo_route(bp, "/api/models/{repo}/xet-read-token/<revision>", methods=["GET"])
 def xet_token(repo_id: str, revision: str):
-    raise ApiError(400, f"this hub speaks Git LFS, not Xet: files up to {_inline_max()} bytes upload inline with any "
-                        "client; for larger ones set HF_HUB_DISABLE_XET=1", code="xet_unsupported")
+    raise ApiError(codes.XET_UNSUPPORTED,
+                   f"this hub speaks Git LFS, not Xet: files up to {_inline_max()} bytes upload inline with any "
+                   "client; for larger ones set HF_HUB_DISABLE_XET=1")

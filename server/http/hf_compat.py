@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from adapterhub import error_codes as codes
 from adapterhub.echo import echo
 from adapterhub.errors import AdapterNotFound, AdapterHubError
 from adapterhub.integers import parse_decimal
@@ -24,9 +25,8 @@ from adapterhub.refs import LATEST, Reference, validate_tag
 from adapterhub.registry import AdapterVersion, LocalRegistry
 
 from .auth import READ, authorize
-from .errors import ApiError
 from .hf_errors import add_error_header
-from .hf_repo_id import DEFAULT_BRANCH, checked_repo_id, repo_not_found, repo_route
+from .hf_repo_id import DEFAULT_BRANCH, checked_repo_id, hf_not_found, repo_not_found, repo_route
 from .hf_repos import empty_repos
 from .object_download import object_response
 from .state import app_state
@@ -46,10 +46,6 @@ def commit_id(v: AdapterVersion) -> str:
 
 def _registry() -> LocalRegistry:
     return app_state()["registry"]
-
-
-def _not_found(code: str, message: str) -> ApiError:
-    return ApiError(404, message, code=code, headers={"X-Error-Code": code})
 
 
 def _candidates(name: str, revision: str) -> list[Reference]:
@@ -80,14 +76,14 @@ def repo_head(repo_id: str, revision: str) -> AdapterVersion | None:
         if repo_id in empty_repos():
             if revision == DEFAULT_BRANCH:
                 return None
-            raise _not_found("RevisionNotFound", f"{repo_id} is empty: it has no revision {echo(revision)}")
+            raise hf_not_found(codes.REVISION_NOT_FOUND, f"{repo_id} is empty: it has no revision {echo(revision)}")
         raise repo_not_found(repo_id)
     for ref in _candidates(repo_id, revision):
         try:
             return registry.resolve(ref)
         except AdapterNotFound:
             continue
-    raise _not_found("RevisionNotFound", f"{repo_id} has no revision {echo(revision)}")
+    raise hf_not_found(codes.REVISION_NOT_FOUND, f"{repo_id} has no revision {echo(revision)}")
 
 
 def _with_commit(response, v: AdapterVersion | None):
@@ -142,7 +138,7 @@ def model_tree(repo_id: str, revision: str, path_in_repo: str = ""):
     v = repo_head(repo_id, revision)
     path_in_repo = path_in_repo.strip("/")
     if path_in_repo:  # the repo is flat: no folders to list
-        raise _not_found("EntryNotFound", f"{repo_id}@{revision} has no folder {echo(path_in_repo)}")
+        raise hf_not_found(codes.ENTRY_NOT_FOUND, f"{repo_id}@{revision} has no folder {echo(path_in_repo)}")
     entries = [
         {
             "type": "file",
@@ -164,7 +160,7 @@ def resolve_file(repo_id: str, revision: str, filename: str):
             raise AdapterNotFound(f"{repo_id} is empty")
         entry = v.file(filename)
     except AdapterNotFound:
-        err = _not_found("EntryNotFound", f"{repo_id}@{revision} has no file {echo(filename)}")
+        err = hf_not_found(codes.ENTRY_NOT_FOUND, f"{repo_id}@{revision} has no file {echo(filename)}")
         if v is not None:
             err.headers["X-Repo-Commit"] = commit_id(v)
         raise err from None

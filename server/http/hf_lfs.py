@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 
+from adapterhub import error_codes as codes
 from adapterhub.refs import validate_name
 
 from .auth import WRITE, authorize
@@ -84,14 +85,15 @@ def _upload_action(oid: str, size: int) -> dict[str, Any]:
 def _answer(item: Any) -> dict[str, Any]:
     """The batch answer for one requested object: no action, an upload action, or its error."""
     if not isinstance(item, dict) or not is_digest(item.get("oid")):
-        raise ApiError(400, "each object is {oid: 64 lowercase hex digits of a sha256, size}", code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, "each object is {oid: 64 lowercase hex digits of a sha256, size}")
     oid, size = item["oid"], item.get("size")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ApiError(400, f"object {oid}: size must be a count of bytes", code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, f"object {oid}: size must be a count of bytes")
     limit = _object_limit()
     if size == 0 or size > limit:
         why = "is empty (commit it inline)" if size == 0 else f"is over this hub's limit of {limit} bytes"
-        return {"oid": oid, "size": size, "error": {"code": 422 if size == 0 else 413, "message": f"object {oid} {why}"}}
+        row = codes.EMPTY_OBJECT if size == 0 else codes.TOO_LARGE
+        return {"oid": oid, "size": size, "error": {"code": row.http_status, "message": f"object {oid} {why}"}}
     registry = app_state()["registry"]
     if registry.store.has(oid) and registry.object_path(oid).stat().st_size == size:
         return {"oid": oid, "size": size}
@@ -104,16 +106,16 @@ def lfs_batch(repo_id: str):
     validate_name(repo_id)
     body = json_body()
     if body.get("operation") != "upload":
-        raise ApiError(400, "this hub's LFS batch API takes uploads; download files through /resolve/",
-                       code="unsupported_operation")
+        raise ApiError(codes.UNSUPPORTED_OPERATION,
+                       "this hub's LFS batch API takes uploads; download files through /resolve/")
     transfers = body.get("transfers", ["basic"])
     if not isinstance(transfers, list) or "basic" not in transfers:
-        raise ApiError(400, "this hub speaks the basic LFS transfer only", code="unsupported_transfer")
+        raise ApiError(codes.UNSUPPORTED_TRANSFER, "this hub speaks the basic LFS transfer only")
     if body.get("hash_algo", "sha256") != "sha256":
-        raise ApiError(400, "objects are named by sha256", code="unsupported_hash")
+        raise ApiError(codes.UNSUPPORTED_HASH, "objects are named by sha256")
     objects = body.get("objects")
     if not isinstance(objects, list) or not 1 <= len(objects) <= _MAX_OBJECTS:
-        raise ApiError(400, f"'objects' lists 1 to {_MAX_OBJECTS} objects", code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, f"'objects' lists 1 to {_MAX_OBJECTS} objects")
     answer = {"transfer": "basic", "hash_algo": "sha256", "objects": [_answer(o) for o in objects]}
     response = jsonify(answer)
     response.mimetype = _LFS_JSON
@@ -123,14 +125,14 @@ def lfs_batch(repo_id: str):
 @bp.put(f"{UPLOAD_PREFIX}/<oid>/<int:size>/<int:expires>/<signature>")
 def lfs_upload(oid: str, size: int, expires: int, signature: str):
     if _granted_size(current_app, request.path) != size:
-        raise ApiError(403, "this upload link is not valid here or has expired: ask the batch API again",
-                       code="invalid_upload_link")
+        raise ApiError(codes.INVALID_UPLOAD_LINK,
+                       "this upload link is not valid here or has expired: ask the batch API again")
     if request.content_length != size:
-        raise ApiError(400, f"the upload link is for {size} bytes: send exactly those, with a Content-Length",
-                       code="length_mismatch")
+        raise ApiError(codes.LENGTH_MISMATCH,
+                       f"the upload link is for {size} bytes: send exactly those, with a Content-Length")
     stored = app_state()["registry"].put_object(request.stream, oid)
     if stored.size != size:  # only reachable if the body ended early and still hashed right
-        raise ApiError(400, f"received {stored.size} bytes, expected {size}", code="short_body")
+        raise ApiError(codes.SHORT_BODY, f"received {stored.size} bytes, expected {size}")
     return jsonify({"oid": oid, "size": size})
 
 

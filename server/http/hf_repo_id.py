@@ -13,13 +13,15 @@ from typing import Any, Callable
 
 from flask import Blueprint, request
 
+from adapterhub import error_codes as codes
+from adapterhub.error_codes import WireCode
 from adapterhub.echo import echo
 from adapterhub.errors import AdapterHubError
 from adapterhub.refs import validate_name
 
 from .errors import ApiError
 
-__all__ = ["DEFAULT_BRANCH", "REPO", "repo_route", "checked_repo_id", "hub_url", "repo_not_found"]
+__all__ = ["DEFAULT_BRANCH", "REPO", "repo_route", "checked_repo_id", "hub_url", "hf_not_found", "repo_not_found"]
 
 DEFAULT_BRANCH = "main"
 REPO = "{repo}"  # where a rule takes the repo id
@@ -46,9 +48,14 @@ def repo_route(bp: Blueprint, rule: str, **options: Any) -> Callable[[Callable[.
     return register
 
 
+def hf_not_found(row: WireCode, message: str) -> ApiError:
+    """A 404 of the Hugging Face protocol: ``huggingface_hub`` picks its exception class
+    (``RepositoryNotFoundError``, ``RevisionNotFoundError``, ...) by the ``X-Error-Code`` header."""
+    return ApiError(row, message, headers={"X-Error-Code": row.code})
+
+
 def repo_not_found(repo_id: str) -> ApiError:
-    return ApiError(404, f"repository {echo(repo_id)} not found", code="RepoNotFound",
-                    headers={"X-Error-Code": "RepoNotFound"})
+    return hf_not_found(codes.REPO_NOT_FOUND, f"repository {echo(repo_id)} not found")
 
 
 def checked_repo_id(repo_id: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from adapterhub import error_codes as codes
 from adapterhub.atomic_file import write_json_atomic
 from adapterhub.echo import echo
 from adapterhub.errors import InvalidName
@@ -62,8 +63,8 @@ class EmptyRepos:
         with file_lock(self.path.with_suffix(".lock")):
             names = self.names()
             if len(names) >= _MAX_EMPTY:
-                raise ApiError(429, f"this hub holds {_MAX_EMPTY} empty repos already: commit to them or delete some",
-                               code="too_many_repos")
+                raise ApiError(codes.TOO_MANY_REPOS,
+                               f"this hub holds {_MAX_EMPTY} empty repos already: commit to them or delete some")
             self._write(names | {name})
 
     def discard(self, name: str) -> None:
@@ -89,8 +90,8 @@ def _repo_id_of(body: dict[str, Any]) -> str:
     """``organization/name`` from create/delete bodies, checked; only model repos live here."""
     repo_type = body.get("type")
     if repo_type not in (None, "model"):
-        raise ApiError(400, f"this hub holds model repos (adapters) only, not {echo(str(repo_type))}",
-                       code="unsupported_repo_type")
+        raise ApiError(codes.UNSUPPORTED_REPO_TYPE,
+                       f"this hub holds model repos (adapters) only, not {echo(str(repo_type))}")
     name, org = body.get("name"), body.get("organization")
     if not isinstance(name, str) or not (org is None or isinstance(org, str)):
         raise InvalidName("give the repo's 'name' (and 'organization') as strings")
@@ -103,12 +104,12 @@ def create_repo():
     body = json_body()
     repo_id = _repo_id_of(body)
     if body.get("private") is True or body.get("visibility") not in (None, "public"):
-        raise ApiError(400, "this hub has no private repos: who may read is set for the whole hub (read tokens)",
-                       code="unsupported_visibility")
+        raise ApiError(codes.UNSUPPORTED_VISIBILITY,
+                       "this hub has no private repos: who may read is set for the whole hub (read tokens)")
     url = f"{hub_url()}/{repo_id}"
     if repo_exists(app_state()["registry"], repo_id):
         # The Hub's 409 carries the url too: create_repo(exist_ok=True) returns it from this answer.
-        answer = ApiError(409, f"repository {repo_id} already exists", code="RepoExists").to_dict() | {"url": url}
+        answer = ApiError(codes.REPO_EXISTS, f"repository {repo_id} already exists").to_dict() | {"url": url}
         return jsonify(answer), 409
     empty_repos().add(repo_id)
     return jsonify({"url": url, "name": repo_id, "id": repo_id})

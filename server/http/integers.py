@@ -3,6 +3,7 @@ naming the parameter. (Integers written as JSON numbers are bounded by ``json_bo
 
 from __future__ import annotations
 
+from adapterhub import error_codes as codes
 from adapterhub.echo import echo
 from adapterhub.integers import parse_decimal
 
@@ -17,8 +18,7 @@ def query_count(raw: str | None, key: str) -> int | None:
         return None
     value = parse_decimal(raw)
     if value is None:
-        raise ApiError(400, f"{key} must be a count: decimal digits without a leading zero, at most 9",
-                       code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, f"{key} must be a count: decimal digits without a leading zero, at most 9")
     return value
 
 
@@ -26,6 +26,7 @@ def token_id_key(key: str, field: str, vocab: int) -> int:
     """A token id written as a JSON object key (``logit_bias``), below ``vocab``."""
     value = parse_decimal(key)
     if value is None or value >= vocab:
-        raise ApiError(400, f"'{field}' keys must be token ids in [0, {vocab}) written in decimal digits "
-                            f"without a leading zero, got {echo(key)}", code="invalid_value")
+        raise ApiError(codes.INVALID_VALUE,
+                       f"'{field}' keys must be token ids in [0, {vocab}) written in decimal digits "
+                       f"without a leading zero, got {echo(key)}")
     return value

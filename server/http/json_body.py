@@ -22,6 +22,7 @@ from typing import Any
 from flask import request
 from flask.json.provider import DefaultJSONProvider
 
+from adapterhub import error_codes as codes
 from adapterhub.echo import echo
 
 from .errors import ApiError
@@ -94,22 +95,22 @@ def parse_json_object(data: bytes | str, what: str = "the request body") -> dict
         body = json.loads(data, parse_int=integer, parse_float=real,
                           parse_constant=lambda name: refuse(f"{name}, which JSON does not allow"))
     except RecursionError:
-        raise ApiError(400, f"{what} nests too deeply", code="invalid_json") from None
+        raise ApiError(codes.INVALID_JSON, f"{what} nests too deeply") from None
     except ValueError:  # malformed JSON or bytes that are not UTF-8, -16 or -32
         body = None
     if not isinstance(body, dict):
-        raise ApiError(400, f"{what} must be a JSON object", code="invalid_json")
+        raise ApiError(codes.INVALID_JSON, f"{what} must be a JSON object")
     if refused:
         try:
             path, why = _where(body) or ("the body", refused[0].why)
         except RecursionError:
             path, why = "the body", refused[0].why
-        raise ApiError(400, f"{echo(path)} is {why}", code="invalid_value")
+        raise ApiError(codes.INVALID_VALUE, f"{echo(path)} is {why}")
     try:
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(400, f"{what} holds a string that is not valid Unicode (a lone surrogate)",
-                       code="invalid_json") from None
+        raise ApiError(codes.INVALID_JSON,
+                       f"{what} holds a string that is not valid Unicode (a lone surrogate)") from None
     return body
 
 

@@ -13,6 +13,7 @@ from typing import Mapping
 
 from flask import Response, request
 
+from adapterhub import error_codes as codes
 from adapterhub.registry import LocalRegistry
 
 from .errors import ApiError
@@ -30,8 +31,8 @@ def object_response(registry: LocalRegistry, digest: str, headers: Mapping[str, 
     if request.range is not None:
         span = request.range.range_for_length(size)
         if span is None:
-            raise ApiError(416, f"range not satisfiable for {size} bytes", code="range_not_satisfiable",
-                           headers={"Content-Range": f"bytes */{size}"})
+            raise ApiError(codes.RANGE_NOT_SATISFIABLE,
+                           f"range not satisfiable for {size} bytes", headers={"Content-Range": f"bytes */{size}"})
         (start, stop), status = span, 206
         base["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
     base["Content-Length"] = str(stop - start)

@@ -27,7 +27,7 @@ What a request may cost is bounded before the work (``admission``): the body siz
 parsed, the number of answers before any prompt is tokenized, a prompt's characters before it is
 tokenized; a full engine queue answers 429 with ``Retry-After``. A non-streamed answer whose client
 has gone is cancelled (``disconnect``), as a streamed one is when its next write fails. An answer
-that fails in the engine fails alone, with a status for its cause (``_EVENT_ERRORS``).
+that fails in the engine fails alone, with the status of its cause's row in the error table.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from adapterhub import error_codes as codes
 from adapterhub.echo import echo
 from adapterhub.errors import IncompatibleBase
 from adapterhub.server.engine.adapters.picker import SERVED_TYPES, check_compatible
@@ -114,7 +115,7 @@ def init_app(app: Any, engine: Engine, limits: AdmissionLimits) -> None:
 def _engine() -> Engine:
     engine = app_state().get("engine")
     if engine is None:
-        raise ApiError(503, "this server holds no model (start it with `adapterhub serve`)", code="no_model")
+        raise ApiError(codes.NO_MODEL, "this server holds no model (start it with `adapterhub serve`)")
     return engine
 
 
@@ -142,11 +143,11 @@ def _field(body: dict[str, Any], key: str, types: type | tuple[type, ...], what:
     value = body.get(key)
     if value is None:
         if default is _MISSING:
-            raise ApiError(400, f"'{key}' is required", code="missing_field")
+            raise ApiError(codes.MISSING_FIELD, f"'{key}' is required")
         return default
     types = types if isinstance(types, tuple) else (types,)
     if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        raise ApiError(400, f"'{key}' must be {what}", code="invalid_type")
+        raise ApiError(codes.INVALID_TYPE, f"'{key}' must be {what}")
     return value
 
 
@@ -167,7 +168,7 @@ def _refuse_unsupported(body: dict[str, Any], supported: frozenset[str]) -> None
     not get an answer that silently ignored it."""
     for key, value in body.items():
         if key not in supported and value is not None and not _neutral(key, value):
-            raise ApiError(400, f"{echo(key)} is not supported by this server", code="unsupported_field")
+            raise ApiError(codes.UNSUPPORTED_FIELD, f"{echo(key)} is not supported by this server")
 
 
 def _logit_bias(body: dict[str, Any], vocab: int) -> dict[int, float]:
@@ -177,7 +178,7 @@ def _logit_bias(body: dict[str, Any], vocab: int) -> dict[int, float]:
     for key, value in bias.items():
         token = token_id_key(key, "logit_bias", vocab)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ApiError(400, "'logit_bias' values must be numbers", code="invalid_type")
+            raise ApiError(codes.INVALID_TYPE, "'logit_bias' values must be numbers")
         out[token] = value
     return out
 
@@ -190,7 +191,7 @@ def _sampling(body: dict[str, Any], *, max_tokens: int, vocab: int, logprobs: in
     elif isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > MAX_STOP:
-        raise ApiError(400, f"'stop' must be a string or a list of at most {MAX_STOP} strings", code="invalid_type")
+        raise ApiError(codes.INVALID_TYPE, f"'stop' must be a string or a list of at most {MAX_STOP} strings")
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -205,7 +206,7 @@ def _sampling(body: dict[str, Any], *, max_tokens: int, vocab: int, logprobs: in
             logit_bias=_logit_bias(body, vocab),
         )
     except ValueError as e:
-        raise ApiError(400, str(e), code="invalid_value") from None
+        raise ApiError(codes.INVALID_VALUE, str(e)) from None
 
 
 def _max_tokens(body: dict[str, Any], keys: tuple[str, ...], default: int | None, room: int) -> int:
@@ -214,7 +215,7 @@ def _max_tokens(body: dict[str, Any], keys: tuple[str, ...], default: int | None
         value = _field(body, key, int, "an integer", None)
         if value is not None:
             if value < 1:
-                raise ApiError(400, f"'{key}' must be at least 1, got {value}", code="invalid_value")
+                raise ApiError(codes.INVALID_VALUE, f"'{key}' must be at least 1, got {value}")
             return value
     return max(1, min(default or room, room))
 
@@ -222,16 +223,16 @@ def _max_tokens(body: dict[str, Any], keys: tuple[str, ...], default: int | None
 def _n(body: dict[str, Any]) -> int:
     n = _field(body, "n", int, "an integer", 1)
     if not 1 <= n <= MAX_CHOICES:
-        raise ApiError(400, f"'n' must be between 1 and {MAX_CHOICES}, got {n}", code="invalid_value")
+        raise ApiError(codes.INVALID_VALUE, f"'n' must be between 1 and {MAX_CHOICES}, got {n}")
     return n
 
 
 def _check_ids(ids: list[int], vocab: int) -> list[int]:
     if not ids:
-        raise ApiError(400, "the prompt is empty", code="invalid_value")
+        raise ApiError(codes.INVALID_VALUE, "the prompt is empty")
     _bounds().check_tokens(len(ids), "the prompt")
     if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in ids):
-        raise ApiError(400, f"token ids must be integers in [0, {vocab})", code="invalid_value")
+        raise ApiError(codes.INVALID_VALUE, f"token ids must be integers in [0, {vocab})")
     return ids
 
 
@@ -267,7 +268,7 @@ def _submit(engine: Engine, version: AdapterVersion | None, prompts: list[list[i
         try:
             engine.check_fits(len(ids), version, params.max_tokens)
         except ContextTooLong as e:
-            raise ApiError(400, str(e), code="context_length_exceeded") from None
+            raise ApiError(codes.CONTEXT_LENGTH_EXCEEDED, str(e)) from None
     choices: list[_Choice] = []
     group = uuid.uuid4().hex
     try:
@@ -277,36 +278,32 @@ def _submit(engine: Engine, version: AdapterVersion | None, prompts: list[list[i
                 choices.append(_Choice(engine.submit(ids, p, version, group)))
     except EngineStopped as e:
         _cancel(choices)
-        raise ApiError(503, str(e), code="shutting_down") from None
+        raise ApiError(codes.SHUTTING_DOWN, str(e)) from None
     except QueueFull as e:
         _cancel(choices)
-        raise ApiError(429, str(e), code="queue_full", type_="rate_limit_error",
-                       headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}) from None
+        raise ApiError(codes.QUEUE_FULL,
+                       str(e), headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}) from None
     except BaseException:
         _cancel(choices)
         raise
     return choices
 
 
-# An answer the engine ended with an error: the status its cause deserves. Non-finite logits come
-# from the adapter the request chose (a scale or weights that overflow), not from the server: 422.
-# A sampling or detokenizing failure once the parameters passed validation is a defect of ours
-# (or of the tokenizer we ship), so it stays a 500 that monitoring should see, never blamed on
-# the client; requests whose own values are unsafe are refused with a 400 before they run.
-_EVENT_ERRORS: dict[str, tuple[int, str]] = {
-    ErrorCode.NON_FINITE_LOGITS: (422, "the model produced non-finite logits for this request (check the "
-                                       "adapter's weights and scale)"),
-    ErrorCode.SHUTTING_DOWN: (503, "the server is shutting down"),
-    ErrorCode.SAMPLING_FAILED: (500, "sampling the next token failed"),
-    ErrorCode.DETOKENIZE_FAILED: (500, "turning the tokens into text failed"),
-    ErrorCode.INTERNAL_ERROR: (500, "generation failed"),
+# What a person reads of an answer the engine ended with an error, before the engine's own line;
+# the status its cause deserves is the code's row (``ErrorCode.row``).
+_EVENT_MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.NON_FINITE_LOGITS: "the model produced non-finite logits for this request (check the adapter's "
+                                 "weights and scale)",
+    ErrorCode.SHUTTING_DOWN: "the server is shutting down",
+    ErrorCode.SAMPLING_FAILED: "sampling the next token failed",
+    ErrorCode.DETOKENIZE_FAILED: "turning the tokens into text failed",
+    ErrorCode.INTERNAL_ERROR: "generation failed",
 }
 
 
 def _event_error(event: TokenEvent) -> ApiError:
     code = event.error_code or ErrorCode.INTERNAL_ERROR
-    status, what = _EVENT_ERRORS.get(code, _EVENT_ERRORS[ErrorCode.INTERNAL_ERROR])
-    return ApiError(status, f"{what}: {event.error}", code=str(code))
+    return ApiError(code.row, f"{_EVENT_MESSAGES[code]}: {event.error}")
 
 
 def _events(choice: _Choice, label: str, metrics: ServerMetrics) -> Iterator[TokenEvent]:
@@ -449,13 +446,13 @@ def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int, n: int
             refuse_token_ids(template, body["model"])
             limits.check_generations(len(prompt), n)
             return [(_check_ids(list(p), vocab), None) for p in prompt]
-    raise ApiError(400, "'prompt' must be a string, a list of strings, or token ids", code="invalid_type")
+    raise ApiError(codes.INVALID_TYPE, "'prompt' must be a string, a list of strings, or token ids")
 
 
 def _top_k(body: dict[str, Any], key: str, most: int) -> int | None:
     value = _field(body, key, int, f"an integer between 0 and {most}", None)
     if value is not None and not 0 <= value <= most:
-        raise ApiError(400, f"'{key}' must be an integer between 0 and {most}, got {value}", code="invalid_value")
+        raise ApiError(codes.INVALID_VALUE, f"'{key}' must be an integer between 0 and {most}, got {value}")
     return value
 
 
@@ -541,28 +538,27 @@ def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int,
                  template: PromptTemplate | None) -> list[int]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list", code="invalid_type")
+        raise ApiError(codes.INVALID_TYPE, "'messages' must be a non-empty list")
     clean = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in _ROLES:
-            raise ApiError(400, f"messages[{i}] needs a role among {', '.join(_ROLES)}", code="invalid_value")
+            raise ApiError(codes.INVALID_VALUE, f"messages[{i}] needs a role among {', '.join(_ROLES)}")
         content = m.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                        for p in content):
-                raise ApiError(400, f"messages[{i}].content parts must be text parts", code="invalid_value")
+                raise ApiError(codes.INVALID_VALUE, f"messages[{i}].content parts must be text parts")
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}].content must be a string", code="invalid_type")
+            raise ApiError(codes.INVALID_TYPE, f"messages[{i}].content must be a string")
         for key, value in m.items():  # e.g. name, tool_calls: the template would drop them unseen
             if key not in ("role", "content") and value not in (None, "", [], {}):
-                raise ApiError(400, f"messages[{i}].{echo(key)} is not supported by this server",
-                               code="unsupported_field")
+                raise ApiError(codes.UNSUPPORTED_FIELD, f"messages[{i}].{echo(key)} is not supported by this server")
         clean.append({"role": m["role"], "content": content})
     app_state()["limits"].check_generations(1, n)
     _bounds().check_chars(sum(len(m["content"]) for m in clean), "the conversation")  # before templating it
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ApiError(400, "the base model has no chat template; use /v1/completions", code="no_chat_template")
+        raise ApiError(codes.NO_CHAT_TEMPLATE, "the base model has no chat template; use /v1/completions")
     text = tokenizer.apply_chat_template(templated_messages(template, clean), add_generation_prompt=True,
                                          tokenize=False)
     return _encode_text(tokenizer, text, vocab, add_special_tokens=False)
@@ -573,7 +569,7 @@ def _chat_top_logprobs(body: dict[str, Any]) -> int | None:
     wanted = _field(body, "logprobs", bool, "a boolean", False)
     top = _top_k(body, "top_logprobs", MAX_LOGPROBS)
     if top is not None and not wanted:
-        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", code="invalid_value")
+        raise ApiError(codes.INVALID_VALUE, "'top_logprobs' needs 'logprobs': true")
     return (top or 0) if wanted else None
 
 
@@ -644,7 +640,7 @@ def _adapter_version(engine: Engine) -> AdapterVersion:
         body = {**body, "model": body["adapter"]}
     version = _resolve(engine, body)
     if version is None:
-        raise ApiError(400, "the base model is always loaded; name an adapter", code="invalid_value")
+        raise ApiError(codes.INVALID_VALUE, "the base model is always loaded; name an adapter")
     return version
 
 
@@ -663,5 +659,5 @@ def unload_adapter():
     engine = _engine()
     version = _adapter_version(engine)
     if not engine.unload_adapter(version.ref):
-        raise ApiError(404, f"{version.ref} is not loaded", code="not_loaded")
+        raise ApiError(codes.NOT_LOADED, f"{version.ref} is not loaded")
     return jsonify({"model": version.ref, "loaded": False})

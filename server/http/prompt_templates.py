@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adapterhub import error_codes as codes
 from adapterhub.echo import echo
 from adapterhub.errors import InvalidAdapter
 
@@ -32,8 +33,9 @@ def template_of(engine: Engine, version: AdapterVersion | None) -> PromptTemplat
 def refuse_token_ids(template: PromptTemplate | None, model: str) -> None:
     """A 400 when a template would have to apply to a prompt sent as token ids."""
     if template is not None:
-        raise ApiError(400, f"{echo(model)} is a prompt template, which applies to text: send 'prompt' as a string "
-                            "or a list of strings, not token ids", code="invalid_value")
+        raise ApiError(codes.INVALID_VALUE,
+                       f"{echo(model)} is a prompt template, which applies to text: send 'prompt' as a string "
+                       "or a list of strings, not token ids")
 
 
 def templated_messages(template: PromptTemplate | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -43,4 +45,4 @@ def templated_messages(template: PromptTemplate | None, messages: list[dict[str,
     try:
         return template.messages(messages)
     except InvalidAdapter as e:
-        raise ApiError(400, str(e), code="invalid_value") from None
+        raise ApiError(codes.INVALID_VALUE, str(e)) from None

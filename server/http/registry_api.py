@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
+from adapterhub import error_codes as codes
 from adapterhub.adapter_folder import read_adapter_folder
 from adapterhub.echo import echo
 from adapterhub.errors import AdapterHubError, InvalidAdapter, InvalidName
@@ -105,8 +106,7 @@ def is_digest(value: Any) -> bool:
 
 def _check_digest(digest: Any) -> str:
     if not is_digest(digest):
-        raise ApiError(400, f"invalid digest {echo(str(digest))}: 64 lowercase hex digits of a sha256",
-                       code="invalid_digest")
+        raise ApiError(codes.INVALID_DIGEST, f"invalid digest {echo(str(digest))}: 64 lowercase hex digits of a sha256")
     return digest
 
 
@@ -114,20 +114,20 @@ def _check_file_name(path: Any) -> str:
     try:
         return check_file_name(path)
     except InvalidName as e:
-        raise ApiError(400, str(e), code="invalid_path") from None
+        raise ApiError(codes.INVALID_PATH, str(e)) from None
 
 
 def json_body() -> dict[str, Any]:
     limit = current_app.config.get(MAX_JSON_BYTES, DEFAULT_MAX_JSON)
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"request body over {limit} bytes", code="too_large")
+        raise ApiError(codes.TOO_LARGE, f"request body over {limit} bytes")
     return json_object()
 
 
 def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
     value = body.get(key, default)
     if value is not default and not isinstance(value, kind):
-        raise ApiError(400, f"field {echo(key)} has the wrong type", code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, f"field {echo(key)} has the wrong type")
     return value
 
 
@@ -181,7 +181,7 @@ def check_objects():
     authorize(WRITE)
     digests = _field(json_body(), "digests", list, [])
     if len(digests) > 1000:
-        raise ApiError(400, "at most 1000 digests per check", code="too_many")
+        raise ApiError(codes.TOO_MANY, "at most 1000 digests per check")
     store = _registry().store
     return jsonify({"missing": [d for d in map(_check_digest, digests) if not store.has(d)]})
 
@@ -192,27 +192,27 @@ def put_object(digest: str):
     _check_digest(digest)
     size = request.content_length
     if size is None:
-        raise ApiError(411, "object uploads need a Content-Length", code="length_required")
+        raise ApiError(codes.LENGTH_REQUIRED, "object uploads need a Content-Length")
     limit = current_app.config.get(MAX_OBJECT_BYTES, DEFAULT_MAX_OBJECT)
     if size > limit:
-        raise ApiError(413, f"object of {size} bytes is over this hub's limit of {limit} bytes", code="too_large")
+        raise ApiError(codes.TOO_LARGE, f"object of {size} bytes is over this hub's limit of {limit} bytes")
     stored = _registry().put_object(request.stream, digest)
     if stored.size != size:  # only reachable if the body ended early and still hashed right
-        raise ApiError(400, f"received {stored.size} bytes, Content-Length said {size}", code="short_body")
+        raise ApiError(codes.SHORT_BODY, f"received {stored.size} bytes, Content-Length said {size}")
     return jsonify({"digest": digest, "size": stored.size, "reused": stored.reused}), (200 if stored.reused else 201)
 
 
 def _manifest(body: dict[str, Any]) -> list[dict[str, Any]]:
     files = _field(body, "files", list, None)
     if not files or len(files) > MAX_FILES:
-        raise ApiError(400, f"'files' must list 1 to {MAX_FILES} files", code="invalid_manifest")
+        raise ApiError(codes.INVALID_MANIFEST, f"'files' must list 1 to {MAX_FILES} files")
     out, seen = [], set()
     for f in files:
         if not isinstance(f, dict) or isinstance(f.get("size"), bool) or not isinstance(f.get("size"), int):
-            raise ApiError(400, "each file is {path, sha256, size}", code="invalid_manifest")
+            raise ApiError(codes.INVALID_MANIFEST, "each file is {path, sha256, size}")
         path = _check_file_name(f.get("path"))
         if path in seen:
-            raise ApiError(400, f"file {echo(path)} listed twice", code="invalid_manifest")
+            raise ApiError(codes.INVALID_MANIFEST, f"file {echo(path)} listed twice")
         seen.add(path)
         out.append({"path": path, "sha256": _check_digest(f.get("sha256")), "size": f["size"]})
     return out
@@ -222,12 +222,11 @@ def _check_objects(registry: LocalRegistry, files: list[dict[str, Any]]) -> None
     """Every object of the manifest is stored, with the size the manifest gives."""
     missing = [f["sha256"] for f in files if not registry.store.has(f["sha256"])]
     if missing:
-        raise ApiError(409, f"upload these objects first: {', '.join(missing)}", code="objects_missing")
+        raise ApiError(codes.OBJECTS_MISSING, f"upload these objects first: {', '.join(missing)}")
     for f in files:
         size = registry.object_path(f["sha256"]).stat().st_size
         if size != f["size"]:
-            raise ApiError(400, f"{f['path']}: object has {size} bytes, manifest says {f['size']}",
-                           code="invalid_manifest")
+            raise ApiError(codes.INVALID_MANIFEST, f"{f['path']}: object has {size} bytes, manifest says {f['size']}")
 
 
 def _check_base(base: str | None) -> None:
@@ -235,18 +234,15 @@ def _check_base(base: str | None) -> None:
     if base is None or current_app.config.get(ALLOW_LOCAL_BASES):
         return
     if base.startswith(("/", ".", "~")) or "\\" in base or ".." in base.split("/"):
-        raise ApiError(
-            400,
-            f"base {echo(base)} is a path, which means nothing on a shared hub: name the base by its Hub id "
-            "(push with --base ORG/NAME)",
-            code="local_base",
-        )
+        raise ApiError(codes.LOCAL_BASE,
+                       f"base {echo(base)} is a path, which means nothing on a shared hub: name the base by its Hub id "
+                       "(push with --base ORG/NAME)")
 
 
 def _lineage(body: dict[str, Any]) -> list[dict[str, Any]]:
     lineage = _field(body, "lineage", list, [])
     if not all(isinstance(x, dict) for x in lineage):
-        raise ApiError(400, "'lineage' is a list of objects", code="invalid_field")
+        raise ApiError(codes.INVALID_FIELD, "'lineage' is a list of objects")
     return lineage
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
+from adapterhub import error_codes as codes
+
 from .errors import ApiError
 from .json_body import json_object
 from .lora_names import LoraNames
@@ -29,7 +31,7 @@ ADMIN_ENDPOINTS = frozenset({"vllm.load_lora_adapter", "vllm.unload_lora_adapter
 def _names() -> LoraNames:
     names = app_state().get("lora_names")
     if names is None:
-        raise ApiError(503, "this server holds no model (start it with `adapterhub serve`)", code="no_model")
+        raise ApiError(codes.NO_MODEL, "this server holds no model (start it with `adapterhub serve`)")
     return names
 
 
@@ -40,7 +42,7 @@ def _body() -> dict[str, Any]:
 
 def _text(value: Any, key: str) -> str:
     if value is not None and not isinstance(value, str):
-        raise ApiError(400, f"'{key}' must be a string", code="invalid_type")
+        raise ApiError(codes.INVALID_TYPE, f"'{key}' must be a string")
     return value or ""
 
 
@@ -57,10 +59,10 @@ def load_lora_adapter():
     body = _body()
     name, path = _text(body.get("lora_name"), "lora_name"), _text(body.get("lora_path"), "lora_path")
     if not name or not path:
-        raise ApiError(400, "both 'lora_name' and 'lora_path' must be provided", code="missing_field")
+        raise ApiError(codes.MISSING_FIELD, "both 'lora_name' and 'lora_path' must be provided")
     inplace = body.get("load_inplace", False)
     if not isinstance(inplace, bool):
-        raise ApiError(400, "'load_inplace' must be a boolean", code="invalid_type")
+        raise ApiError(codes.INVALID_TYPE, "'load_inplace' must be a boolean")
     version = names.add(name, path, replace=inplace, client=True)  # NameTaken: 400 already_loaded
     g.adapter_label = version.ref
     return Response(f"Success: LoRA adapter '{name}' added successfully.", mimetype="text/plain")
@@ -71,7 +73,7 @@ def unload_lora_adapter():
     names = _names()
     name = _text(_body().get("lora_name"), "lora_name")
     if not name:
-        raise ApiError(400, "'lora_name' needs to be provided to unload a LoRA adapter", code="missing_field")
+        raise ApiError(codes.MISSING_FIELD, "'lora_name' needs to be provided to unload a LoRA adapter")
     g.adapter_label = names.remove(name)
     return Response(f"Success: LoRA adapter '{name}' removed successfully.", mimetype="text/plain")
 

@@ -48,6 +48,8 @@ from waitress.adjustments import Adjustments
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 
+from adapterhub import error_codes as codes
+
 from .dispatcher import DEFAULT_MAX_WAITING, WorkerDispatcher
 from .half_close import HalfCloseChannel
 from .lingering_close import LingeringCloseChannel
@@ -134,15 +136,15 @@ class _TrimAfterLargeBodies:
 
 class _JsonErrorTask(ErrorTask):
     """Waitress's own refusals (413 body too large, 400 malformed, 431 headers too large, 429 server
-    busy) in the ``{"error": {...}}`` shape the app answers with, instead of a plain-text page. An
-    error class may name its code, type and headers (``dispatcher.ServerBusy``)."""
+    busy) in the ``{"error": {...}}`` shape the app answers with, instead of a plain-text page: the
+    row of the error table its reason names, or the one its class names (``dispatcher.ServerBusy``),
+    with the headers the class adds."""
 
     def execute(self) -> None:
         e = self.request.error
-        code = getattr(e, "wire_code", None) or e.reason.lower().replace(" ", "_")
-        body = json.dumps({"error": {"message": f"{e.reason}: {e.body}",
-                                     "type": getattr(e, "type_", "invalid_request_error"), "code": code}}).encode()
-        self.status = f"{e.code} {e.reason}"
+        row = getattr(e, "row", None) or codes.http_error_row(e.reason.lower().replace(" ", "_"), e.code)
+        body = json.dumps({"error": {"message": f"{e.reason}: {e.body}", "type": row.type, "code": row.code}}).encode()
+        self.status = f"{row.http_status} {e.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.response_headers.extend(getattr(e, "headers", ()))
         self.set_close_on_finish()

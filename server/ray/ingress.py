@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from adapterhub import error_codes as codes
 from adapterhub.server.http.errors import ApiError
 
 from .affinity import AffinityKeys, json_fields
@@ -43,8 +44,9 @@ def _response(error: ApiError) -> Response:
 
 
 def _replica_stopped(error: BaseException) -> ApiError:
-    return ApiError(503, f"the replica serving this request stopped ({type(error).__name__}); retry",
-                    code="replica_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+    return ApiError(codes.REPLICA_UNAVAILABLE,
+                    f"the replica serving this request stopped ({type(error).__name__}); retry",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _fleet_errors() -> tuple[type[BaseException], ...]:
@@ -70,8 +72,9 @@ class OpenAIIngress:
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
         if path in _PER_PROCESS_ROUTES:
-            return _response(ApiError(400, f"{path} binds a name in one process; behind Ray, push the adapter to "
-                                           "the registry and name it in 'model'", code="not_supported_by_fleet"))
+            return _response(ApiError(codes.NOT_SUPPORTED_BY_FLEET,
+                                      f"{path} binds a name in one process; behind Ray, push the adapter to "
+                                      "the registry and name it in 'model'"))
         api = path.startswith("/v1/")
         if api and not self._keys.accepts(request.headers.get("authorization")):
             body = b""  # no key, no work: unread, unresolved; the replica answers the 401 as one server does
@@ -132,8 +135,8 @@ async def _fleet_failures(call: DeploymentResponse | DeploymentResponseGenerator
         yield failed
     except BackPressureError:
         call.cancel()
-        failed.append(_response(ApiError(429, "every replica's queue is full", code="queue_full",
-                                         type_="rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_S)})))
+        failed.append(_response(ApiError(codes.QUEUE_FULL,
+                                         "every replica's queue is full", headers={"Retry-After": str(RETRY_AFTER_S)})))
     except _fleet_errors() as e:
         call.cancel()
         failed.append(_response(_replica_stopped(e)))
