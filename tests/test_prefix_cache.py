@@ -33,6 +33,10 @@ def _kv(items: int, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tenso
             [torch.randn(HEADS, items, DIM, generator=g) for _ in range(LAYERS)])
 
 
+def _gather(keys, values):
+    return lambda lo, hi: ([k[:, lo:hi] for k in keys], [v[:, lo:hi] for v in values])
+
+
 _BLOCK_BYTES = LAYERS * 2 * HEADS * BLOCK_TOKENS * DIM * 4
 
 
@@ -44,7 +48,7 @@ def test_a_stored_prefix_comes_back_exactly_up_to_all_but_the_last_item():
     items = list(range(3 * BLOCK_TOKENS))
     keys, values = _kv(len(items))
     root = cache.root(None)
-    assert cache.store(root, items, keys, values) == 3
+    assert cache.store(root, items, _gather(keys, values)) == 3
     whole = cache.lookup(root, items)  # the whole prompt is cached: its last item is still prefilled
     assert whole.items == len(items) - 1
     mid = cache.lookup(root, items[: 2 * BLOCK_TOKENS + 5] + [999])  # ends mid-block: two blocks back
@@ -62,9 +66,9 @@ def test_the_byte_bound_holds_and_a_chain_loses_its_deepest_blocks_first():
     cache = PrefixCache(4 * _BLOCK_BYTES)
     root = cache.root(None)
     first = list(range(3 * BLOCK_TOKENS))
-    cache.store(root, first, *_kv(len(first)))
+    cache.store(root, first, _gather(*_kv(len(first))))
     second = [1000 + i for i in range(2 * BLOCK_TOKENS)]
-    cache.store(root, second, *_kv(len(second), seed=1))
+    cache.store(root, second, _gather(*_kv(len(second), seed=1)))
     assert cache.bytes_resident <= cache.max_bytes and cache.blocks_resident == 4
     assert cache.stats.blocks_evicted == 1
     # the older chain lost its last block, not its first: its first two blocks still serve
@@ -78,7 +82,7 @@ def test_non_finite_values_are_never_kept_nor_anything_after_them():
     keys, values = _kv(len(items))
     keys[1][0, BLOCK_TOKENS + 3, 0] = math.nan
     root = cache.root(None)
-    assert cache.store(root, items, keys, values) == 1
+    assert cache.store(root, items, _gather(keys, values)) == 1
     assert cache.lookup(root, items).items == BLOCK_TOKENS
 
 

@@ -34,13 +34,16 @@ import threading
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:  # torch comes with the engine, not with this module (engine.py's errors are light)
     import torch
 
 __all__ = ["PrefixCache", "PrefixHit", "PrefixCacheStats", "BLOCK_TOKENS", "DEFAULT_PREFIX_CACHE_BYTES",
            "sequence_items"]
+
+# (lo, hi) -> items lo:hi's keys and values, one [kv heads, hi - lo, dim] pair per layer
+Gather = Callable[[int, int], "tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]"]
 
 BLOCK_TOKENS = 16  # vLLM's block size: fine enough that a prefix ending mid-block loses little
 DEFAULT_PREFIX_CACHE_BYTES = 512 << 20  # ~11k tokens of SmolLM2-135M (46 KB of float32 KV a token)
@@ -139,24 +142,24 @@ class PrefixCache:
         self.stats.tokens_reused += reused
         return PrefixHit(reused, list(kv[:, 0].unbind(0)), list(kv[:, 1].unbind(0)))
 
-    def store(self, root: bytes, items: Sequence[int], keys: Sequence[torch.Tensor],
-              values: Sequence[torch.Tensor]) -> int:
-        """Keep the whole blocks of ``items`` not held yet, from per-layer ``[kv heads, >= items, dim]``
-        keys and values (column ``i`` is item ``i``); blocks with a non-finite value are never kept.
-        The number of blocks stored."""
+    def store(self, root: bytes, items: Sequence[int], gather: Gather) -> int:
+        """Keep the whole blocks of ``items`` not held yet; ``gather(lo, hi)`` gives items ``lo:hi``'s
+        keys and values, one ``[kv heads, hi - lo, dim]`` pair per layer, and is called only for the
+        blocks missing (a finished answer's prompt blocks are usually held already). Blocks with a
+        non-finite value are never kept. The number of blocks stored."""
+        import torch
+
         whole = len(items) // self.block_tokens
         if whole == 0:
             return 0
         chain = self._chain(root, items, whole)
         with self._lock:
             missing = [b for b, key in enumerate(chain) if key not in self._blocks]
-        import torch
-
         n = self.block_tokens
         stored = 0
         for b in missing:
-            block = torch.stack([torch.stack([k[:, b * n:(b + 1) * n], v[:, b * n:(b + 1) * n]])
-                                 for k, v in zip(keys, values)]).contiguous()
+            keys, values = gather(b * n, (b + 1) * n)
+            block = torch.stack([torch.stack([k, v]) for k, v in zip(keys, values)]).contiguous()
             if block.nbytes > self.max_bytes or not bool(torch.isfinite(block).all()):
                 chain = chain[:b]  # a later block chains from this one: without it, none is found
                 break

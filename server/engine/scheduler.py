@@ -31,6 +31,7 @@ cancelled requests leave the queue and the batch before the next step, releasing
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import queue
 import threading
@@ -390,9 +391,7 @@ class Scheduler:
             columns = mask[b].nonzero().squeeze(1)
             if columns.numel() != len(items):
                 continue  # not a layout this store understands: keep nothing rather than a wrong prefix
-            self.prefix_cache.store(row.prefix_root, items,
-                                    [layer.keys[b][:, columns] for layer in cache.layers],
-                                    [layer.values[b][:, columns] for layer in cache.layers])
+            self.prefix_cache.store(row.prefix_root, items, functools.partial(_gather, cache, b, columns))
 
     @staticmethod
     def _prompt_logprobs(row: _Row, logits: torch.Tensor) -> tuple[TokenLogprob | None, ...] | None:
@@ -556,6 +555,14 @@ class Scheduler:
         for row in self._rows:
             self._fail_request(row.request, failure, completion_tokens=len(row.generated))
         self._remove(set(range(len(self._rows))))
+
+
+def _gather(cache: Cache, row: int, columns: torch.Tensor, lo: int, hi: int
+            ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Row ``row``'s keys and values at its items ``lo:hi`` (``columns`` maps items to cache columns)."""
+    picked = columns[lo:hi]
+    return ([layer.keys[row][:, picked] for layer in cache.layers],
+            [layer.values[row][:, picked] for layer in cache.layers])
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
