@@ -11,6 +11,13 @@ One batch mixes adapters freely: before each forward the LoRA slot bank is told 
 uses (``lora.slot_bank``), and a soft-prompt row has its virtual tokens prepended at prefill, after
 which it is an ordinary row whose cache starts with those tokens.
 
+A request held to a grammar (``structured``: a JSON schema, a regex, choices) brings its compiled
+grammar; its row gets a matcher of its own when it is prefilled. Each time the rows' tokens are
+chosen, the constrained rows' token masks are filled and applied to copies of their logits
+(``sample``), and each constrained row's matcher then accepts its token; a row whose matcher has
+terminated (its grammar is complete and it chose a stop token) finishes with ``stop``. Free rows
+share the batch unchanged.
+
 Log-probabilities (``logprobs``) are computed only for the rows that ask for them. A prefill keeps
 only its last position's logits, except for requests that ask for their prompt's log-probabilities
 (``echo``): each is prefilled alone with every position's logits kept (a prompt's positions times
@@ -47,6 +54,7 @@ from .logprobs import chosen_logprobs, prompt_logprobs
 from .lora.row_plan import BASE_ROW
 from .request import ErrorCode, GenerationRequest, RowFailure, TokenEvent, TokenLogprob
 from .sampler import new_generator, sample
+from .structured.constraint import RowConstraint, StepMasks
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -57,6 +65,7 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 _SHUTTING_DOWN = RowFailure(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+_OFF_GRAMMAR = RowFailure(ErrorCode.SAMPLING_FAILED, "sampled a token its grammar does not allow")
 
 
 class Enqueued(enum.Enum):
@@ -101,6 +110,7 @@ class _Row:
     last_token: int = -1
     generated: list[int] = field(default_factory=list)
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # sent with the first token, then dropped
+    constraint: RowConstraint | None = None  # the row's place in its grammar, when it has one
 
     @property
     def slot(self) -> int:
@@ -331,7 +341,8 @@ class Scheduler:
     def _prefill(self, joining: list[GenerationRequest]) -> _Prefilled:
         """Run the prompts of ``joining`` through the model, touching nothing the batch holds: a
         failure here is retried without harm."""
-        rows = [_Row(r, StopText(self.tokenizer, r.params.stop), new_generator(r.params, self._device))
+        rows = [_Row(r, StopText(self.tokenizer, r.params.stop), new_generator(r.params, self._device),
+                     constraint=None if r.grammar is None else RowConstraint(r.grammar))
                 for r in joining]
         pieces = [self._prompt_embeddings(r.request) for r in rows]
         pad = self._embed(torch.tensor([self._pad_id], device=self._device))[0]
@@ -411,13 +422,18 @@ class Scheduler:
         """Pick the next token of rows ``offset:`` (whose ``logits`` these are), emit it, and let
         finished and failed rows leave the batch."""
         rows = self._rows[offset:]
-        tokens = sample(logits, [(row.request.params, row.generator) for row in rows], [row.generated for row in rows])
+        masks = StepMasks.of([row.constraint for row in rows], logits.shape[-1], logits.device)
+        tokens = sample(logits, [(row.request.params, row.generator) for row in rows], [row.generated for row in rows],
+                        masks)
         logprobs = chosen_logprobs(logits, [(row.request.params.logprobs, None if isinstance(token, RowFailure) else token)
                                             for row, token in zip(rows, tokens)])
         done = set()
         for i, (row, token, logprob) in enumerate(zip(rows, tokens, logprobs)):
             if isinstance(token, RowFailure):
                 self._fail_row(row, token)
+                done.add(offset + i)
+            elif row.constraint is not None and not row.constraint.accept(token):
+                self._fail_row(row, _OFF_GRAMMAR)
                 done.add(offset + i)
             elif self._emit(row, token, logprob):
                 done.add(offset + i)
@@ -454,6 +470,8 @@ class Scheduler:
         text, stopped = row.text.add(token)
         if stopped:
             return text, "stop"
+        if row.constraint is not None and row.constraint.terminated:  # its grammar is complete (a base without eos)
+            return text + row.text.finish(), "stop"
         if len(row.generated) >= row.request.params.max_tokens:
             return text + row.text.finish(), "length"
         return text, None
