@@ -34,9 +34,13 @@ class RowConstraint:
         self._matcher = xgrammar.GrammarMatcher(compiled.grammar,
                                                 override_stop_tokens=list(compiled.stop_ids) or None,
                                                 terminate_without_stop_token=not compiled.stop_ids)
+        self._filter = compiled.token_filter
 
     def fill(self, bitmask: torch.Tensor, index: int) -> None:
+        """Write the tokens the row may take next into ``bitmask[index]`` (CPU, int32 words)."""
         self._matcher.fill_next_token_bitmask(bitmask, index)
+        if self._filter is not None:
+            bitmask[index] &= self._filter
 
     def accept(self, token: int) -> bool:
         """Advance past ``token``; False when the grammar does not allow it (the row must fail)."""

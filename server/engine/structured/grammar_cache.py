@@ -7,6 +7,11 @@ compiles in C++ without the GIL). The HTTP thread that asked waits for the resul
 submits the request, as vLLM's front end waits for a grammar before the request joins a batch, so
 a grammar that does not compile is that request's 400, not a row failing mid-batch.
 
+JSON answers never hold a raw control character (JSON escapes them in strings, and compact JSON
+has no newlines or tabs between values), yet xgrammar 0.2.9 lets a string with a ``maxLength``
+take bytes 0x00-0x1F (pydantic then refuses the answer): a JSON grammar's rows also carry a token
+filter that clears every token holding such a byte (``CompiledConstraint.token_filter``).
+
 Identical specs share one compilation, and failures are cached like successes: a client
 repeating a bad schema costs a lookup, not a compile. The cache is bounded by entries and by
 the compiled grammars' bytes (xgrammar's own cache is off: this one is the only one).
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .spec import GrammarInvalid, GrammarKind, GrammarSpec
 
 if TYPE_CHECKING:
+    import torch
     import xgrammar
     from transformers import PreTrainedTokenizerBase
 
@@ -47,6 +53,7 @@ class CompiledConstraint:
     spec: GrammarSpec
     grammar: xgrammar.CompiledGrammar
     stop_ids: tuple[int, ...]
+    token_filter: torch.Tensor | None = None  # a bitmask row ANDed with the grammar's at every step
 
     @property
     def memory_bytes(self) -> int:
@@ -79,6 +86,7 @@ class GrammarCache:
         # Reentrant: a compilation already done runs its eviction callback inside ``_future``'s lock.
         self._lock = threading.RLock()
         self._compiler: xgrammar.GrammarCompiler | None = None  # built by the first compilation, in the pool
+        self._json_filter: torch.Tensor | None = None  # with the compiler
         self._compiler_lock = threading.Lock()
         self.compiled = 0  # compilations run (hits cost none)
 
@@ -130,28 +138,43 @@ class GrammarCache:
         compiler = self._grammar_compiler()
         try:
             grammar = _compile(compiler, spec)
-        except (RuntimeError, ValueError) as e:  # xgrammar reports bad input as RuntimeError
+        except Exception as e:  # the client's text is the only input: whatever xgrammar raises is about it
             raise GrammarInvalid(_one_line(spec, e)) from None
         with self._lock:
             self.compiled += 1
-        return CompiledConstraint(spec, grammar, self.stop_ids)
+        json_kinds = (GrammarKind.JSON_SCHEMA, GrammarKind.JSON_OBJECT)
+        return CompiledConstraint(spec, grammar, self.stop_ids, self._json_filter if spec.kind in json_kinds else None)
 
     def _grammar_compiler(self) -> xgrammar.GrammarCompiler:
         """Built once, in the pool: reading a large vocabulary takes a moment nobody should wait
         for unless they use structured outputs."""
         with self._compiler_lock:
             if self._compiler is None:
-                self._compiler = _new_compiler(self._tokenizer, self.vocab_size, self.stop_ids)
+                import xgrammar
+
+                info = xgrammar.TokenizerInfo.from_huggingface(self._tokenizer, vocab_size=self.vocab_size,
+                                                               stop_token_ids=list(self.stop_ids) or None)
+                self._json_filter = _without_control_bytes(info, self.vocab_size)
+                self._compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
             return self._compiler
 
 
-def _new_compiler(tokenizer: PreTrainedTokenizerBase, vocab_size: int,
-                  stop_ids: tuple[int, ...]) -> xgrammar.GrammarCompiler:
+def _without_control_bytes(info: xgrammar.TokenizerInfo, vocab_size: int) -> torch.Tensor:
+    """A bitmask row allowing every token but those whose bytes include one below 0x20 (special
+    tokens, the stop tokens among them, stay allowed: their text is not part of the answer)."""
+    import torch
     import xgrammar
 
-    info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
-                                                   stop_token_ids=list(stop_ids) or None)
-    return xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+    allowed = torch.ones(vocab_size, dtype=torch.bool)
+    special = set(info.special_token_ids) | set(info.stop_token_ids)
+    for token, piece in enumerate(info.decoded_vocab[:vocab_size]):
+        if token not in special and any(b < 0x20 for b in piece):
+            allowed[token] = False
+    words = xgrammar.get_bitmask_shape(1, vocab_size)[1]
+    padded = torch.zeros(words * 32, dtype=torch.int64)
+    padded[:vocab_size] = allowed.to(torch.int64)
+    unsigned = (padded.view(words, 32) << torch.arange(32, dtype=torch.int64)).sum(-1)
+    return ((unsigned + (1 << 31)) % (1 << 32) - (1 << 31)).to(torch.int32)  # xgrammar's int32 words
 
 
 def _compile(compiler: xgrammar.GrammarCompiler, spec: GrammarSpec) -> xgrammar.CompiledGrammar:
