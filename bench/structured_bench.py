@@ -13,7 +13,7 @@ The stall check streams one free answer token by token twice: alone, then while 
 sends ``--schemas`` new large schemas (each ~50 KB, compiled on the grammar cache's thread), and
 reports each stream's largest gap between tokens and the compile requests' latencies.
 
-    python bench/structured_bench.py                 # tiny base, 8 clients, 3 rounds
+    python bench/structured_bench.py                 # tiny base, 8 clients, 5 rounds
     python bench/structured_bench.py --base smollm2  # the real SmolLM2-135M-Instruct (4-bit GGUF)
 
 Prints JSON lines while it runs and one summary document at the end.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -73,7 +74,8 @@ def chat(server: ServerProcess, model: str, new: int, prompt: str, constrained: 
     return server.post("/v1/chat/completions", doc)
 
 
-def clients_phase(server: ServerProcess, model: str, clients: int, requests: int, new: int, constrained: bool) -> dict[str, Any]:
+def clients_phase(server: ServerProcess, model: str, clients: int, requests: int, new: int,
+                  constrained: bool) -> dict[str, Any]:
     """``clients`` threads, each sending ``requests`` chats one after another; tokens/s over the wall time."""
     tokens, reasons, errors = [0] * clients, [], []
 
@@ -145,9 +147,8 @@ def stall_check(server: ServerProcess, model: str, new: int, schemas: int, seed:
     during = _gaps(stamps)
     return {
         "schema_chars": len(json.dumps(large_schema(seed), separators=(",", ":"))),
-        "alone_max_gap_ms": round(1000 * max(alone), 2), "alone_median_gap_ms": round(1000 * statistics.median(alone), 2),
-        "during_max_gap_ms": round(1000 * max(during), 2),
-        "during_median_gap_ms": round(1000 * statistics.median(during), 2),
+        "alone_max_gap_ms": _ms(max(alone)), "alone_median_gap_ms": _ms(statistics.median(alone)),
+        "during_max_gap_ms": _ms(max(during)), "during_median_gap_ms": _ms(statistics.median(during)),
         "schema_request_s": [round(b - a, 3) for a, b in windows],
         "schema_requests_inside_stream": sum(stamps[0] <= a and b <= stamps[-1] for a, b in windows),
     }
@@ -155,6 +156,10 @@ def stall_check(server: ServerProcess, model: str, new: int, schemas: int, seed:
 
 def _gaps(stamps: list[float]) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def _ms(seconds: float) -> float:
+    return round(1000 * seconds, 2)
 
 
 def base_argument(value: str | None, work: Path) -> Path | str:
@@ -175,7 +180,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=4, help="requests per client per phase")
     ap.add_argument("--new", type=int, default=64, help="max_tokens per request")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--schemas", type=int, default=3, help="new large schemas sent during the stall check")
     ap.add_argument("--stream-tokens", type=int, default=400)
     args = ap.parse_args()
@@ -200,15 +205,18 @@ def main() -> None:
             stall = stall_check(server, model, args.stream_tokens, args.schemas, seed=int(time.time()))
             emit(stall=stall)
     best = {phase: max(rs, key=lambda x: x["tokens_per_s"]) for phase, rs in rounds.items()}
+    median = {phase: statistics.median(x["tokens_per_s"] for x in rs) for phase, rs in rounds.items()}
     ratio = best["constrained"]["tokens_per_s"] / best["free"]["tokens_per_s"]
     print(json.dumps({
         "base": str(args.base or "tiny"), "clients": args.clients, "requests_per_client": args.requests,
         "max_tokens": args.new, "rounds": args.rounds,
         "free_tokens_per_s": round(best["free"]["tokens_per_s"], 1),
         "constrained_tokens_per_s": round(best["constrained"]["tokens_per_s"], 1),
-        "median_free_tokens_per_s": round(statistics.median(x["tokens_per_s"] for x in rounds["free"]), 1),
-        "median_constrained_tokens_per_s": round(statistics.median(x["tokens_per_s"] for x in rounds["constrained"]), 1),
+        "median_free_tokens_per_s": round(median["free"], 1),
+        "median_constrained_tokens_per_s": round(median["constrained"], 1),
         "constrained_over_free": round(ratio, 3), "meets_0_85": ratio >= 0.85,
+        "median_constrained_over_free": round(median["constrained"] / median["free"], 3),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "constrained_finish": {k: best["constrained"][k] for k in ("finished_stop", "finished_length")},
         "free_finish": {k: best["free"][k] for k in ("finished_stop", "finished_length")},
         "stall": stall,

@@ -198,6 +198,27 @@ def test_bad_constraints_are_one_line_400s(stack, path, extra, code, named):
     assert doc["error"]["code"] == code and named in message and "\n" not in message and len(message) < 500, doc
 
 
+def test_the_grammar_cache_keeps_the_most_recently_used(tiny_base):
+    from transformers import AutoTokenizer
+
+    from adapterhub.server.engine.structured.grammar_cache import GrammarCache
+    from adapterhub.server.engine.structured.spec import GrammarInvalid, GrammarSpec
+
+    cache = GrammarCache(AutoTokenizer.from_pretrained(tiny_base), 259, [258], max_entries=2)
+    a, b, c = (GrammarSpec.regex(p) for p in ("a+", "b+", "c+"))
+    assert cache.get(a) is cache.get(a) and cache.compiled == 1
+    cache.get(b)
+    cache.get(a)  # a is now the most recently used
+    cache.get(c)
+    assert len(cache) == 2 and cache.compiled == 3
+    cache.get(a)
+    assert cache.compiled == 3  # kept; b was evicted
+    cache.get(b)
+    assert cache.compiled == 4
+    with pytest.raises(GrammarInvalid, match="^the regex does not compile: "):
+        cache.get(GrammarSpec.regex("a{"))
+
+
 def test_a_schema_sent_again_is_not_compiled_again(stack, client):
     """Identical schemas share one compilation, and so do identical failures (a client repeating a
     bad schema costs a lookup)."""

@@ -192,7 +192,6 @@ class Engine:
         """Finish the loop; requests still queued or running end with finish reason ``error``
         (``ErrorCode.SHUTTING_DOWN``)."""
         self._scheduler.stop(timeout)
-        self.grammars.close()
 
     def __enter__(self) -> Engine:
         return self.start()

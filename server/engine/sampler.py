@@ -3,8 +3,9 @@
 Each sampled row owns a ``torch.Generator`` seeded from its request, so a seeded answer is the same
 whatever else shares the batch. A row with penalties or biases has them applied to its own logits
 first (``penalties``); a row held to a grammar has its token mask applied last (``structured``),
-on a copy: the logits of the rows beside it are never written. A row that cannot get a token (its logits are NaN or infinite, or its
-penalties or draw raise) gets a ``RowFailure`` in place of its token: the other rows keep theirs.
+on a copy: the logits of the rows beside it are never written. A row that cannot get a token (its
+logits are NaN or infinite, or its penalties or draw raise) gets a ``RowFailure`` in place of its
+token: the other rows keep theirs.
 """
 
 from __future__ import annotations

@@ -103,9 +103,6 @@ class GrammarCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
     def _future(self, spec: GrammarSpec) -> Future[CompiledConstraint]:
         with self._lock:
             future = self._entries.get(spec)
