@@ -2,8 +2,9 @@
 
 Each sampled row owns a ``torch.Generator`` seeded from its request, so a seeded answer is the same
 whatever else shares the batch. A row with penalties or biases has them applied to its own logits
-first (``penalties``); a row held to a grammar has its token mask applied last (``structured``),
-on a copy: the logits of the rows beside it are never written. A row that cannot get a token (its
+first (``penalties``). A row held to a grammar chooses from a copy of its logits with the tokens
+its grammar forbids at -inf (``structured``), which no bias or penalty lifts: the mask has the
+last word. The batch's logits are never written. A row that cannot get a token (its
 logits are NaN or infinite, or its penalties or draw raise) gets a ``RowFailure`` in place of its
 token: the other rows keep theirs.
 """
@@ -46,12 +47,10 @@ def sample(logits: torch.Tensor, rows: Sequence[tuple[SamplingParams, torch.Gene
     (its message a predicate: the caller names the row's model). Rows in ``masks`` choose among
     the tokens their grammar allows; their logits must be finite before the mask, as any row's."""
     # One transfer to the host per step: each row's greedy token, -1 where its logits are not finite.
-    finite = torch.isfinite(logits).all(-1)
-    best = torch.where(finite, logits.argmax(-1), -1)
-    if masks is not None:  # the constrained rows' greedy tokens among the tokens they may take
-        constrained = list(masks.rows)
-        best[constrained] = torch.where(finite[constrained], masks.masked_rows(logits).argmax(-1), -1)
-    greedy = best.tolist()
+    finite = torch.isfinite(logits).all(-1)  # before the masks' -inf
+    if masks is not None:
+        logits = masks.masked(logits)
+    greedy = torch.where(finite, logits.argmax(-1), -1).tolist()
     out: list[int | RowFailure] = []
     for i, (params, generator) in enumerate(rows):
         if greedy[i] < 0:
@@ -63,8 +62,6 @@ def sample(logits: torch.Tensor, rows: Sequence[tuple[SamplingParams, torch.Gene
                 x = logits[i]
                 if params.adjusts_logits:
                     x = adjust_logits(x, params, generated[i] if generated else ())
-                if masks is not None and i in masks:
-                    x = masks.mask(i, x)
                 out.append(int(x.argmax()) if params.greedy else _draw(x, params, generator))
             except (RuntimeError, ValueError, IndexError) as e:  # torch reports bad probabilities as RuntimeError
                 log.warning("sampling a row failed: %s", e)

@@ -13,10 +13,10 @@ which it is an ordinary row whose cache starts with those tokens.
 
 A request held to a grammar (``structured``: a JSON schema, a regex, choices) brings its compiled
 grammar; its row gets a matcher of its own when it is prefilled. Each time the rows' tokens are
-chosen, the constrained rows' token masks are filled and applied to copies of their logits
-(``sample``), and each constrained row's matcher then accepts its token; a row whose matcher has
-terminated (its grammar is complete and it chose a stop token) finishes with ``stop``. Free rows
-share the batch unchanged.
+chosen, the constrained rows' token masks are filled and applied to a copy of the logits
+(``sample``), and the constrained rows' matchers then accept their tokens; a row whose grammar is
+complete can only choose a stop token, and finishes with ``stop``. Free rows share the batch
+unchanged.
 
 Log-probabilities (``logprobs``) are computed only for the rows that ask for them. A prefill keeps
 only its last position's logits, except for requests that ask for their prompt's log-probabilities
@@ -425,6 +425,7 @@ class Scheduler:
         masks = StepMasks.of([row.constraint for row in rows], logits.shape[-1], logits.device)
         tokens = sample(logits, [(row.request.params, row.generator) for row in rows], [row.generated for row in rows],
                         masks)
+        refused = set() if masks is None else masks.accept(tokens)
         logprobs = chosen_logprobs(logits, [(row.request.params.logprobs, None if isinstance(token, RowFailure) else token)
                                             for row, token in zip(rows, tokens)])
         done = set()
@@ -432,7 +433,7 @@ class Scheduler:
             if isinstance(token, RowFailure):
                 self._fail_row(row, token)
                 done.add(offset + i)
-            elif row.constraint is not None and not row.constraint.accept(token):
+            elif i in refused:
                 self._fail_row(row, _OFF_GRAMMAR)
                 done.add(offset + i)
             elif self._emit(row, token, logprob):

@@ -28,6 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..compute_threads import single_threaded
 from .spec import GrammarInvalid, GrammarKind, GrammarSpec
 
 if TYPE_CHECKING:
@@ -132,7 +133,10 @@ class GrammarCache:
                 del self._entries[spec]
 
     def _compile(self, spec: GrammarSpec) -> CompiledConstraint:
-        compiler = self._grammar_compiler()
+        """In a pool thread. Its torch ops (the token filter) run single-threaded: an OpenMP pool
+        left on this thread would slow every decode step (``compute_threads``)."""
+        with single_threaded():
+            compiler = self._grammar_compiler()
         try:
             grammar = _compile(compiler, spec)
         except Exception as e:  # the client's text is the only input: whatever xgrammar raises is about it
