@@ -131,6 +131,8 @@ NOT_LOADED = _row("not_loaded", 404, _REQUEST)
 QUEUE_FULL = _row("queue_full", 429, _RATE_LIMIT, retryable=True)  # the engine's queue, or every replica's
 REPLICA_UNAVAILABLE = _row("replica_unavailable", 503, _SERVER, retryable=True)
 NOT_SUPPORTED_BY_FLEET = _row("not_supported_by_fleet", 400, _REQUEST)
+INVALID_GRAMMAR = _row("invalid_grammar", 400, _REQUEST)  # a structured-output constraint that does not compile
+GRAMMAR_TOO_LARGE = _row("grammar_too_large", 400, _REQUEST)  # a constraint over its size bound
 
 # --- streamed mid-answer: the engine ended a request (``server.engine.request.ErrorCode``) ------
 # Non-finite logits come from the adapter the request chose (a scale or weights that overflow),

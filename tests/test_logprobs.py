@@ -164,7 +164,7 @@ def test_no_logprobs_unless_asked(stack):
 @pytest.mark.parametrize("path, extra, field", [
     ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("/v1/chat/completions", {"tool_choice": "auto"}, "tool_choice"),
-    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"response_format": {"type": "xml"}}, "response_format"),  # json ones: structured outputs
     ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),
     ("/v1/chat/completions", {"function_call": "auto"}, "function_call"),
     ("/v1/chat/completions", {"parallel_tool_calls": True}, "parallel_tool_calls"),
@@ -186,7 +186,7 @@ def test_no_logprobs_unless_asked(stack):
     ("/v1/completions", {"logit_bias": {"a": 1}}, "logit_bias"),
     ("/v1/completions", {"logit_bias": {str(i): 1 for i in range(1025)}}, "logit_bias"),
     ("/v1/completions", {"max_completion_tokens": 0}, "max_completion_tokens"),
-    ("/v1/completions", {"guided_json": {}}, "guided_json"),
+    ("/v1/completions", {"guided_json": 5}, "guided_json"),
 ])
 def test_every_unsupported_or_bad_field_is_a_400_naming_it(stack, path, extra, field):
     app, _, _ = stack

@@ -5,6 +5,10 @@ own thread (so a slow load never stalls the loop or the requests already running
 the request on the scheduler's queue. Where a request picks its adapter is ``adapters.picker``;
 how requests share the model is ``scheduler``.
 
+Structured outputs: ``compile_grammar`` turns a request's ``GrammarSpec`` into the grammar its
+rows follow, on the grammar cache's own threads (``structured.grammar_cache``), and the caller
+passes it to ``submit``: the request joins the batch with its grammar ready.
+
 Admission: at most ``max_queued_requests`` requests wait for a place in the batch; ``submit``
 raises ``QueueFull`` (with an estimate of when to retry) beyond that, before any adapter is loaded
 for the refused request.
@@ -20,6 +24,7 @@ from .adapters.soft_prompt_cache import SoftPromptCache
 from .compute_threads import favour_the_engine_thread, release_thread_pool
 from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache
 from .request import GenerationRequest, SamplingParams
+from .structured.grammar_cache import GrammarCache
 
 if TYPE_CHECKING:
     from adapterhub.registry import AdapterVersion
@@ -28,6 +33,8 @@ if TYPE_CHECKING:
     from .adapters.lora_cache import LoraCache
     from .model_loader import LoadedBase
     from .scheduler import EngineStats
+    from .structured.grammar_cache import CompiledConstraint
+    from .structured.spec import GrammarSpec
 
 __all__ = ["Engine", "EngineStopped", "ContextTooLong", "QueueFull", "create_engine", "DEFAULT_MAX_QUEUED_REQUESTS"]
 
@@ -137,6 +144,7 @@ class Engine:
         self._scheduler = Scheduler(self.model, self.tokenizer, max_batch_size=max_batch_size,
                                     max_queued=max_queued_requests, set_rows=None if lora_slots is None else lora_slots.bank.set_rows,
                                     release=self.adapters.unpin, prefix_cache=self.prefix_cache)
+        self.grammars = GrammarCache(self.tokenizer, self.vocab_size, self._scheduler.eos_ids)
 
     @property
     def base_name(self) -> str:
@@ -219,10 +227,17 @@ class Engine:
                 f" and max_tokens asks for {max_tokens} more"
             )
 
+    def compile_grammar(self, spec: GrammarSpec) -> CompiledConstraint:
+        """The grammar ``spec`` compiles to for this base's tokenizer (cached; compiled off the
+        engine thread while the caller waits); ``GrammarInvalid`` when it does not compile."""
+        return self.grammars.get(spec)
+
     def submit(self, prompt_ids: list[int], params: SamplingParams,
-               version: AdapterVersion | None = None, group: str | None = None) -> GenerationRequest:
+               version: AdapterVersion | None = None, group: str | None = None,
+               grammar: CompiledConstraint | None = None) -> GenerationRequest:
         """Queue a request and return it; read ``request.stream`` for its tokens. Requests of one
-        ``group`` (the answers of one HTTP request) share the batch as one (``scheduler``).
+        ``group`` (the answers of one HTTP request) share the batch as one (``scheduler``); with
+        ``grammar`` (from ``compile_grammar``) every token of the answer is one it allows.
 
         The adapter is loaded here, in the caller's thread, if it is not resident: the engine loop
         keeps decoding everyone else meanwhile. Raises ``QueueFull`` when ``max_queued_requests``
@@ -235,7 +250,7 @@ class Engine:
         self.check_fits(len(prompt_ids), version, params.max_tokens)
         if not all(0 <= t < self.vocab_size for t in prompt_ids):  # an embedding lookup past the end is fatal on CUDA
             raise ValueError(f"token ids must be integers in [0, {self.vocab_size})")
-        request = GenerationRequest(list(prompt_ids), params, adapter=version, group=group)
+        request = GenerationRequest(list(prompt_ids), params, adapter=version, group=group, grammar=grammar)
         if not self._scheduler.has_room():
             raise self._queue_full()
         self.adapters.pin(request)

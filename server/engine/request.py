@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from .adapters.lora_cache import LoraSlot
     from .adapters.soft_prompt_cache import SoftPrompt
+    from .structured.grammar_cache import CompiledConstraint
 
 __all__ = ["SamplingParams", "TokenEvent", "TokenLogprob", "RequestStream", "GenerationRequest", "FINISH_REASONS",
            "ErrorCode", "RowFailure", "MIN_TEMPERATURE", "MAX_TEMPERATURE", "MAX_STOP_STRINGS", "MAX_STOP_CHARS",
@@ -277,6 +278,9 @@ class GenerationRequest:
     ``group`` names the requests that share in the batch as one: the answers of one HTTP request
     (its prompts times ``n``). The scheduler admits waiting requests round-robin across groups, so
     one group with many answers never takes the batch from the others; ``None`` is a group of one.
+
+    ``grammar``, when set, is what the answer must match (``structured``), compiled before the
+    request was submitted: every token the row chooses is one its grammar allows.
     """
 
     prompt_ids: list[int]
@@ -288,6 +292,7 @@ class GenerationRequest:
     soft_prompt: SoftPrompt | None = None
     lora: LoraSlot | None = None
     group: str | None = None
+    grammar: CompiledConstraint | None = None
 
     @property
     def share_key(self) -> str:

@@ -2,8 +2,11 @@
 
 Each sampled row owns a ``torch.Generator`` seeded from its request, so a seeded answer is the same
 whatever else shares the batch. A row with penalties or biases has them applied to its own logits
-first (``penalties``). A row that cannot get a token (its logits are NaN or infinite, or its
-penalties or draw raise) gets a ``RowFailure`` in place of its token: the other rows keep theirs.
+first (``penalties``). A row held to a grammar chooses from a copy of its logits with the tokens
+its grammar forbids at -inf (``structured``), which no bias or penalty lifts: the mask has the
+last word. The batch's logits are never written. A row that cannot get a token (its
+logits are NaN or infinite, or its penalties or draw raise) gets a ``RowFailure`` in place of its
+token: the other rows keep theirs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from .request import ErrorCode, RowFailure
 
 if TYPE_CHECKING:
     from .request import SamplingParams
+    from .structured.constraint import StepMasks
 
 __all__ = ["new_generator", "sample"]
 
@@ -37,12 +41,16 @@ def new_generator(params: SamplingParams, device: torch.device) -> torch.Generat
 
 
 def sample(logits: torch.Tensor, rows: Sequence[tuple[SamplingParams, torch.Generator | None]],
-           generated: Sequence[Sequence[int]] | None = None) -> list[int | RowFailure]:
+           generated: Sequence[Sequence[int]] | None = None, masks: StepMasks | None = None) -> list[int | RowFailure]:
     """One token per row of ``logits`` (``[rows, vocab]``), given each row's params and generator
     (and the tokens it generated so far, which its penalties count), or the row's ``RowFailure``
-    (its message a predicate: the caller names the row's model)."""
+    (its message a predicate: the caller names the row's model). Rows in ``masks`` choose among
+    the tokens their grammar allows; their logits must be finite before the mask, as any row's."""
     # One transfer to the host per step: each row's greedy token, -1 where its logits are not finite.
-    greedy = torch.where(torch.isfinite(logits).all(-1), logits.argmax(-1), -1).tolist()
+    finite = torch.isfinite(logits).all(-1)  # before the masks' -inf
+    if masks is not None:
+        logits = masks.masked(logits)
+    greedy = torch.where(finite, logits.argmax(-1), -1).tolist()
     out: list[int | RowFailure] = []
     for i, (params, generator) in enumerate(rows):
         if greedy[i] < 0:

@@ -11,6 +11,13 @@ One batch mixes adapters freely: before each forward the LoRA slot bank is told 
 uses (``lora.slot_bank``), and a soft-prompt row has its virtual tokens prepended at prefill, after
 which it is an ordinary row whose cache starts with those tokens.
 
+A request held to a grammar (``structured``: a JSON schema, a regex, choices) brings its compiled
+grammar; its row gets a matcher of its own when it is prefilled. Each time the rows' tokens are
+chosen, the constrained rows' token masks are filled and applied to a copy of the logits
+(``sample``), and the constrained rows' matchers then accept their tokens; a row whose grammar is
+complete can only choose a stop token, and finishes with ``stop``. Free rows share the batch
+unchanged.
+
 Log-probabilities (``logprobs``) are computed only for the rows that ask for them. A prefill keeps
 only its last position's logits, except for requests that ask for their prompt's log-probabilities
 (``echo``): each is prefilled alone with every position's logits kept (a prompt's positions times
@@ -49,6 +56,7 @@ from .lora.row_plan import BASE_ROW
 from .prefix_cache import PrefixCache, PrefixHit, sequence_items
 from .request import ErrorCode, GenerationRequest, RowFailure, TokenEvent, TokenLogprob
 from .sampler import new_generator, sample
+from .structured.constraint import RowConstraint, StepMasks
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -60,6 +68,7 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 _SHUTTING_DOWN = RowFailure(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+_OFF_GRAMMAR = RowFailure(ErrorCode.SAMPLING_FAILED, "sampled a token its grammar does not allow")
 
 
 class Enqueued(enum.Enum):
@@ -104,6 +113,7 @@ class _Row:
     last_token: int = -1
     generated: list[int] = field(default_factory=list)
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # sent with the first token, then dropped
+    constraint: RowConstraint | None = None  # the row's place in its grammar, when it has one
     failed: bool = False  # ended with an error: nothing it computed is kept for reuse
     # what its cached prefixes are keyed under, fixed at its prefill (a finished row's adapter is
     # unpinned before its answer's KV is kept)
@@ -343,7 +353,8 @@ class Scheduler:
         """Run the prompts of ``joining`` through the model, touching nothing the batch holds: a
         failure here is retried without harm. A row whose prompt begins with a cached prefix
         (``prefix_cache``) runs only the rest, after the prefix's keys and values."""
-        rows = [_Row(r, StopText(self.tokenizer, r.params.stop), new_generator(r.params, self._device))
+        rows = [_Row(r, StopText(self.tokenizer, r.params.stop), new_generator(r.params, self._device),
+                     constraint=None if r.grammar is None else RowConstraint(r.grammar))
                 for r in joining]
         pieces = [self._prompt_embeddings(r.request) for r in rows]
         hits = [self._cached_prefix(r) for r in rows]
@@ -459,13 +470,19 @@ class Scheduler:
         """Pick the next token of rows ``offset:`` (whose ``logits`` these are), emit it, and let
         finished and failed rows leave the batch."""
         rows = self._rows[offset:]
-        tokens = sample(logits, [(row.request.params, row.generator) for row in rows], [row.generated for row in rows])
+        masks = StepMasks.of([row.constraint for row in rows], logits.shape[-1], logits.device)
+        tokens = sample(logits, [(row.request.params, row.generator) for row in rows], [row.generated for row in rows],
+                        masks)
+        refused = set() if masks is None else masks.accept(tokens)
         logprobs = chosen_logprobs(logits, [(row.request.params.logprobs, None if isinstance(token, RowFailure) else token)
                                             for row, token in zip(rows, tokens)])
         done = set()
         for i, (row, token, logprob) in enumerate(zip(rows, tokens, logprobs)):
             if isinstance(token, RowFailure):
                 self._fail_row(row, token)
+                done.add(offset + i)
+            elif i in refused:
+                self._fail_row(row, _OFF_GRAMMAR)
                 done.add(offset + i)
             elif self._emit(row, token, logprob):
                 done.add(offset + i)
@@ -505,6 +522,8 @@ class Scheduler:
         text, stopped = row.text.add(token)
         if stopped:
             return text, "stop"
+        if row.constraint is not None and row.constraint.terminated:  # its grammar is complete (a base without eos)
+            return text + row.text.finish(), "stop"
         if len(row.generated) >= row.request.params.max_tokens:
             return text + row.text.finish(), "length"
         return text, None

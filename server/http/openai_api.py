@@ -19,8 +19,10 @@ completions, ``true`` plus ``top_logprobs`` on chat) reports each generated toke
 log-probability under the raw model (log-softmax of its logits before penalties and temperature,
 vLLM's default); ``echo`` on completions returns the prompt before the answer, and with
 ``logprobs`` the prompt tokens' scores too (the first one ``null``), which is how evaluation
-harnesses score multiple-choice answers. A field this server does not implement (``tools``,
-``response_format``, ``suffix``...) is refused with a 400 naming it, never ignored, unless it holds
+harnesses score multiple-choice answers. Structured outputs (``response_format`` json_object or
+json_schema, vLLM's ``structured_outputs`` and ``guided_*``) hold the answer to a grammar compiled
+before it is queued (``structured_fields``). A field this server does not implement (``tools``,
+``suffix``...) is refused with a 400 naming it, never ignored, unless it holds
 its neutral value (``_NEUTRAL``).
 
 What a request may cost is bounded before the work (``admission``): the body size before it is
@@ -66,12 +68,14 @@ from .json_body import json_object
 from .openai_logprobs import chat_logprobs, completion_logprobs
 from .prompt_templates import refuse_token_ids, template_of, templated_messages
 from .state import app_state
+from .structured_fields import STRUCTURED_FIELDS, requested_grammar
 from .vllm_compat import with_served_names
 
 if TYPE_CHECKING:
     from adapterhub.prompt_template import PromptTemplate
     from adapterhub.registry import AdapterVersion
     from adapterhub.server.engine.engine import Engine
+    from adapterhub.server.engine.structured.grammar_cache import CompiledConstraint
 
 __all__ = ["bp", "init_app", "ADMIN_ENDPOINTS"]
 
@@ -86,13 +90,13 @@ MAX_COMPLETION_LOGPROBS = 5  # OpenAI's (and vLLM's) limit for /v1/completions' 
 # The fields each endpoint reads; any other is refused, naming it, unless null or neutral.
 _COMMON_FIELDS = frozenset({"model", "stream", "stream_options", "n", "max_tokens", "max_completion_tokens",
                             "temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty",
-                            "logit_bias", "logprobs", "user", "return_token_ids"})
+                            "logit_bias", "logprobs", "user", "return_token_ids"}) | STRUCTURED_FIELDS
 _COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo"}
 _CHAT_FIELDS = _COMMON_FIELDS | {"messages", "top_logprobs"}
 # Unimplemented fields whose value asks for nothing (what some clients send by default).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "tools": ([],), "functions": ([],), "tool_choice": ("none",), "function_call": ("none",),
-    "response_format": ({"type": "text"},), "suffix": ("",), "best_of": (1,),
+    "suffix": ("",), "best_of": (1,),
 }
 _MISSING = object()
 _ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -259,7 +263,7 @@ def _cancel(choices: list[_Choice]) -> None:
 
 
 def _submit(engine: Engine, version: AdapterVersion | None, prompts: list[list[int]], params: SamplingParams,
-            n: int) -> list[_Choice]:
+            n: int, grammar: CompiledConstraint | None) -> list[_Choice]:
     """Queue ``n`` answers per prompt; all or nothing (a failure cancels those already queued).
 
     The j-th answer's seed is ``seed + j`` (the engine reduces seeds modulo 2**64). The answers are
@@ -275,7 +279,7 @@ def _submit(engine: Engine, version: AdapterVersion | None, prompts: list[list[i
         for ids in prompts:
             for j in range(n):
                 p = params if params.seed is None else replace(params, seed=params.seed + j)
-                choices.append(_Choice(engine.submit(ids, p, version, group)))
+                choices.append(_Choice(engine.submit(ids, p, version, group, grammar)))
     except EngineStopped as e:
         _cancel(choices)
         raise ApiError(codes.SHUTTING_DOWN, str(e)) from None
@@ -413,7 +417,7 @@ def _start(engine: Engine, body: dict[str, Any], version: AdapterVersion | None,
     stream = _field(body, "stream", bool, "a boolean", False)
     want_ids = _field(body, "return_token_ids", bool, "a boolean", False)
     want_usage = _want_usage(body)
-    choices = _submit(engine, version, prompts, params, n)
+    choices = _submit(engine, version, prompts, params, n, requested_grammar(engine, body))
     return _Job(choices, n, stream, want_ids, want_usage, g.adapter_label, _metrics(),
                 {"created": int(time.time()), "model": body["model"]})
 
