@@ -7,4 +7,12 @@
   protocol and the web page serve a ``LocalRegistry``; the OpenAI API, ``/health`` and
   ``/metrics`` serve an engine. It also holds the waitress runner and the one table that maps
   errors to status codes.
+
+``start_engine`` and ``EngineHandle`` (``serving``) run both in this process:
+``from adapterhub.server import start_engine``. Importing this package loads neither torch nor
+Flask; they come with the first engine.
 """
+
+from .serving import EngineHandle, start_engine
+
+__all__ = ["start_engine", "EngineHandle"]
