@@ -16,8 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EngineConfig", "RequestLimits", "HttpConfig", "ServingConfig", "QUANTIZE_MODES", "check_quantize",
-           "setting"]
+__all__ = ["EngineConfig", "RequestLimits", "HttpConfig", "ServingConfig", "ENGINE_DEFAULTS", "HTTP_DEFAULTS",
+           "QUANTIZE_MODES", "HUB_MAX_BODY_BYTES", "check_quantize", "setting"]
 
 QUANTIZE_MODES = ("auto", "bf16", "int8", "nf4", "none")
 
@@ -177,3 +177,8 @@ class ServingConfig(_Config):
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+
+
+# The defaults as values, for the server's own lower-level parameters (``wsgi.run``, the dispatcher...).
+ENGINE_DEFAULTS = EngineConfig()
+HTTP_DEFAULTS = HttpConfig()

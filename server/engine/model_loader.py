@@ -33,7 +33,7 @@ from torch import nn
 
 from adapterhub.base_model import BaseInfo, load_base_info, model_location
 from adapterhub.errors import IncompatibleBase
-from adapterhub.serving_config import QUANTIZE_MODES, check_quantize
+from adapterhub.serving_config import ENGINE_DEFAULTS, QUANTIZE_MODES, check_quantize
 
 from .attention import use_batch_invariant_attention
 from .packed_linear import pack_linear_layers, packed_bytes
@@ -140,7 +140,7 @@ def _quantization_config(quantize: str, dtype: torch.dtype) -> BitsAndBytesConfi
 
 
 def load_base_model(
-    base: str, *, quantize: str = "auto", device: str | None = None, dtype: str | None = None
+    base: str, *, quantize: str = ENGINE_DEFAULTS.quantize, device: str | None = None, dtype: str | None = None
 ) -> LoadedBase:
     """Load ``base`` for serving; ``quantize`` picks bf16 / int8 / nf4 weights, none, or ``auto``.
 
