@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from adapterhub.location import registry_folder
-from adapterhub.serving_config import HttpConfig
+from adapterhub.serving_config import HUB_BODY_SLACK_BYTES, HUB_MAX_OBJECT_BYTES, HttpConfig
 
 from .config_options import config_option
 from .output import emit_json, json_option, registry_option, render_table
@@ -25,7 +25,7 @@ def hub() -> None:
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Worker threads.")
 @config_option(HttpConfig, "max_waiting_http_requests")
 @click.option("--read-token-required", is_flag=True, help="Reads need a token too (default: reads are open).")
-@click.option("--max-object-bytes", default=4 << 30, show_default=True, type=click.IntRange(1),
+@click.option("--max-object-bytes", default=HUB_MAX_OBJECT_BYTES, show_default=True, type=click.IntRange(1),
               help="Largest file one upload may carry.")
 @click.option("--allow-local-bases", is_flag=True,
               help="Accept pushes whose base is a folder path, read on this machine (one-machine setups).")
@@ -52,7 +52,7 @@ def serve(registry, host, port, threads, max_waiting_http_requests, read_token_r
     def ready(url: str) -> None:
         click.echo(f"serving registry {root} on {url} (reads {reads}, writes need a write token)", err=True)
 
-    run(app, host, port, threads, max_request_body_size=max_object_bytes + (1 << 20), ready=ready,
+    run(app, host, port, threads, max_request_body_size=max_object_bytes + HUB_BODY_SLACK_BYTES, ready=ready,
         max_waiting_requests=max_waiting_http_requests)
 
 

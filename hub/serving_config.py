@@ -16,8 +16,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .echo import echo
+
 __all__ = ["EngineConfig", "RequestLimits", "HttpConfig", "ServingConfig", "ENGINE_DEFAULTS", "HTTP_DEFAULTS",
-           "QUANTIZE_MODES", "HUB_MAX_BODY_BYTES", "check_quantize", "setting"]
+           "QUANTIZE_MODES", "HUB_MAX_OBJECT_BYTES", "HUB_BODY_SLACK_BYTES", "check_quantize", "setting"]
 
 QUANTIZE_MODES = ("auto", "bf16", "int8", "nf4", "none")
 
@@ -40,8 +42,10 @@ def _check_bounds(config: Any) -> None:
     """Every field with bounds within them (``None`` is allowed where it is the default)."""
     for f in dataclasses.fields(config):
         value, low, high = getattr(config, f.name), f.metadata.get("low"), f.metadata.get("high")
-        if value is None and f.default is None:
+        if (value is None and f.default is None) or (low is None and high is None):
             continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{f.name} must be a number, got {echo(value)}")
         if low is not None and value < low:
             raise ValueError(f"{f.name} must be at least {low:g}")
         if high is not None and value > high:
@@ -116,8 +120,10 @@ class RequestLimits(_Config):
                                             "it is read).", low=1, unit="bytes")
 
 
-# ``adapterhub hub serve`` takes objects up to 4 GiB; with the hub mounted, ``serve`` takes its bodies too.
-HUB_MAX_BODY_BYTES = (4 << 30) + (1 << 20)
+# The registry's HTTP hub (``adapterhub hub serve --max-object-bytes``; ``serve --with-hub`` mounts it):
+# the largest object one upload carries, and the body around it (multipart framing, JSON fields).
+HUB_MAX_OBJECT_BYTES = 4 << 30
+HUB_BODY_SLACK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,7 @@ class HttpConfig(_Config):
         """The largest body the server reads: the hub's pushes carry adapter files, so with the hub
         mounted it takes those too (the OpenAI routes still check ``limits.max_body_bytes`` themselves)."""
         body = self.limits.max_body_bytes
-        return max(body, HUB_MAX_BODY_BYTES) if self.with_hub else body
+        return max(body, HUB_MAX_OBJECT_BYTES + HUB_BODY_SLACK_BYTES) if self.with_hub else body
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ def test_the_checker_finds_a_restated_default():
     (lambda: RequestLimits(max_prompt_tokens=0), "max_prompt_tokens must be at least 1"),
     (lambda: HttpConfig(send_timeout_s=0.0), "send_timeout_s must be at least 0.1"),
     (lambda: HttpConfig(port=70000), "port must be at most 65535"),
+    (lambda: EngineConfig(max_batch_size="8"), "max_batch_size must be a number, got '8'"),
 ])
 def test_a_bad_setting_is_one_line_naming_its_field(make, message):
     with pytest.raises(ValueError) as e:
