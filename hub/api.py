@@ -5,7 +5,9 @@ CLI store, refuse and report identically. ``registry`` arguments take an open re
 ``open_registry``), a folder or hub URL, or ``None`` for the default location (``hub.location``).
 
 Importing this module is cheap (no torch, transformers, peft or flask): each function imports the
-heavy machinery it needs when called. See ``docs/python-api.md``.
+heavy machinery it needs when called. Serving is described here (``EngineConfig``, ``HttpConfig``)
+and run by the server package, which the library never imports: ``adapterhub.server.start_engine``.
+See ``docs/python-api.md``.
 """
 
 from __future__ import annotations
