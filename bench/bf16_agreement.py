@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from hetero_lora_bench import SHAPES, build_base, make_adapters  # noqa: E402
+from adapterhub.adapter_folder import read_adapter_config  # noqa: E402
 from adapterhub.server.engine.lora.slot_bank import LoraSlotBank  # noqa: E402
 from adapterhub.server.engine.model_loader import load_base_model  # noqa: E402
 
@@ -87,7 +88,7 @@ def main() -> None:
         loaded = load_base_model(str(base), quantize="none", device=str(device), dtype=dtype)
         bank = LoraSlotBank(loaded, max_slots=ADAPTERS, max_rank=16)
         for slot, p in enumerate(paths):
-            bank.load(slot, json.loads((p / "adapter_config.json").read_text()), str(p / "adapter_model.safetensors"))
+            bank.load(slot, read_adapter_config(p), str(p / "adapter_model.safetensors"))
         with bank.rows([i % ADAPTERS for i in range(args.rows)]):
             ours, ours_logits = greedy(loaded.model, ids, args.new), last_logits(loaded.model, ids)
         bare_logits = last_logits(loaded.model, ids)

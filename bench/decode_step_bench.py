@@ -25,7 +25,6 @@ float16, computed the way torch can on a CPU (16-bit products, added into the fl
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -41,6 +40,7 @@ from transformers import DynamicCache  # noqa: E402
 
 from hetero_lora_bench import SHAPES, build_base, emit, make_adapters  # noqa: E402
 
+from adapterhub.adapter_folder import read_adapter_config  # noqa: E402
 from adapterhub.server.engine.kv_cache import BatchCache  # noqa: E402
 from adapterhub.server.engine.lora.slot_bank import LoraSlotBank  # noqa: E402
 from adapterhub.server.engine.model_loader import load_base_model  # noqa: E402
@@ -172,7 +172,7 @@ def main() -> None:
         int8 = load_base_model(str(base), quantize="int8", device="cpu")
         bank = LoraSlotBank(int8, max_slots=args.batch, max_rank=16)
         for slot, path in enumerate(adapters):
-            bank.load(slot, json.loads((path / "adapter_config.json").read_text()), str(path / "adapter_model.safetensors"))
+            bank.load(slot, read_adapter_config(path), str(path / "adapter_model.safetensors"))
         steppers = {
             "hf_eager_fp32": Stepper(fp32, ids, slab=False),
             "fp32_slab": Stepper(fp32, ids, slab=True),

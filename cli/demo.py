@@ -31,6 +31,9 @@ from typing import Any, Sequence
 
 import click
 
+from adapterhub.serving_config import QUANTIZE_MODES, EngineConfig
+
+from .config_options import config_option
 from .output import render_table
 
 __all__ = ["COMMANDS"]
@@ -145,15 +148,16 @@ def _prepare_real(base_arg: str, base: str, work: Path, registry: Any) -> Prepar
                    "file of an instruction-tuned model.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep the base, data, adapters and registry here (default: a temporary folder, removed after).")
-@click.option("--quantize", type=click.Choice(["auto", "bf16", "nf4", "int8", "none"]), default="auto", show_default=True,
-              help="How the served base is quantized (auto: as adapterhub serve, bf16 on a CPU, nf4 on a GPU).")
+@config_option(EngineConfig, "quantize", type=click.Choice(QUANTIZE_MODES),
+               help="How the served base is quantized (auto: as adapterhub serve, bf16 on a CPU, nf4 on a GPU).")
 def demo(base_arg, workdir, quantize):
     """Run the main job: train, push, pull, verify, merge, serve and compare adapters (no network needed)."""
     from adapterhub.merge.pipeline import merge_model
     from adapterhub.merge.plan import MergeOptions
-    from adapterhub.registry import LocalRegistry
-    from adapterhub.api import start_engine
+    from adapterhub.evaluation.compare import EVAL_QUANTIZE
     from adapterhub.evaluation.demo import compare_demo_tasks
+    from adapterhub.registry import LocalRegistry
+    from adapterhub.server.serving import engine_factory, start_engine
 
     started = time.perf_counter()
     real_base = None if base_arg == TINY else _real_base(base_arg)  # a bad --base fails before any folder is made
@@ -194,7 +198,8 @@ def demo(base_arg, workdir, quantize):
         click.echo(render_table(("MODEL", "PROMPT", "ANSWER", "= REFERENCE"), table))
 
         _step("adapterhub eval per task: bare base, prompt template, soft prompt and LoRA on the held-out rows")
-        compared = compare_demo_tasks(registry, base, data, prepared.tasks, plot_dir=work if workdir else None)
+        compared = compare_demo_tasks(registry, base, data, prepared.tasks, plot_dir=work if workdir else None,
+                                      engine_for=engine_factory(registry, quantize=EVAL_QUANTIZE))
         for task, (report, plot) in compared.items():
             click.echo(f"task {task} ({report.rows} rows of {data / task / 'eval.jsonl'})")
             click.echo(render_table(("REF", "TYPE", "EXACT MATCH", "ROUGE-L"), [

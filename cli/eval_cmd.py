@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from adapterhub.evaluation.compare import EVAL_QUANTIZE
+
 from .output import emit_json, json_option, registry_option, render_table
 
 __all__ = ["COMMANDS"]
@@ -14,7 +16,7 @@ __all__ = ["COMMANDS"]
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Rows to evaluate on (JSONL).")
 @click.option("--base", default=None, help="Base model (default: the adapters' base; needed for `base` alone).")
 @click.option("--base-only", is_flag=True, help="Evaluate only the bare base (with --base); no REFs.")
-@click.option("--quantize", type=click.Choice(["none", "bf16", "nf4", "int8"]), default="none", show_default=True,
+@click.option("--quantize", type=click.Choice(["none", "bf16", "nf4", "int8"]), default=EVAL_QUANTIZE, show_default=True,
               help="How the engine that generates the answers loads the base.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Rows decoded together.")
 @click.option("--max-length", type=int, default=512, show_default=True, help="Longest row for the loss (tokens).")
@@ -29,16 +31,18 @@ def eval_cmd(refs, data, base, base_only, quantize, batch_size, max_length, no_s
     loss is measured through PEFT. Results go into each version's metrics as
     eval.<sha256 of the data>.<metric>.
     """
+    from adapterhub.errors import TrainingConfigError
     from adapterhub.evaluation.compare import BASE_REF, evaluate_refs
     from adapterhub.location import open_registry
-
-    from adapterhub.errors import TrainingConfigError
+    from adapterhub.server.serving import engine_factory
 
     if base_only == bool(refs):
         raise TrainingConfigError("give adapter REFs (add `base` for the bare base), or --base-only with --base")
     refs = [BASE_REF] if base_only else list(dict.fromkeys(refs))
-    report = evaluate_refs(refs, data, registry=open_registry(registry), base=base, quantize=quantize,
-                           max_length=max_length, batch_size=batch_size, store=not no_store)
+    store = open_registry(registry)
+    engines = engine_factory(store, quantize=quantize, max_batch_size=batch_size)
+    report = evaluate_refs(refs, data, registry=store, engine_for=engines, base=base, max_length=max_length,
+                           batch_size=batch_size, store=not no_store)
     if plot:
         from adapterhub.evaluation.plot import plot_report
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from adapterhub.location import registry_folder
+from adapterhub.serving_config import HUB_BODY_SLACK_BYTES, HUB_MAX_OBJECT_BYTES, HttpConfig
 
+from .config_options import config_option
 from .output import emit_json, json_option, registry_option, render_table
 
 __all__ = ["COMMANDS"]
@@ -18,15 +20,12 @@ def hub() -> None:
 
 @hub.command()
 @registry_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@config_option(HttpConfig, "host")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Worker threads.")
-@click.option("--max-waiting-http-requests", default=256, show_default=True, type=click.IntRange(0),
-              help="Requests that may wait for a free HTTP worker thread when all --threads are busy (streams "
-                   "hold them); beyond, an immediate 429 server_busy with Retry-After. /health and /metrics "
-                   "never wait: they have threads of their own.")
+@config_option(HttpConfig, "max_waiting_http_requests")
 @click.option("--read-token-required", is_flag=True, help="Reads need a token too (default: reads are open).")
-@click.option("--max-object-bytes", default=4 << 30, show_default=True, type=click.IntRange(1),
+@click.option("--max-object-bytes", default=HUB_MAX_OBJECT_BYTES, show_default=True, type=click.IntRange(1),
               help="Largest file one upload may carry.")
 @click.option("--allow-local-bases", is_flag=True,
               help="Accept pushes whose base is a folder path, read on this machine (one-machine setups).")
@@ -53,7 +52,7 @@ def serve(registry, host, port, threads, max_waiting_http_requests, read_token_r
     def ready(url: str) -> None:
         click.echo(f"serving registry {root} on {url} (reads {reads}, writes need a write token)", err=True)
 
-    run(app, host, port, threads, max_request_body_size=max_object_bytes + (1 << 20), ready=ready,
+    run(app, host, port, threads, max_request_body_size=max_object_bytes + HUB_BODY_SLACK_BYTES, ready=ready,
         max_waiting_requests=max_waiting_http_requests)
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
+
+if TYPE_CHECKING:
+    from adapterhub.serving_config import ServingConfig
 
 __all__ = ["ray_options", "Fleet"]
 
@@ -34,8 +37,9 @@ class Fleet:
         return any(v is not None for v in (self.replicas, self.ray_address, self.min_replicas, self.max_replicas,
                                             self.target_ongoing_requests, self.write_config))
 
-    def run(self, *, keys: Any, host: str, port: int, registry: str | None, **engine: Any) -> None:
-        """Deploy (or, with ``--write-ray-config``, write the config file and return)."""
+    def run(self, config: ServingConfig, keys: Any, *, base: str | None, registry: str | None,
+            lora_modules: tuple[str, ...]) -> None:
+        """Deploy ``config`` (or, with ``--write-ray-config``, write the config file and return)."""
         try:
             from adapterhub.server.ray.app import Scaling
             from adapterhub.server.ray.launch import launch, serve_config
@@ -48,9 +52,11 @@ class Fleet:
                               num_cpus=self.num_cpus, num_gpus=self.num_gpus)
         except ValueError as e:
             raise click.UsageError(str(e)) from None
-        settings = ReplicaSettings.resolved(registry, api_key_digests=tuple(k.hex() for k in keys.api),
+        settings = ReplicaSettings.resolved(registry, base=base, engine=config.engine, limits=config.http.limits,
+                                            api_key_digests=tuple(k.hex() for k in keys.api),
                                             admin_key_digests=tuple(k.hex() for k in keys.admin),
-                                            metrics_need_key=keys.metrics_need_key, **engine)
+                                            metrics_need_key=keys.metrics_need_key, lora_modules=lora_modules)
+        host, port = config.http.host, config.http.port
         if self.write_config is not None:
             self.write_config.write_text(serve_config(settings, scaling, host=host, port=port))
             click.echo(f"wrote {self.write_config}: run it with `serve deploy {self.write_config}`", err=True)

@@ -4,11 +4,14 @@ The public Python API (``docs/python-api.md``)::
 
     import adapterhub
     v = adapterhub.push("my-lora", name="support", task="support")
-    with adapterhub.start_engine(base, quantize="none") as engine:
+
+    from adapterhub.server import start_engine   # serving: the server package, over this library
+    with start_engine(base, quantize="none") as engine:
         engine.generate("Hello", adapter="support")
 
 This package is also the library the front ends (``adapterhub.cli``, ``adapterhub.server``) call;
-nothing here imports click or flask. Importing it loads no torch, transformers, peft or numpy
+nothing here imports click, flask or ``adapterhub.server`` (it describes serving in
+``serving_config`` and leaves running it to the server). Importing it loads no torch, transformers, peft or numpy
 (the CLI starts in a fraction of a second): the types below that live with heavy modules load on
 first access.
 """
@@ -54,7 +57,13 @@ _LAZY = {
 }
 
 
+# Public names that moved out of the library (it never imports the server): where they are now.
+_MOVED = {"start_engine": "adapterhub.server", "EngineHandle": "adapterhub.server"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        raise AttributeError(f"adapterhub.{name} moved to {_MOVED[name]}: from {_MOVED[name]} import {name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value

@@ -15,18 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .echo import echo
-from .errors import InvalidAdapter, UnsupportedAdapter
+from .errors import InvalidAdapter
 from .prompt_template import PROMPT_TEMPLATE_FILE, load_prompt_template, parse_prompt_template
 from .peft_format import (
+    ADAPTER_CONFIG,
+    ADAPTER_TYPES,
     MAX_CONFIG_BYTES,
     PROMPT_MODULE,
+    AdapterConfig,
     TensorInfo,
-    config_problem,
     group_adapter_tensors,
     implied_weight_shape,
     indexed_settings,
     lora_pair,
+    parse_adapter_config,
     read_safetensors_header,
 )
 from .regular_file import check_regular, read_regular
@@ -37,18 +39,16 @@ __all__ = [
     "AdapterFolder",
     "ModuleUse",
     "read_adapter_folder",
+    "read_adapter_config",
     "ADAPTER_TYPES",
     "PROMPT_TEMPLATE",
 ]
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PICKLE_WEIGHTS = "adapter_model.bin"
 # Files of a PEFT folder worth keeping besides the two required ones.
 _OPTIONAL_FILES = ("README.md",)
 
-# peft_type -> the adapter type the registry records.
-ADAPTER_TYPES = {"LORA": "lora", "PROMPT_TUNING": "prompt_tuning"}
 # The zero-parameter kind: a folder with a prompt_template.json instead of a PEFT config (``prompt_template``).
 PROMPT_TEMPLATE = "prompt_template"
 
@@ -70,7 +70,11 @@ class ModuleUse:
 
 @dataclass(frozen=True)
 class AdapterFolder:
-    """A validated PEFT adapter folder, ready to be stored or merged."""
+    """A validated PEFT adapter folder, ready to be stored or merged.
+
+    ``config`` is the describing file's JSON object as written (``adapter_config.json``, or a
+    prompt template's); ``settings`` is ``adapter_config.json`` parsed (``None`` for a template).
+    """
 
     path: Path
     config: dict[str, Any]
@@ -78,6 +82,7 @@ class AdapterFolder:
     tensors: dict[str, TensorInfo]
     files: tuple[str, ...]
     modules: tuple[ModuleUse, ...] = field(default=())
+    settings: AdapterConfig | None = None
 
     @property
     def base_model(self) -> str | None:
@@ -112,20 +117,13 @@ def _load_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _adapter_type(config: dict[str, Any], where: Path) -> str:
-    peft_type = config.get("peft_type")
-    if not isinstance(peft_type, str):
-        raise InvalidAdapter(f"{where}: {ADAPTER_CONFIG} has no peft_type")
-    kind = ADAPTER_TYPES.get(peft_type.upper())
-    if kind is None:
-        supported = ", ".join(sorted(ADAPTER_TYPES))
-        raise UnsupportedAdapter(f"{where}: peft_type {echo(peft_type)} is not supported (supported: {supported})")
-    return kind
+def read_adapter_config(folder: str | os.PathLike) -> AdapterConfig:
+    """A folder's ``adapter_config.json``, parsed and checked (``peft_format.parse_adapter_config``)."""
+    return parse_adapter_config(_load_config(Path(folder)), Path(folder))
 
 
-def _module_uses(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> tuple[ModuleUse, ...]:
+def _module_uses(fan_in_fan_out: bool, tensors: dict[str, TensorInfo]) -> tuple[ModuleUse, ...]:
     """Derive, per touched base module, the weight shape the adapter's tensors imply."""
-    fan_in_fan_out = bool(config.get("fan_in_fan_out"))
     grouped = group_adapter_tensors(tensors)
     uses: list[ModuleUse] = []
     for module, parts in sorted(grouped.lora.items()):
@@ -160,10 +158,7 @@ def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
     if check_regular(folder / PROMPT_TEMPLATE_FILE):
         return _prompt_template_folder(folder)
     config = _load_config(folder)
-    kind = _adapter_type(config, folder)
-    problem = config_problem(config, kind)
-    if problem is not None:
-        raise InvalidAdapter(f"{folder}: {ADAPTER_CONFIG}: {problem}")
+    settings = parse_adapter_config(config, folder)
     weights = folder / ADAPTER_WEIGHTS
     if not check_regular(weights):
         if check_regular(folder / _PICKLE_WEIGHTS):
@@ -175,22 +170,22 @@ def read_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
     tensors = read_safetensors_header(weights)
     if not tensors:
         raise InvalidAdapter(f"{folder}: {ADAPTER_WEIGHTS} holds no tensors")
-    if kind == "lora":
-        if config.get("r") is None:
+    if settings.lora is not None:
+        if settings.lora.r is None:
             raise InvalidAdapter(f"{folder}: LoRA config needs a positive integer r")
-        modules = _module_uses(config, tensors)
+        modules = _module_uses(settings.lora.fan_in_fan_out, tensors)
         if not any(u.kind != "saved" for u in modules):
             raise InvalidAdapter(f"{folder}: no lora_A/lora_B tensors in {ADAPTER_WEIGHTS}")
     else:
         prompt = tensors.get("prompt_embeddings")
-        n = config.get("num_virtual_tokens")
+        soft = settings.prompt_tuning
+        n = soft.num_virtual_tokens
         if prompt is None or len(prompt.shape) != 2:
             raise InvalidAdapter(f"{folder}: prompt tuning adapter without a 2-d prompt_embeddings tensor")
-        subs = config.get("num_transformer_submodules") or 1
-        if isinstance(n, int) and prompt.shape[0] != n * subs:
+        if n is not None and prompt.shape[0] != n * soft.num_transformer_submodules:
             raise InvalidAdapter(
                 f"{folder}: prompt_embeddings has {prompt.shape[0]} rows, config says {n} virtual tokens"
             )
         modules = (ModuleUse(PROMPT_MODULE, "prompt", (prompt.shape[1],), 0),)
     files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS] + _optional_files(folder)
-    return AdapterFolder(folder, config, kind, tensors, tuple(files), modules)
+    return AdapterFolder(folder, config, settings.adapter_type, tensors, tuple(files), modules, settings)

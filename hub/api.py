@@ -5,33 +5,30 @@ CLI store, refuse and report identically. ``registry`` arguments take an open re
 ``open_registry``), a folder or hub URL, or ``None`` for the default location (``hub.location``).
 
 Importing this module is cheap (no torch, transformers, peft or flask): each function imports the
-heavy machinery it needs when called. See ``docs/python-api.md``.
+heavy machinery it needs when called. Serving is described here (``EngineConfig``, ``HttpConfig``)
+and run by the server package, which the library never imports: ``adapterhub.server.start_engine``.
+See ``docs/python-api.md``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 from .location import as_registry
 from .location import open_registry as _open_at
 from .registry import AdapterVersion
 from .registry_protocol import Registry
+from .serving_config import EngineConfig, HttpConfig, RequestLimits, ServingConfig
 
 if TYPE_CHECKING:
-    from adapterhub.server.engine.engine import Engine
-    from adapterhub.server.http.lora_names import LoraNames
-    from adapterhub.server.http.wsgi import ServerHandle
-
     from .merge import MergeOptions, MergeResult
     from .train.config import TrainConfig
     from .train.run import TrainRun
 
 __all__ = [
     "Registry",
-    "EngineHandle",
     "open_registry",
     "push",
     "pull",
@@ -41,7 +38,10 @@ __all__ = [
     "merge_adapter",
     "train_adapter",
     "default_base",
-    "start_engine",
+    "EngineConfig",
+    "HttpConfig",
+    "RequestLimits",
+    "ServingConfig",
 ]
 
 # Where a function finds its registry: an open one, a folder or hub URL, or None for the default.
@@ -207,126 +207,3 @@ def default_base() -> str:
         except FileExistsError:  # another process built it meanwhile
             pass
     return folder
-
-
-@dataclass
-class EngineHandle:
-    """A serving engine running in this process: one base model, any adapter of ``registry`` per
-    request, requests from many threads batched together. ``url`` is set when an HTTP server
-    (the OpenAI API, as ``adapterhub serve`` runs it) listens too.
-
-    Use it as a context manager, or call ``stop()``: the engine owns a thread and the model.
-    """
-
-    engine: Engine
-    registry: Registry
-    server: ServerHandle | None = None
-    lora_names: LoraNames | None = None
-
-    @property
-    def base(self) -> str:
-        """The base model's folder or Hub id; also the model name that selects no adapter."""
-        return self.engine.base_name
-
-    @property
-    def url(self) -> str | None:
-        """``http://host:port`` of the HTTP server (the OpenAI API is under ``/v1``), or None."""
-        return self.server.url if self.server is not None else None
-
-    def generate(self, prompt: str | Sequence[Mapping[str, str]], *, adapter: str | None = None,
-                 max_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 stop: Sequence[str] = ()) -> str:
-        """Generate an answer to ``prompt`` with ``adapter`` (a registry reference; None: the bare base).
-
-        A string is tokenized as ``/v1/completions`` does; a list of chat messages is rendered as
-        training renders it (the base's chat template, else the Alpaca template), so an adapter made
-        by ``train_adapter`` sees the format it learned. ``temperature=0`` decodes greedily, which matches
-        PEFT's ``generate`` with the same adapter. Safe to call from many threads at once.
-
-        Returns the generated text (without a matched ``stop`` string). Raises ``AdapterNotFound``,
-        ``IncompatibleBase`` (an adapter of another base), ``UnsupportedAdapter``, ``ValueError``
-        for bad sampling settings or a prompt longer than the context, ``RuntimeError`` when the
-        engine is stopped or the generation fails.
-        """
-        from adapterhub.server.engine.request import SamplingParams
-
-        from .train.data import encode_prompt
-
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                stop=tuple(stop))
-        tokenizer = self.engine.tokenizer
-        version = self.engine.resolve(adapter)
-        template = self.engine.adapters.prompt_template(version)
-        if template is not None:  # a prompt template rewrites the prompt, as the server does
-            prompt = template.apply(prompt)
-        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else encode_prompt(tokenizer, prompt)
-        return self.engine.submit(ids, params, version).stream.text()
-
-    def stop(self) -> None:
-        """Stop the HTTP server (if any), then the engine; requests still running end with an error."""
-        if self.server is not None:
-            self.server.close()
-        self.engine.stop()
-
-    def __enter__(self) -> EngineHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_engine(base: str | os.PathLike | None = None, *, registry: RegistryLike = None, quantize: str = "auto",
-                 device: str | None = None, max_batch_size: int = 16, max_loaded_adapters: int = 16,
-                 max_adapter_bytes: int = 1 << 30, max_lora_rank: int = 64, preload: Iterable[str] = (),
-                 max_queued_requests: int | None = None, http: bool = False, host: str = "127.0.0.1", port: int = 0,
-                 http_threads: int = 8, api_keys: Iterable[str] = (), admin_api_keys: Iterable[str] = (),
-                 lora_modules: Iterable[tuple[str, str]] = ()) -> EngineHandle:
-    """Load ``base`` and start the engine ``adapterhub serve`` runs, in this process.
-
-    ``base`` defaults to ``default_base()``. ``quantize`` is ``auto`` (bf16 on a CPU, nf4 on a GPU),
-    ``bf16``, ``int8``, ``nf4`` or ``none``; ``device`` defaults to the GPU when there is one. Adapters load from ``registry`` on
-    first use, at most ``max_loaded_adapters`` (and ``max_adapter_bytes``) resident per kind;
-    ``preload`` loads some now, and ``lora_modules`` (name, path) pairs serve a registry reference or
-    a PEFT folder (pushed under that name) as ``name``, as vLLM's ``--lora-modules`` does; beyond ``max_queued_requests`` waiting answers (default: the
-    engine's) ``submit`` raises ``QueueFull``. With ``http`` the OpenAI API also listens on
-    ``host:port`` (0: a free port) in a background thread, with the default admission limits and,
-    when given, ``api_keys`` / ``admin_api_keys`` required as ``adapterhub serve --api-key`` does.
-
-    Returns an ``EngineHandle``; stop it when done. Raises ``IncompatibleBase`` when the base cannot
-    be loaded, ``AdapterNotFound`` / ``IncompatibleBase`` / ``InvalidAdapter`` / ``InvalidName`` for a
-    bad ``preload`` or ``lora_modules`` entry (nothing is left running), ``ValueError`` for an unknown quantize mode or device or an empty or spaced API key,
-    ``OSError`` when the port is taken.
-    """
-    from adapterhub.server.engine.engine import DEFAULT_MAX_QUEUED_REQUESTS, create_engine
-    from adapterhub.server.engine.model_loader import load_base_model
-
-    store = as_registry(registry)
-    loaded = load_base_model(str(base) if base is not None else default_base(), quantize=quantize, device=device)
-    engine = create_engine(loaded, store, max_batch_size=max_batch_size, max_loaded_adapters=max_loaded_adapters,
-                           max_adapter_bytes=max_adapter_bytes, max_lora_rank=max_lora_rank,
-                           max_queued_requests=max_queued_requests or DEFAULT_MAX_QUEUED_REQUESTS).start()
-    from adapterhub.server.http.lora_names import LoraNames, client_folders_allowed
-
-    admin = list(admin_api_keys)
-    handle = EngineHandle(engine, store, lora_names=LoraNames(
-        engine, client_folders=client_folders_allowed(host, admin_keys=bool(admin)) if http else False))
-    try:
-        for ref in preload:
-            engine.load_adapter(engine.resolve(ref))
-        for name, path in lora_modules:
-            handle.lora_names.add(name, path)
-        if http:
-            from adapterhub.server.http.admission import AdmissionLimits
-            from adapterhub.server.http.api_keys import ServingKeys
-            from adapterhub.server.http.app import create_app
-            from adapterhub.server.http.wsgi import start_in_thread
-
-            limits = AdmissionLimits()
-            app = create_app(store, engine=engine, limits=limits, keys=ServingKeys.of(api_keys, admin),
-                             lora_names=handle.lora_names)
-            handle.server = start_in_thread(app, host, port, http_threads, stream_tokens=True,
-                                            max_request_body_size=limits.max_body_bytes)
-    except BaseException:
-        engine.stop()
-        raise
-    return handle

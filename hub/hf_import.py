@@ -101,7 +101,7 @@ def _store(registry: Any, folder: Path, source: HfSource, commit: str | None, *,
     return registry.push(
         folder,
         name=name,
-        task=task or str(adapter.config.get("task_type") or "imported").lower(),
+        task=task or str((adapter.settings and adapter.settings.task_type) or "imported").lower(),
         base=base,
         description=f"imported from {HF_SCHEME}{source.repo_id}",
         lineage=[{"source": f"{HF_SCHEME}{source.repo_id}", "revision": commit, "endpoint": _endpoint()}],

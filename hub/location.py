@@ -17,7 +17,8 @@ from .registry import INDEX_NAME, LocalRegistry
 from .registry_protocol import Registry
 
 __all__ = ["ENV_REGISTRY", "default_location", "default_folder", "describe_default", "local_root", "open_registry",
-           "as_registry", "registry_folder", "is_remote"]
+           "as_registry", "registry_folder", "is_remote",
+           "portable_location"]
 
 ENV_REGISTRY = "ADAPTERHUB_REGISTRY"
 
@@ -84,6 +85,18 @@ def as_registry(registry: Registry | str | os.PathLike | None) -> Registry:
     if registry is None or isinstance(registry, (str, os.PathLike)):
         return open_registry(registry)
     return registry
+
+
+def portable_location(location: str | os.PathLike | None, *, token: str | None = None) -> tuple[str, str | None]:
+    """``location`` (``None``: the default) as another process, perhaps on another machine, must be
+    told it: a folder made absolute, or a hub URL with the token this process would send
+    (``token``, else ``$ADAPTERHUB_TOKEN``, else the one ``adapterhub login`` stored)."""
+    loc = str(location) if location else default_location()
+    if is_remote(loc):
+        from .remote import hub_token
+
+        return loc, hub_token(loc.rstrip("/"), token)
+    return local_root(loc), None
 
 
 def registry_folder(location: str | os.PathLike | None, command: str) -> str:

@@ -449,7 +449,7 @@ class LocalRegistry:
             raise InvalidAdapter(
                 f"{adapter.path}: {adapter.config_file} names no base_model_name_or_path; pass the base explicitly"
             )
-        revision = adapter.config.get("revision")
+        revision = adapter.settings.revision if adapter.settings is not None else None  # a template names none
         info = load_base_info(base_name, revision)
         if info is not None:
             check_adapter_fits(adapter, info)

@@ -40,13 +40,19 @@ from .refs import validate_name
 from .registry import AdapterVersion, FileEntry, GcReport, VerifyReport, folder_entries
 from .retry import DEFAULT_RETRY, IDEMPOTENT_METHODS, RetryPolicy, send_with_retries, tries_note
 
-__all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN", "check_file_name", "raise_for_status"]
+__all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN", "hub_token", "check_file_name", "raise_for_status"]
 
 ENV_TOKEN = "ADAPTERHUB_TOKEN"
 _PROGRESS_MIN_BYTES = 8 << 20
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # The connection errors and timeouts after which a request may go again (as huggingface_hub's).
 _TRANSIENT = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+
+
+def hub_token(url: str, token: str | None = None) -> str | None:
+    """The token sent to the hub at ``url``: ``token`` when given, else ``$ADAPTERHUB_TOKEN``, else the
+    one ``adapterhub login`` stored for that hub."""
+    return token if token is not None else os.environ.get(ENV_TOKEN) or stored_token(url)
 
 
 def check_file_name(path: object) -> str:
@@ -105,7 +111,7 @@ class RemoteRegistry:
     ) -> None:
         self.url = url.rstrip("/")
         self.retry = retry
-        token = token if token is not None else os.environ.get(ENV_TOKEN) or stored_token(self.url)
+        token = hub_token(self.url, token)
         headers = {"User-Agent": "adapterhub"}
         if token:
             headers["Authorization"] = f"Bearer {token}"

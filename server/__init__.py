@@ -8,4 +8,12 @@
   ``/metrics`` serve an engine. It also holds the waitress runner and the handlers that answer
   every error with its row of the one error table, ``adapterhub.error_codes`` (in the library, so
   clients read it without Flask).
+
+``start_engine`` and ``EngineHandle`` (``serving``) run both in this process:
+``from adapterhub.server import start_engine``. Importing this package loads neither torch nor
+Flask; they come with the first engine.
 """
+
+from .serving import EngineHandle, start_engine
+
+__all__ = ["start_engine", "EngineHandle"]

@@ -9,7 +9,6 @@ agreement against ``none``, are in ``test_real_model_quantization.py``.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from torch import nn
 
 from conftest import save_lora
 from serving_helpers import peft_cpu_packed_model, push_serving_adapters
+from adapterhub.adapter_folder import read_adapter_config
 from adapterhub.registry import LocalRegistry
 from adapterhub.server.engine.engine import create_engine
 from adapterhub.server.engine.lora.slot_bank import LoraSlotBank
@@ -283,7 +283,7 @@ def test_lora_rows_agree_with_peft_on_the_same_layers_and_on_the_fp32_base(tiny_
     loaded = load_base_model(str(tiny_base), quantize=mode)
     bank = LoraSlotBank(loaded, max_slots=2, max_rank=16)
     for slot, folder in enumerate(folders.values()):
-        bank.load(slot, json.loads((folder / "adapter_config.json").read_text()),
+        bank.load(slot, read_adapter_config(folder),
                   str(folder / "adapter_model.safetensors"))
     ids = torch.randint(3, 256, (4, 48), generator=torch.Generator().manual_seed(0))
     rows = [0, 1, -1, 1]

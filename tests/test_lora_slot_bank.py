@@ -18,6 +18,7 @@ import torch
 
 from conftest import save_lora
 from serving_helpers import peft_cpu_packed_model
+from adapterhub.adapter_folder import read_adapter_config
 from adapterhub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
 from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
 from adapterhub.server.engine.lora.slot_bank import LoraSlotBank
@@ -42,8 +43,7 @@ def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
 
 
 def _load_into(bank: LoraSlotBank, slot: int, folder: Path) -> int:
-    config = json.loads((folder / "adapter_config.json").read_text())
-    return bank.load(slot, config, str(folder / "adapter_model.safetensors"))
+    return bank.load(slot, read_adapter_config(folder), str(folder / "adapter_model.safetensors"))
 
 
 def _prompts() -> torch.Tensor:

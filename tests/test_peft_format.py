@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import save_lora
 
+from adapterhub.adapter_folder import read_adapter_config
 from adapterhub.errors import IncompatibleBase, InvalidAdapter, SafetensorsFormatError, UnsupportedAdapter
 from adapterhub.peft_format import (
     ADAPTER_KEY_PREFIX,
@@ -19,7 +20,7 @@ from adapterhub.peft_format import (
     check_shapes_fit,
     group_adapter_tensors,
     lora_pair,
-    lora_scale,
+    parse_adapter_config,
     pattern_value,
     read_safetensors_header,
     torch_dtype,
@@ -53,7 +54,7 @@ def test_scale_and_rank_match_peft(kind, tiny_base, tmp_path):
         rank = layer.r["default"]
         assert pattern_value(config["rank_pattern"], name, config["r"]) == rank, name
         assert header[adapter_key(name, "lora_A")].shape[0] == rank
-        assert lora_scale(config, name, rank) == pytest.approx(layer.scaling["default"], rel=1e-12), name
+        assert parse_adapter_config(config, "a").lora.scale(name, rank) == pytest.approx(layer.scaling["default"], rel=1e-12), name
 
 
 def test_keys_of_every_variant_group_as_peft_saved_them(tiny_base, tmp_path):
@@ -100,7 +101,7 @@ def test_half_a_pair_is_invalid():
 ])
 def test_variants_of_real_adapters_are_judged_by_the_table(config, variant, merge, tiny_base, tmp_path):
     folder = save_lora(tiny_base, tmp_path / "a", **config)
-    saved_config = json.loads((folder / "adapter_config.json").read_text())
+    saved_config = read_adapter_config(folder)
     grouped = group_adapter_tensors(read_safetensors_header(folder / "adapter_model.safetensors"))
     with pytest.raises(UnsupportedAdapter, match=variant):
         check_servable(saved_config, grouped, "a")
@@ -113,7 +114,7 @@ def test_variants_of_real_adapters_are_judged_by_the_table(config, variant, merg
 
 def test_plain_and_scaled_lora_pass_both_checks(tiny_base, tmp_path):
     folder = save_lora(tiny_base, tmp_path / "a", **PATTERNS["rslora+patterns"])
-    config = json.loads((folder / "adapter_config.json").read_text())
+    config = read_adapter_config(folder)
     grouped = group_adapter_tensors(read_safetensors_header(folder / "adapter_model.safetensors"))
     check_servable(config, grouped, "a")
     check_mergeable(config, grouped, "a")

@@ -154,7 +154,7 @@ def test_a_template_is_read_once_and_concurrent_requests_share_it(stack):
 
 
 def test_python_api_generate_applies_the_template(stack, tiny_base):
-    from adapterhub.api import EngineHandle
+    from adapterhub.server import EngineHandle
 
     _, engine, _, _ = stack
     handle = EngineHandle(engine=engine, registry=engine.registry)  # the running engine; the fixture stops it

@@ -14,6 +14,7 @@ import pytest
 
 import adapterhub
 from adapterhub.errors import AdapterNotFound, InvalidName
+from adapterhub.server import start_engine
 from conftest import save_lora
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "python-api.md"
@@ -29,7 +30,7 @@ def test_import_loads_no_heavy_library():
 def test_every_public_name_resolves():
     for name in adapterhub.__all__:
         assert getattr(adapterhub, name) is not None, name
-    assert {"push", "pull", "start_engine", "MergeOptions", "EngineHandle"} <= set(dir(adapterhub))
+    assert {"push", "pull", "MergeOptions", "EngineConfig", "HttpConfig"} <= set(dir(adapterhub))
 
 
 def test_documented_example_runs(capsys):
@@ -118,8 +119,8 @@ def test_engine_generates_as_peft_does_and_serves_http(tiny_base, tmp_path):
         expected = peft_model.generate(ids, max_new_tokens=6, do_sample=False, min_new_tokens=6)
     expected_text = tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
 
-    with adapterhub.start_engine(tiny_base, registry=registry, quantize="none", device="cpu", preload=["tenant"],
-                                 http=True) as engine:
+    with start_engine(tiny_base, registry=registry, quantize="none", device="cpu", preload=["tenant"],
+                      http=True) as engine:
         assert engine.generate("hello", adapter="tenant", max_tokens=6) == expected_text
         chat = engine.generate([{"role": "user", "content": "hello"}], adapter="tenant", max_tokens=4)
         assert isinstance(chat, str)
@@ -138,6 +139,6 @@ def test_a_bad_preload_leaves_nothing_running(tiny_base, tmp_path):
 
     before = {t.name for t in threading.enumerate()}
     with pytest.raises(AdapterNotFound):
-        adapterhub.start_engine(tiny_base, registry=tmp_path / "reg", quantize="none", device="cpu",
+        start_engine(tiny_base, registry=tmp_path / "reg", quantize="none", device="cpu",
                                 preload=["nobody"])
     assert {t.name for t in threading.enumerate()} - before == set()

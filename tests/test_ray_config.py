@@ -109,7 +109,7 @@ def test_fleet_lora_modules_are_pushed_and_pinned_once_at_launch(tmp_path, make_
 def test_builder_args_come_typed_or_as_serve_run_strings(tmp_path):
     typed = ReplicaSettings.from_args({"registry": str(tmp_path), "max_batch_size": 8, "preload": ["a", "b"]})
     strings = ReplicaSettings.from_args({"registry": str(tmp_path), "max_batch_size": "8", "preload": "a,b"})
-    assert typed == strings and typed.preload == ("a", "b")
+    assert typed == strings and typed.engine.preload == ("a", "b")
     with pytest.raises(ValueError, match="unknown adapterhub args: bogus"):
         build_app({"registry": str(tmp_path), "bogus": 1})
     with pytest.raises(ValueError, match="args.max_batch_size"):

@@ -181,17 +181,3 @@ def test_an_adapter_with_non_finite_logits_answers_422_and_others_are_served(tin
         assert good.status_code == 200
         metrics = client.get("/metrics").get_data(as_text=True)
         assert 'adapterhub_failed_requests_total{code="non_finite_logits"} 1' in metrics
-
-
-def test_serve_flag_defaults_are_the_library_defaults():
-    from adapterhub.cli.serve_cmd import serve
-    from adapterhub.server.engine.engine import DEFAULT_MAX_QUEUED_REQUESTS
-    from adapterhub.server.http.admission import AdmissionLimits
-
-    defaults = {p.name: p.default for p in serve.params}
-    library = AdmissionLimits()
-    assert defaults["max_queued_requests"] == DEFAULT_MAX_QUEUED_REQUESTS
-    assert defaults["max_generations_per_request"] == library.max_generations_per_request
-    assert defaults["max_prompt_tokens"] is library.max_prompt_tokens is None
-    assert serve.params[[p.name for p in serve.params].index("max_body_bytes")].type.convert(
-        defaults["max_body_bytes"], None, None) == library.max_body_bytes

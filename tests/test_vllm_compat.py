@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from adapterhub.registry import LocalRegistry
+from adapterhub.server import start_engine
+from adapterhub.serving_config import HttpConfig
 from conftest import save_lora
 from serving_helpers import peft_greedy, start_serve_process
 
@@ -191,8 +193,8 @@ def test_a_client_names_server_folders_only_behind_admin_keys_or_on_loopback(tin
     folder = save_lora(tiny_base, tmp_path / "secret", seed=4)
     registry.push(folder, name="known", task="t", base=str(tiny_base))
     # Listening on every interface with no admin key: a client may not make the server read folders.
-    with adapterhub.start_engine(tiny_base, registry=registry, quantize="none", device="cpu", http=True,
-                                 host="0.0.0.0") as handle:
+    with start_engine(tiny_base, registry=registry, quantize="none", device="cpu",
+                      http=HttpConfig(host="0.0.0.0", port=0)) as handle:
         url = f"http://127.0.0.1:{handle.server.port}"
         before = [v.ref for v in registry.list()]
         status, _, raw = _post(url, "/v1/load_lora_adapter", json.dumps({"lora_name": "x", "lora_path": str(folder)}))

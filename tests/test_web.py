@@ -110,6 +110,7 @@ def evaluated(tmp_path, tiny_base, make_lora, make_prompt):
 
     from adapterhub.datasets.demo import make_rows
     from adapterhub.evaluation.compare import evaluate_refs
+    from adapterhub.server.serving import engine_factory
     from adapterhub.prompt_template import FewShot, PromptTemplate, write_prompt_template
 
     reg = LocalRegistry(tmp_path / "hub", durable=False)
@@ -121,7 +122,8 @@ def evaluated(tmp_path, tiny_base, make_lora, make_prompt):
     reg.push(make_lora(), name="upper-lora", task="uppercase")
     data = tmp_path / "uppercase-eval.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in make_rows("uppercase")[1][:4]))
-    report = evaluate_refs(["base", "upper-template", "upper-prompt", "upper-lora"], data, registry=reg)
+    report = evaluate_refs(["base", "upper-template", "upper-prompt", "upper-lora"], data, registry=reg,
+                           engine_for=engine_factory(reg, quantize="none"))
     return reg, report
 
 

@@ -14,15 +14,18 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import IncompatibleBase, TrainingConfigError
 from ..train.data import data_digest, load_examples
 from ..train.evaluate import answer_budget, answer_scores
+from .generate import AnswerEngine, engine_answers
 
-__all__ = ["BASE_REF", "EvalScore", "EvalReport", "evaluate_refs", "metric_key"]
+__all__ = ["BASE_REF", "EVAL_QUANTIZE", "EvalScore", "EvalReport", "evaluate_refs", "metric_key"]
 
 BASE_REF = "base"
+# The engine answers from the weights as stored, as PEFT computes the loss (``adapterhub eval --quantize``).
+EVAL_QUANTIZE = "none"
 METRICS = ("exact_match", "rouge_l", "loss", "perplexity")
 
 
@@ -67,29 +70,30 @@ def _base_of(versions: Sequence[Any], base: str | None) -> str:
                            "evaluate each base's adapters separately")
 
 
-def evaluate_refs(refs: Sequence[str], data_file: str | os.PathLike, *, registry: Any, base: str | None = None,
-                  quantize: str = "none", device: str | None = None, max_length: int = 512, batch_size: int = 16,
-                  store: bool = True) -> EvalReport:
-    """Measure every reference (``base``: the bare base) on ``data_file``; store the results unless ``store`` is off."""
-    from adapterhub.server.engine.engine import create_engine
-    from adapterhub.server.engine.model_loader import load_base_model
+def evaluate_refs(refs: Sequence[str], data_file: str | os.PathLike, *, registry: Any,
+                  engine_for: Callable[[str], AnswerEngine], base: str | None = None, max_length: int = 512,
+                  batch_size: int = 16, store: bool = True) -> EvalReport:
+    """Measure every reference (``base``: the bare base) on ``data_file``; store the results unless ``store`` is off.
 
-    from .generate import engine_answers
+    ``engine_for(base)`` starts the engine that generates the answers (``adapterhub eval`` passes
+    one over ``adapterhub.server.start_engine``): it is called once the references have said which
+    base they share, and the engine is stopped once the answers are in, before PEFT loads the
+    base again for the loss, so two copies of the model never share the memory.
+    """
     from .loss import adapter_losses
 
     examples = load_examples(data_file)
     digest = data_digest(data_file)
     versions = [None if ref == BASE_REF else registry.resolve(ref) for ref in refs]
     base = _base_of(versions, base)
-    loaded = load_base_model(base, quantize=quantize, device=device)
-    engine = create_engine(loaded, registry, max_batch_size=batch_size).start()
+    engine = engine_for(base)
     try:
         checked = [None if v is None else engine.resolve(v.ref) for v in versions]
         answers = engine_answers(engine, checked, [e.prompt for e in examples],
                                  answer_budget(engine.tokenizer, examples))
     finally:
         engine.stop()
-    del loaded, engine
+    del engine
     losses = adapter_losses(base, registry, checked, examples, max_length=max_length, batch_size=batch_size)
     references = [e.response for e in examples]
     scores = []

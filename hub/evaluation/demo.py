@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..adapter_folder import PROMPT_TEMPLATE
 from ..errors import AdapterHubError
@@ -28,6 +28,7 @@ from ..train.demo import DEMO_ADAPTERS, DemoAdapter
 from ..train.register import push_trained
 from ..train.trainer import train_adapter
 from .compare import BASE_REF, EvalReport, evaluate_refs
+from .generate import AnswerEngine
 
 __all__ = ["DEMO_TEMPLATES", "COMPARISON_ADAPTERS", "KINDS", "push_demo_templates", "train_comparison_adapters",
            "compare_demo_tasks"]
@@ -92,14 +93,17 @@ def _task_refs(registry: Any, task: str) -> list[str]:
 
 
 def compare_demo_tasks(registry: Any, base: str, data: Path, tasks: Sequence[str] | None = None, *,
-                       plot_dir: Path | None = None) -> dict[str, tuple[EvalReport, Path | None]]:
+                       engine_for: Callable[[str], AnswerEngine], plot_dir: Path | None = None,
+                       ) -> dict[str, tuple[EvalReport, Path | None]]:
     """``adapterhub eval`` per task on its held-out rows: base, template, soft prompt, LoRA; results stored.
+    ``engine_for`` starts the engine that answers, as ``evaluate_refs`` takes it.
     Returns task -> (report, the plot written or None when matplotlib is missing)."""
     from .plot import plot_report
 
     out: dict[str, tuple[EvalReport, Path | None]] = {}
     for task in tasks or [spec.task for spec in DEMO_ADAPTERS]:
-        report = evaluate_refs(_task_refs(registry, task), data / task / "eval.jsonl", registry=registry, base=base)
+        report = evaluate_refs(_task_refs(registry, task), data / task / "eval.jsonl", registry=registry,
+                               engine_for=engine_for, base=base)
         plot = None
         if plot_dir is not None:
             plot = plot_dir / f"eval-{task}.png"

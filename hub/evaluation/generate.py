@@ -5,23 +5,42 @@ flight, so the engine's continuous batching decodes different adapters (LoRA, so
 template, the bare base) in the same batch, as ``adapterhub serve`` does for its clients. A prompt
 template rewrites the row's prompt first (``PromptTemplate.apply``, as the server does), and its row
 is decoded by the base.
+
+The engine is any object with the calls ``AnswerEngine`` lists (``adapterhub.server``'s ``Engine``
+is one): the library drives an engine it is handed and never imports the server.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
+from ..registry import AdapterVersion
+from ..sampling import SamplingParams
 from ..train.templates import encode_prompt
 
-__all__ = ["engine_answers"]
+__all__ = ["AnswerEngine", "engine_answers"]
 
 
-def engine_answers(engine: Any, versions: Sequence[Any], prompts: Sequence[Any], max_tokens: int,
+class AnswerEngine(Protocol):
+    """What evaluation asks of a serving engine (a started ``adapterhub.server`` ``Engine``)."""
+
+    tokenizer: Any  # the base's tokenizer
+    adapters: Any  # ``adapters.prompt_template(version)``: the version's template, or None
+
+    def resolve(self, ref: str) -> AdapterVersion:
+        """The version ``ref`` names, checked against the engine's base."""
+
+    def submit(self, ids: list[int], params: SamplingParams, version: AdapterVersion | None) -> Any:
+        """A request in flight: ``.stream.text()`` waits for its answer, ``.stream.cancel()`` drops it."""
+
+    def stop(self) -> None:
+        """End the engine's thread and let its model go."""
+
+
+def engine_answers(engine: AnswerEngine, versions: Sequence[Any], prompts: Sequence[Any], max_tokens: int,
                    in_flight: int = 64) -> list[list[str]]:
     """``answers[i][j]``: greedy answer of ``versions[i]`` (None: the base) to ``prompts[j]``."""
-    from adapterhub.server.engine.request import SamplingParams
-
     params = SamplingParams(max_tokens=max_tokens, temperature=0)
     plain = [encode_prompt(engine.tokenizer, p) for p in prompts]
     templates = [engine.adapters.prompt_template(v) for v in versions]

@@ -19,7 +19,6 @@ from ..peft_format import (
     group_adapter_tensors,
     implied_weight_shape,
     lora_pair,
-    lora_scale,
     read_safetensors_header,
 )
 from .dtypes import FLOAT_CODES, numpy_dtype, to_float32
@@ -125,7 +124,7 @@ def _check_mergeable(adapter: AdapterFolder) -> None:
             f"{adapter.path}: a prompt template rewrites the prompt text and has no parameters, so it cannot be "
             "folded into a model (serve it with the base instead)"
         )
-    check_mergeable(adapter.config, group_adapter_tensors(adapter.tensors), str(adapter.path))
+    check_mergeable(adapter.settings, group_adapter_tensors(adapter.tensors), str(adapter.path))
 
 
 def _read_tensors(path: Path) -> dict[str, np.ndarray]:
@@ -147,14 +146,14 @@ def load_adapter_tensors(adapter: AdapterFolder) -> AdapterTensors:
     """Load a (validated) LoRA adapter's tensors and attach PEFT's per-module scale to each pair."""
     _check_mergeable(adapter)
     grouped = group_adapter_tensors(_read_tensors(adapter.path / ADAPTER_WEIGHTS))
-    fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out"))
+    lora = adapter.settings.lora
     saved = [SavedTensor(name.replace(".base_layer", ""), tensor, name) for name, tensor in grouped.saved.items()]
     loras = []
     for module, p in sorted(grouped.lora.items()):
         a, b, embedding = lora_pair(module, p)
         loras.append(LoraModule(
-            module=module, A=a, B=b, scale=lora_scale(adapter.config, module, a.shape[0]), embedding=embedding,
-            fan_in_fan_out=fan_in_fan_out and not embedding, bias=p.get("lora_B.bias"),
+            module=module, A=a, B=b, scale=lora.scale(module, a.shape[0]), embedding=embedding,
+            fan_in_fan_out=lora.fan_in_fan_out and not embedding, bias=p.get("lora_B.bias"),
             magnitude=p.get("lora_magnitude_vector"),
         ))
     return AdapterTensors(tuple(loras), tuple(saved))

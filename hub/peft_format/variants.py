@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..errors import UnsupportedAdapter
+from .adapter_config import AdapterConfig
 from .keys import LORA_PAIRS, GroupedTensors
 
 __all__ = ["LoraVariant", "LORA_VARIANTS", "variants_in_use", "check_mergeable", "check_servable"]
@@ -148,24 +149,25 @@ LORA_VARIANTS: tuple[LoraVariant, ...] = (
 )
 
 
-def variants_in_use(config: Mapping[str, Any], tensors: GroupedTensors[Any]) -> list[tuple[LoraVariant, str]]:
-    """The table's rows this adapter uses, each with what gave it away."""
+def variants_in_use(config: AdapterConfig, tensors: GroupedTensors[Any]) -> list[tuple[LoraVariant, str]]:
+    """The table's rows this adapter uses, each with what gave it away (a setting of the file, read
+    from ``config.raw``: most are settings adapterhub never computes with, or a tensor)."""
     found = []
     for variant in LORA_VARIANTS:
-        evidence = variant.detect(config, tensors)
+        evidence = variant.detect(config.raw, tensors)
         if evidence is not None:
             found.append((variant, evidence))
     return found
 
 
-def check_mergeable(config: Mapping[str, Any], tensors: GroupedTensors[Any], where: str) -> None:
+def check_mergeable(config: AdapterConfig, tensors: GroupedTensors[Any], where: str) -> None:
     """Raise ``UnsupportedAdapter`` for the first variant the merger cannot fold exactly."""
     for variant, evidence in variants_in_use(config, tensors):
         if not variant.merge:
             raise UnsupportedAdapter(f"{where}: cannot merge {variant.name}, {evidence}: {variant.merge_note}")
 
 
-def check_servable(config: Mapping[str, Any], tensors: GroupedTensors[Any], where: str) -> None:
+def check_servable(config: AdapterConfig, tensors: GroupedTensors[Any], where: str) -> None:
     """Raise ``UnsupportedAdapter`` for the first variant the batched LoRA server cannot compute exactly."""
     for variant, evidence in variants_in_use(config, tensors):
         if not variant.serve:

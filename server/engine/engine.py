@@ -19,10 +19,12 @@ from __future__ import annotations
 import gc
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.serving_config import EngineConfig
+
 from .adapters.picker import AdapterPicker
 from .adapters.soft_prompt_cache import SoftPromptCache
 from .compute_threads import favour_the_engine_thread, release_thread_pool
-from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache
+from .prefix_cache import PrefixCache
 from .request import GenerationRequest, SamplingParams
 from .structured.grammar_cache import GrammarCache
 
@@ -36,11 +38,7 @@ if TYPE_CHECKING:
     from .structured.grammar_cache import CompiledConstraint
     from .structured.spec import GrammarSpec
 
-__all__ = ["Engine", "EngineStopped", "ContextTooLong", "QueueFull", "create_engine", "DEFAULT_MAX_QUEUED_REQUESTS"]
-
-# Enough to keep a full batch fed for many turns on a slow CPU, few enough that a flood is refused
-# in seconds rather than queued for minutes.
-DEFAULT_MAX_QUEUED_REQUESTS = 256
+__all__ = ["Engine", "EngineStopped", "ContextTooLong", "QueueFull", "create_engine"]
 
 
 class EngineStopped(RuntimeError):
@@ -62,28 +60,26 @@ class QueueFull(RuntimeError):
 def create_engine(
     loaded: LoadedBase,
     registry: Registry,
+    config: EngineConfig | None = None,
     *,
-    max_batch_size: int = 16,
-    max_loaded_adapters: int = 16,
-    max_adapter_bytes: int = 1 << 30,
-    max_lora_rank: int = 64,
     lora_target_modules: list[str] | None = None,
-    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
-    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+    **settings: Any,
 ) -> Engine:
     """An engine over ``loaded`` with LoRA slots (wrapping the model's linear layers) and a
     soft-prompt cache, each bounded by ``max_loaded_adapters`` and ``max_adapter_bytes``; at most
-    ``max_queued_requests`` requests wait for a place in the batch (``QueueFull`` beyond); prompt
-    prefixes' keys and values kept for reuse up to ``prefix_cache_bytes`` (0: none)."""
+    ``max_queued_requests`` requests wait for a place in the batch (``QueueFull`` beyond).
+
+    ``config`` (default ``EngineConfig()``) is taken whole; ``settings`` change some of its fields
+    (``max_batch_size=4``), as ``EngineConfig.replace`` does. Its ``quantize``, ``device`` and
+    ``preload`` are the caller's to apply: ``loaded`` is loaded already, and nothing loads here."""
     from .adapters.lora_cache import LoraCache
     from .lora.slot_bank import LoraSlotBank
 
-    bank = LoraSlotBank(loaded, max_slots=max_loaded_adapters, max_rank=max_lora_rank,
+    config = (config or EngineConfig()).replace(**settings)
+    bank = LoraSlotBank(loaded, max_slots=config.max_loaded_adapters, max_rank=config.max_lora_rank,
                         target_modules=lora_target_modules)
-    slots = LoraCache(bank, registry, max_loaded=max_loaded_adapters, max_bytes=max_adapter_bytes)
-    return Engine(loaded, registry, lora_slots=slots, max_batch_size=max_batch_size,
-                  max_loaded_adapters=max_loaded_adapters, max_adapter_bytes=max_adapter_bytes,
-                  max_queued_requests=max_queued_requests, prefix_cache_bytes=prefix_cache_bytes)
+    slots = LoraCache(bank, registry, max_loaded=config.max_loaded_adapters, max_bytes=config.max_adapter_bytes)
+    return Engine(loaded, registry, lora_slots=slots, config=config)
 
 
 class Engine:
@@ -94,13 +90,12 @@ class Engine:
         registry: where adapters are resolved and loaded from.
         lora_slots: a ``LoraCache`` over the model's ``LoraSlotBank``, or ``None`` to serve the
             base and soft prompts only.
-        max_batch_size: most rows decoded together.
-        max_loaded_adapters, max_adapter_bytes: bounds of the soft-prompt cache (the LoRA slots
-            carry their own).
+        config: the ``EngineConfig`` whose ``max_batch_size`` (most rows decoded together),
+            ``max_loaded_adapters`` and ``max_adapter_bytes`` (bounds of the soft-prompt cache: the
+            LoRA slots carry their own) and ``max_queued_requests`` (most requests waiting for a
+            place in the batch, ``QueueFull`` beyond) apply; default ``EngineConfig()``.
         slot_wait_s: how long a request waits for a LoRA slot while every slot is pinned by
             running requests (``AdapterBusy`` after that).
-        max_queued_requests: most requests waiting for a place in the batch (``QueueFull`` beyond).
-        prefix_cache_bytes: bound of the prompt-prefix KV store (``prefix_cache``); 0 turns it off.
     """
 
     def __init__(
@@ -109,40 +104,32 @@ class Engine:
         registry: Registry,
         *,
         lora_slots: LoraCache | None = None,
-        max_batch_size: int = 16,
-        max_loaded_adapters: int = 16,
-        max_adapter_bytes: int = 1 << 30,
+        config: EngineConfig | None = None,
         slot_wait_s: float = 300.0,
-        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
-        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         # torch comes with the first engine, not with this module: the HTTP layer imports its errors.
         from .scheduler import Scheduler
 
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-        if max_queued_requests < 1:
-            raise ValueError("max_queued_requests must be at least 1")
-        if prefix_cache_bytes < 0:
-            raise ValueError("prefix_cache_bytes must be 0 (off) or positive")
+        config = config or EngineConfig()
+        self.config = config
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.registry = registry
         self.lora_slots = lora_slots
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = config.max_batch_size
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         embed = self.model.get_input_embeddings()
         self.vocab_size = int(embed.num_embeddings)
         self.soft_prompts = SoftPromptCache(registry, dtype=embed.weight.dtype, device=embed.weight.device,
-                                            max_loaded=max_loaded_adapters, max_bytes=max_adapter_bytes)
+                                            max_loaded=config.max_loaded_adapters, max_bytes=config.max_adapter_bytes)
         self.adapters = AdapterPicker(registry, base_name=loaded.name, base_info=loaded.info,
                                       soft_prompts=self.soft_prompts, lora_slots=lora_slots, slot_wait_s=slot_wait_s)
         fingerprint = loaded.info.fingerprint if loaded.info is not None else loaded.name
-        self.prefix_cache = PrefixCache(prefix_cache_bytes, salt=f"{fingerprint}|{loaded.quantize}|{loaded.dtype}") \
-            if prefix_cache_bytes else None
-        self._scheduler = Scheduler(self.model, self.tokenizer, max_batch_size=max_batch_size,
-                                    max_queued=max_queued_requests, set_rows=None if lora_slots is None else lora_slots.bank.set_rows,
+        self.prefix_cache = PrefixCache(config.prefix_cache_bytes, salt=f"{fingerprint}|{loaded.quantize}|{loaded.dtype}") \
+            if config.prefix_cache_bytes else None
+        self._scheduler = Scheduler(self.model, self.tokenizer, max_batch_size=config.max_batch_size,
+                                    max_queued=config.max_queued_requests, set_rows=None if lora_slots is None else lora_slots.bank.set_rows,
                                     release=self.adapters.unpin, prefix_cache=self.prefix_cache)
         self.grammars = GrammarCache(self.tokenizer, self.vocab_size, self._scheduler.eos_ids)
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from adapterhub.base_model import BaseInfo, load_base_info, model_location
 from adapterhub.errors import IncompatibleBase
+from adapterhub.serving_config import ENGINE_DEFAULTS, QUANTIZE_MODES, check_quantize
 
 from .attention import use_batch_invariant_attention
 from .packed_linear import pack_linear_layers, packed_bytes
@@ -48,7 +49,6 @@ __all__ = ["LoadedBase", "load_base_model", "QUANTIZE_MODES", "DEFAULT_QUANTIZE"
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("auto", "bf16", "int8", "nf4", "none")
 # What ``auto`` means per device type: the fastest mode measured near-lossless there (BENCHMARKS.md).
 DEFAULT_QUANTIZE = {"cpu": "bf16", "cuda": "nf4"}
 CPU_PACKED_MODES = ("bf16", "int8")  # CPU modes whose linear layers are ``packed_linear.PackedLinear``
@@ -107,8 +107,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def resolve_quantize(quantize: str, device: torch.device) -> str:
     """``auto`` becomes the device's default (``DEFAULT_QUANTIZE``; on a CPU that cannot build the
     bf16 kernel, ``none``); other modes are checked."""
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(f"unknown quantize mode {quantize!r} (choose from {', '.join(QUANTIZE_MODES)})")
+    check_quantize(quantize)
     if quantize == "bf16" and device.type != "cpu":
         raise ValueError("--quantize bf16 is the CPU mode; on a GPU, bfloat16 is --dtype's default already")
     if quantize == "auto":
@@ -141,7 +140,7 @@ def _quantization_config(quantize: str, dtype: torch.dtype) -> BitsAndBytesConfi
 
 
 def load_base_model(
-    base: str, *, quantize: str = "auto", device: str | None = None, dtype: str | None = None
+    base: str, *, quantize: str = ENGINE_DEFAULTS.quantize, device: str | None = None, dtype: str | None = None
 ) -> LoadedBase:
     """Load ``base`` for serving; ``quantize`` picks bf16 / int8 / nf4 weights, none, or ``auto``.
 

@@ -13,9 +13,10 @@ what that costs). A soft prompt's virtual tokens are the first items of its sequ
 prompt: its rows are base rows (or LoRA rows) whose prefix blocks the base's (the LoRA's) requests
 share, a zero-parameter adapter that costs nothing after its first request.
 
-Entries are whole blocks, each ``[layers, 2, kv heads, BLOCK_TOKENS, head dim]``, in one LRU bounded
-by bytes (``--prefix-cache-bytes``; 0 turns the cache off). A lookup walks a request's blocks from
-the first and stops at the first miss; what it finds is reused up to all but the prompt's last item
+Entries are whole blocks, each ``[layers, 2, kv heads, BLOCK_TOKENS, head dim]``, in one LRU
+bounded by bytes (``--prefix-cache-bytes``, ``EngineConfig.prefix_cache_bytes``; 0 turns the cache
+off). A lookup walks a request's blocks from the first and stops at the first miss; what it finds
+is reused up to all but the prompt's last item
 (whose logits give the first token), so a prefix that ends mid-block reuses the blocks before it and
 a prompt that is wholly cached prefills one token. Entries are stored only from rows whose prefill
 succeeded with finite values, and from finished answers (prompt and generated tokens), so a chat's
@@ -39,14 +40,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 if TYPE_CHECKING:  # torch comes with the engine, not with this module (engine.py's errors are light)
     import torch
 
-__all__ = ["PrefixCache", "PrefixHit", "PrefixCacheStats", "BLOCK_TOKENS", "DEFAULT_PREFIX_CACHE_BYTES",
-           "sequence_items"]
+__all__ = ["PrefixCache", "PrefixHit", "PrefixCacheStats", "BLOCK_TOKENS", "sequence_items"]
 
 # (lo, hi) -> items lo:hi's keys and values, one [kv heads, hi - lo, dim] pair per layer
 Gather = Callable[[int, int], "tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]"]
 
 BLOCK_TOKENS = 16  # vLLM's block size: fine enough that a prefix ending mid-block loses little
-DEFAULT_PREFIX_CACHE_BYTES = 512 << 20  # ~11k tokens of SmolLM2-135M (46 KB of float32 KV a token)
 
 
 def sequence_items(prompt_ids: Sequence[int], virtual_tokens: int) -> list[int]:

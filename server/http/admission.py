@@ -19,35 +19,24 @@ the causal models we serve does.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from adapterhub import error_codes as codes
+from adapterhub.serving_config import RequestLimits
 
 from .errors import ApiError
 
-__all__ = ["AdmissionLimits", "PromptBounds", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_GENERATIONS_PER_REQUEST"]
-
-# A request is JSON: 64 prompts of 32k token ids, written as decimal text, stay well below this.
-DEFAULT_MAX_BODY_BYTES = 16 << 20
-# Four full batches of the default size: a request may ask for several answers, never for a flood.
-DEFAULT_MAX_GENERATIONS_PER_REQUEST = 64
+__all__ = ["AdmissionLimits", "PromptBounds"]
 
 
 @dataclass(frozen=True)
-class AdmissionLimits:
-    """The per-request bounds; ``max_prompt_tokens=None`` means the model's context length."""
+class AdmissionLimits(RequestLimits):
+    """The per-request bounds (``RequestLimits``: fields, defaults and their checks), applied to requests."""
 
-    max_prompt_tokens: int | None = None
-    max_generations_per_request: int = DEFAULT_MAX_GENERATIONS_PER_REQUEST
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-
-    def __post_init__(self) -> None:
-        for name in ("max_generations_per_request", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise ValueError("max_prompt_tokens must be at least 1")
+    @classmethod
+    def of(cls, limits: RequestLimits) -> AdmissionLimits:
+        return cls(**{f.name: getattr(limits, f.name) for f in fields(RequestLimits)})
 
     def check_body(self, content_length: int | None) -> None:
         if content_length is not None and content_length > self.max_body_bytes:

@@ -23,12 +23,14 @@ from waitress.task import ThreadedTaskDispatcher
 from waitress.utilities import Error
 
 from adapterhub import error_codes as codes
+from adapterhub.serving_config import HTTP_DEFAULTS
 
 __all__ = ["WorkerDispatcher", "ServerBusy", "CONTROL_PATHS", "CONTROL_THREADS", "DEFAULT_MAX_WAITING"]
 
 CONTROL_PATHS = frozenset({"/health", "/metrics"})
 CONTROL_THREADS = 2
-DEFAULT_MAX_WAITING = 256  # requests waiting for a worker thread beyond those it runs
+# requests waiting for a worker thread beyond those it runs
+DEFAULT_MAX_WAITING = HTTP_DEFAULTS.max_waiting_http_requests
 RETRY_AFTER_S = 1
 
 

@@ -39,6 +39,7 @@ from adapterhub.errors import AdapterHubError, InvalidAdapter, InvalidName
 from adapterhub.refs import validate_name
 from adapterhub.registry import AdapterVersion, LocalRegistry
 from adapterhub.remote import check_file_name
+from adapterhub.serving_config import HUB_MAX_OBJECT_BYTES
 
 from .auth import READ, WRITE, authorize, check_credentials
 from .errors import ApiError
@@ -61,7 +62,7 @@ MAX_COMMIT_BYTES = "MAX_COMMIT_BYTES"
 # app.config key: let pushes name their base by a folder on the hub's machine (one-machine setups);
 # otherwise a request could make the hub read config and headers from any folder it can see.
 ALLOW_LOCAL_BASES = "ALLOW_LOCAL_BASES"
-DEFAULT_MAX_OBJECT = 4 << 30
+DEFAULT_MAX_OBJECT = HUB_MAX_OBJECT_BYTES
 DEFAULT_MAX_JSON = 1 << 20
 DEFAULT_MAX_COMMIT = 64 << 20
 # The Hugging Face commit route (hf_commit), the one JSON-ish write that carries file bytes.

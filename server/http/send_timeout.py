@@ -21,9 +21,11 @@ import time
 
 from waitress.channel import ClientDisconnected, HTTPChannel
 
+from adapterhub.serving_config import HTTP_DEFAULTS
+
 __all__ = ["SendTimeoutChannel", "DEFAULT_SEND_TIMEOUT_S", "MAX_PENDING_BYTES"]
 
-DEFAULT_SEND_TIMEOUT_S = 30.0  # as long as an idle keep-alive connection is kept (wsgi.CHANNEL_TIMEOUT_S)
+DEFAULT_SEND_TIMEOUT_S = HTTP_DEFAULTS.send_timeout_s
 # How far an answer may run ahead of its client: a hundred and more token events, so a reader that
 # is merely slow rarely waits, and little memory per connection.
 MAX_PENDING_BYTES = 64 << 10

@@ -49,11 +49,12 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 
 from adapterhub import error_codes as codes
+from adapterhub.serving_config import HTTP_DEFAULTS
 
 from .dispatcher import DEFAULT_MAX_WAITING, WorkerDispatcher
 from .half_close import HalfCloseChannel
-from .lingering_close import LingeringCloseChannel
 from .header_gate import parser_for
+from .lingering_close import LingeringCloseChannel
 from .send_timeout import DEFAULT_SEND_TIMEOUT_S, SendTimeoutChannel
 
 __all__ = ["run", "start_in_thread", "ServerHandle", "DEFAULT_THREADS", "CONNECTION_LIMIT", "CHANNEL_TIMEOUT_S",
@@ -224,8 +225,8 @@ def _create(app: Callable, host: str, port: int, threads: int, max_request_body_
 
 def run(
     app: Callable,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str,
+    port: int,
     threads: int = DEFAULT_THREADS,
     *,
     max_request_body_size: int = 4 * _GIB,
@@ -289,7 +290,7 @@ def _serve_until(server: Any, stop: threading.Event) -> None:
 
 def start_in_thread(
     app: Callable,
-    host: str = "127.0.0.1",
+    host: str = HTTP_DEFAULTS.host,
     port: int = 0,
     threads: int = DEFAULT_THREADS,
     *,

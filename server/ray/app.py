@@ -77,12 +77,12 @@ def build(settings: ReplicaSettings, scaling: Scaling = Scaling()) -> Applicatio
     engine = serve.deployment(
         EngineReplica, name=ENGINE_DEPLOYMENT, logging_config=_QUIET,
         ray_actor_options={"num_cpus": scaling.num_cpus, "num_gpus": scaling.num_gpus},
-        max_ongoing_requests=2 * settings.max_batch_size,
-        max_queued_requests=settings.max_queued_requests,
+        max_ongoing_requests=2 * settings.engine.max_batch_size,
+        max_queued_requests=settings.engine.max_queued_requests,
         **scaling.deployment_options(),
     ).bind(settings)
     return serve.deployment(OpenAIIngress, name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0}, logging_config=_QUIET,
-                            max_ongoing_requests=settings.max_queued_requests + 2 * settings.max_batch_size,
+                            max_ongoing_requests=settings.engine.max_queued_requests + 2 * settings.engine.max_batch_size,
                             ).bind(engine, settings)
 
 

@@ -64,7 +64,7 @@ class OpenAIIngress:
         from adapterhub.server.http.admission import AdmissionLimits
 
         self._engine = engine
-        self._limits = AdmissionLimits(max_body_bytes=settings.max_body_bytes)
+        self._limits = AdmissionLimits.of(settings.limits)
         self._keys = settings.serving_keys()
         self._affinity = AffinityKeys(open_registry(settings.registry, token=settings.token),
                                       aliases=settings.served_names())

@@ -56,30 +56,23 @@ class EngineReplica:
     """The engine deployment's class (``app.build`` wraps it in ``serve.deployment``)."""
 
     def __init__(self, settings: ReplicaSettings) -> None:
-        from adapterhub.api import open_registry, start_engine
+        from adapterhub.api import open_registry
         from adapterhub.server.http.admission import AdmissionLimits
         from adapterhub.server.http.app import create_app
+        from adapterhub.server.serving import start_engine
 
         registry = open_registry(settings.registry, token=settings.token)
-        self._handle = start_engine(
-            settings.base, registry=registry, quantize=settings.quantize, device=settings.device,
-            max_batch_size=settings.max_batch_size, max_loaded_adapters=settings.max_loaded_adapters,
-            max_adapter_bytes=settings.max_adapter_bytes, max_lora_rank=settings.max_lora_rank,
-            preload=settings.preload, max_queued_requests=settings.max_queued_requests)
+        self._handle = start_engine(settings.base, registry=registry, config=settings.engine)
         for name, ref in settings.served_names().items():  # loaded on first use, through Ray's LRU
             self._handle.lora_names.add(name, ref, load=False)
         engine = self._handle.engine
-        keys = settings.serving_keys()
-        limits = AdmissionLimits(max_prompt_tokens=settings.max_prompt_tokens,
-                                 max_generations_per_request=settings.max_generations_per_request,
-                                 max_body_bytes=settings.max_body_bytes)
-        self._app = create_app(registry, engine=engine, limits=limits, keys=keys, with_hub=False,
-                               lora_names=self._handle.lora_names)
+        self._app = create_app(registry, engine=engine, limits=AdmissionLimits.of(settings.limits),
+                               keys=settings.serving_keys(), with_hub=False, lora_names=self._handle.lora_names)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         # Every request in progress holds a thread (waiting for its answer or its next event), so
         # the pool is sized for the requests Ray lets in (``app.build``), not Ray's default of a
         # few threads per CPU, which would cap the engine's batch far below --max-batch-size.
-        self._pool = ThreadPoolExecutor(max_workers=2 * settings.max_batch_size + 4,
+        self._pool = ThreadPoolExecutor(max_workers=2 * settings.engine.max_batch_size + 4,
                                         thread_name_prefix="adapterhub-replica")
 
         async def resident(model_id: str) -> ResidentAdapter:
@@ -87,7 +80,7 @@ class EngineReplica:
             await self._run(engine.load_adapter, version)
             return ResidentAdapter(engine, version.ref)
 
-        self._resident = serve.multiplexed(max_num_models_per_replica=settings.max_loaded_adapters)(resident)
+        self._resident = serve.multiplexed(max_num_models_per_replica=settings.engine.max_loaded_adapters)(resident)
 
     async def forward(self, forwarded: ForwardedRequest) -> tuple[ResponseHead, bytes]:
         """Answer one forwarded request whole: its head and its body."""

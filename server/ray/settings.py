@@ -8,36 +8,33 @@ settings travel, since a replica may start on another machine. API keys travel a
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import types
 import typing
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
+
+from adapterhub.serving_config import EngineConfig, RequestLimits
 
 if TYPE_CHECKING:
     from adapterhub.server.http.api_keys import ServingKeys
 
 __all__ = ["ReplicaSettings"]
 
+# The configs a replica's settings carry whole; a Ray config's ``args`` name their fields directly.
+_NESTED = {"engine": EngineConfig, "limits": RequestLimits}
+
 
 @dataclass(frozen=True)
 class ReplicaSettings:
-    """One replica's engine and HTTP options (the defaults are ``adapterhub serve``'s)."""
+    """One replica's engine and HTTP options: the ``EngineConfig`` and ``RequestLimits`` of
+    ``adapterhub serve`` (their defaults are its defaults), with where the registry is and the keys."""
 
     registry: str
     base: str | None = None
-    token: str | None = None
-    quantize: str = "auto"
-    device: str | None = None
-    max_batch_size: int = 16
-    max_loaded_adapters: int = 16
-    max_adapter_bytes: int = 1 << 30
-    max_lora_rank: int = 64
-    max_queued_requests: int = 256
-    preload: tuple[str, ...] = ()
-    max_prompt_tokens: int | None = None
-    max_generations_per_request: int = 64
-    max_body_bytes: int = 16 << 20
+    token: str | None = field(default=None, repr=False)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    limits: RequestLimits = field(default_factory=RequestLimits)
     api_key_digests: tuple[str, ...] = ()
     admin_key_digests: tuple[str, ...] = ()
     metrics_need_key: bool = False
@@ -51,30 +48,28 @@ class ReplicaSettings:
         return dict(parse_lora_module(spec) for spec in self.lora_modules)
 
     @classmethod
-    def resolved(cls, registry: str | None, **options: Any) -> ReplicaSettings:
+    def resolved(cls, registry: str | None, *, token: str | None = None, **options: Any) -> ReplicaSettings:
         """Settings whose registry is absolute (a folder) or carries its token (a hub URL)."""
-        from adapterhub.credentials import stored_token
-        from adapterhub.location import default_location, is_remote, local_root
-        from adapterhub.remote import ENV_TOKEN
+        from adapterhub.location import portable_location
 
-        location = registry or default_location()
-        if is_remote(location):
-            token = options.pop("token", None) or os.environ.get(ENV_TOKEN) or stored_token(location)
-            return cls(registry=location, token=token, **options)
-        return cls(registry=local_root(location), **options)
+        location, token = portable_location(registry, token=token)
+        return cls(registry=location, token=token, **options)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> ReplicaSettings:
         """Settings from a Ray Serve config's ``args`` (``serve run``/``serve deploy``); unknown keys refused."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(args) - known)
+        owners = {f.name: cls for f in dataclasses.fields(cls) if f.name not in _NESTED}
+        owners |= {f.name: config for config in _NESTED.values() for f in dataclasses.fields(config)}
+        unknown = sorted(set(args) - set(owners))
         if unknown:
-            raise ValueError(f"unknown adapterhub args: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        values = {k: _coerce(k, v, hints[k]) for k, v in args.items()
-                  for hints in [typing.get_type_hints(cls)]}
+            raise ValueError(f"unknown adapterhub args: {', '.join(unknown)} (known: {', '.join(sorted(owners))})")
+        hints = {config: typing.get_type_hints(config) for config in {cls, *_NESTED.values()}}
+        values = {k: _coerce(k, v, hints[owners[k]][k]) for k, v in args.items()}
         if "registry" not in values:
             raise ValueError("args.registry is required: a registry folder every replica can read, or a hub URL")
-        return cls.resolved(values.pop("registry"), **values)
+        nested = {name: config(**{k: values.pop(k) for k in list(values) if owners[k] is config})
+                  for name, config in _NESTED.items()}
+        return cls.resolved(values.pop("registry"), **values, **nested)
 
     def serving_keys(self) -> ServingKeys:
         """The keys requests need: the carried digests, else this process's ``$ADAPTERHUB_API_KEY``
@@ -94,7 +89,13 @@ class ReplicaSettings:
         """The settings as a Ray Serve config's ``args`` (what ``from_args`` reads back), without the
         hub token: a file is no place for it (replicas read ``$ADAPTERHUB_TOKEN``, e.g. from the
         config's ``runtime_env.env_vars`` or the pod's secret)."""
-        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "token"}
+        flat: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in _NESTED:
+                flat |= dataclasses.asdict(getattr(self, f.name))
+            elif f.name != "token":
+                flat[f.name] = getattr(self, f.name)
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flat.items()}
         return {k: v for k, v in out.items() if v is not None and v != []}
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.adapter_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from adapterhub.errors import AdapterNotFound, UnsupportedAdapter
+from adapterhub.peft_format import parse_adapter_config
 
 from .cache_stats import CacheStats
 from .picker import check_compatible
@@ -110,7 +111,7 @@ class LoraCache:
     def _load(self, version: AdapterVersion) -> tuple[LoraSlot, int]:
         """Registry files -> a free slot (outside the cache's lock); on failure the slot stays free."""
         config_path, weights_path = self._files.paths(version, ADAPTER_CONFIG, ADAPTER_WEIGHTS)
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = parse_adapter_config(json.loads(config_path.read_text(encoding="utf-8")), version.ref)
         with self._slots_lock:  # the cache holds at most max_loaded <= max_slots entries: one is free
             slot = min(self._free_slots)
             self._free_slots.discard(slot)

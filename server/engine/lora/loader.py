@@ -16,7 +16,7 @@ import math
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -24,13 +24,13 @@ import torch
 from adapterhub.errors import IncompatibleBase, InvalidAdapter, UnsupportedAdapter
 from adapterhub.peft_format import (
     FLOAT_CODES,
+    AdapterConfig,
     TensorInfo,
     check_servable,
     check_shape_fits,
     group_adapter_tensors,
     implied_weight_shape,
     lora_pair,
-    lora_scale,
     read_safetensors_header,
     torch_dtype,
 )
@@ -55,7 +55,7 @@ class LoraPair:
         return self.rank * (self.module.in_features + self.module.out_features)
 
 
-def read_lora_pairs(config: Mapping[str, Any], weights_path: str, layers: Mapping[str, GatheredLoraLinear], *,
+def read_lora_pairs(config: AdapterConfig, weights_path: str, layers: Mapping[str, GatheredLoraLinear], *,
                     max_rank: int, base: str) -> list[LoraPair]:
     """The file's A/B pairs matched to ``layers``, every one checked; nothing of the file's data is read.
 
@@ -64,9 +64,9 @@ def read_lora_pairs(config: Mapping[str, Any], weights_path: str, layers: Mappin
     compute exactly (``peft_format.check_servable``).
     """
     where = str(weights_path)
-    peft_type = str(config.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
-        raise UnsupportedAdapter(f"peft_type {peft_type} is not a LoRA; adapter slots hold LoRA adapters only")
+    lora = config.lora
+    if lora is None:
+        raise UnsupportedAdapter(f"peft_type {config.peft_type} is not a LoRA; adapter slots hold LoRA adapters only")
     try:
         tensors = read_safetensors_header(weights_path)
     except OSError as e:
@@ -93,7 +93,7 @@ def read_lora_pairs(config: Mapping[str, Any], weights_path: str, layers: Mappin
         for t in (a, b):
             if t.dtype not in FLOAT_CODES:
                 raise InvalidAdapter(f"{where}: {module_name} has dtype {t.dtype}, expected a float type")
-        pairs.append(LoraPair(layer, a, b, rank, lora_scale(config, module_name, rank)))
+        pairs.append(LoraPair(layer, a, b, rank, lora.scale(module_name, rank)))
     if not pairs:
         raise InvalidAdapter(f"{where}: no lora_A/lora_B tensors")
     return pairs

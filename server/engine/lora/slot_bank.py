@@ -15,7 +15,7 @@ import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import torch
 
@@ -24,6 +24,8 @@ from .loader import LoraPair, SlotLoader, read_lora_pairs
 from .row_plan import BASE_ROW, RowPlans
 
 if TYPE_CHECKING:
+    from adapterhub.peft_format import AdapterConfig
+
     from ..model_loader import LoadedBase
 
 __all__ = ["LoraSlotBank"]
@@ -72,7 +74,7 @@ class LoraSlotBank:
         """Bytes one slot takes in the preallocated stacks (at max_rank, for every wrapped layer)."""
         return sum(self.max_rank * (m.in_features + m.out_features) for m in self.modules.values()) * self._width()
 
-    def load(self, slot: int, config: Mapping[str, Any], weights_path: str) -> int:
+    def load(self, slot: int, config: AdapterConfig, weights_path: str) -> int:
         """Read a PEFT ``adapter_model.safetensors`` into ``slot``; return the bytes its weights take there.
 
         A refused adapter (``IncompatibleBase``, ``InvalidAdapter``, ``UnsupportedAdapter``, see
@@ -92,7 +94,7 @@ class LoraSlotBank:
             self._changed(slot)
         return sum(p.slot_elements for p in pairs) * self._width()
 
-    def _pairs(self, config: Mapping[str, Any], weights_path: str) -> list[LoraPair]:
+    def _pairs(self, config: AdapterConfig, weights_path: str) -> list[LoraPair]:
         """``read_lora_pairs``, remembered per file version and config: an adapter evicted and loaded
         again, the everyday case of a server's LRU, skips parsing and checking its header again
         (3.7 of a 14 ms load). A file is known by its inode, size and modification time; its data
@@ -102,7 +104,7 @@ class LoraSlotBank:
         except OSError:  # read_lora_pairs says what is wrong with the file, as an InvalidAdapter
             return read_lora_pairs(config, weights_path, self.modules, max_rank=self.max_rank, base=self.loaded.name)
         key = (str(weights_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-               json.dumps(config, sort_keys=True, default=str))
+               json.dumps(config.raw, sort_keys=True, default=str))
         with self._parsed_lock:
             pairs = self._parsed.get(key)
             if pairs is not None:
