@@ -22,16 +22,20 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 
 class ByteSize(click.ParamType):
-    """A byte count: ``1073741824``, ``512MB``, ``1GiB``."""
+    """A byte count: ``1073741824``, ``512MB``, ``1GiB``; at least ``minimum`` (0 where a field
+    reads 0 as "off", like ``--prefix-cache-bytes``)."""
 
     name = "bytes"
+
+    def __init__(self, minimum: int = 1) -> None:
+        self.minimum = minimum
 
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
         unit = m and m.group(2).lower()
-        if m is None or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
+        if m is None or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < self.minimum:
             self.fail(f"{value!r} is not a byte size (e.g. 1073741824, 512MB, 1GiB)", param, ctx)
         return int(float(m.group(1)) * _UNITS[unit])
 
@@ -47,7 +51,7 @@ def _binary(size: int) -> str:
 def _param_type(f: dataclasses.Field, default: Any) -> click.ParamType | None:
     low, high = f.metadata.get("low"), f.metadata.get("high")
     if f.metadata.get("unit") == "bytes":
-        return ByteSize()
+        return ByteSize(1 if low is None else int(low))
     if low is None and high is None:
         return None
     if isinstance(low, float) or isinstance(default, float):

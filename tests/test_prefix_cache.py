@@ -11,18 +11,24 @@ the previous answer's KV.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import urllib.request
 
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
+from adapterhub.prompt_template import FewShot, PromptTemplate, write_prompt_template
 from adapterhub.registry import LocalRegistry
 from adapterhub.server.engine.engine import create_engine
 from adapterhub.server.engine.model_loader import load_base_model
 from adapterhub.server.engine.prefix_cache import BLOCK_TOKENS, PrefixCache, sequence_items
 from adapterhub.server.engine.request import SamplingParams
 from conftest import save_lora
-from serving_helpers import held_engine, push_serving_adapters, save_overflowing_lora
+from serving_helpers import held_engine, post_json, push_serving_adapters, save_overflowing_lora, start_serve_process
 
 LAYERS, HEADS, DIM = 3, 2, 4
 
@@ -212,3 +218,59 @@ def test_the_next_chat_turn_reuses_the_previous_answer(engines, model, virtual):
     got = _answers(on, [(model, follow_up)], together=False)
     assert on.prefix_cache.stats.tokens_reused - reused >= (virtual + len(ids)) // BLOCK_TOKENS * BLOCK_TOKENS
     _same(mode, got, _answers(off, [(model, follow_up)], together=False))
+
+
+# --- through `adapterhub serve` ---------------------------------------------------------------------
+
+
+def _get(url: str, path: str) -> str:
+    with urllib.request.urlopen(url + path, timeout=60) as answer:
+        return answer.read().decode()
+
+
+@pytest.fixture(scope="module")
+def served_pair(tiny_base, tmp_path_factory):
+    """`adapterhub serve` twice on the tiny base and one registry (with a prompt-template adapter of
+    6 few-shot pairs): the default cache and ``--prefix-cache-bytes 0``."""
+    root = tmp_path_factory.mktemp("prefix-serve")
+    registry = LocalRegistry(root / "registry")
+    push_serving_adapters(registry, tiny_base, root / "adapters")
+    template = PromptTemplate(system="Answer in one word.", template="Q: {input}\nA:",
+                              examples=tuple(FewShot(f"question {i} on rivers", f" a{i}")
+                                             for i in range(6)))
+    registry.push(write_prompt_template(template, root / "fewshot"), name="fewshot", task="qa", base=str(tiny_base))
+    env = dict(os.environ, ADAPTERHUB_REGISTRY=str(root / "registry"))
+    servers = [start_serve_process(["--base", str(tiny_base), *extra], env)
+               for extra in ([], ["--prefix-cache-bytes", "0"])]
+    yield [url for _, url, _ in servers]
+    for proc, _, _ in servers:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
+def test_served_answers_are_the_same_with_and_without_the_cache_and_the_reuse_is_reported(served_pair):
+    on, off = served_pair
+    requests = [("/v1/completions", {"model": "fewshot", "prompt": "what flows?"}),
+                ("/v1/completions", {"model": "fewshot", "prompt": "what is wet?"}),
+                ("/v1/completions", {"model": "lora-qv", "prompt": SYSTEM + "Say hi."}),
+                ("/v1/completions", {"model": "prompt-4", "prompt": SYSTEM + "Say hi."}),
+                ("/v1/chat/completions", {"model": "lora-all", "messages": [{"role": "user", "content": SYSTEM}]})]
+    for path, body in requests * 2:  # the second round finds every prefix the first kept
+        body = body | {"max_tokens": 8, "temperature": 0, "logprobs": True, "return_token_ids": True}
+        if path == "/v1/completions":
+            body["logprobs"] = 2
+        answers = [post_json(url, path, body) for url in (on, off)]
+        assert answers[0][0] == answers[1][0] == 200, answers
+        strip = [{k: v for k, v in a[1].items() if k not in ("id", "created")} for a in answers]
+        assert strip[0] == strip[1], body
+    health = json.loads(_get(on, "/health"))["prefix_cache"]
+    assert health["hits"] >= 5 and health["tokens_reused"] > 0 and 0 < health["bytes"] <= health["max_bytes"]
+    assert json.loads(_get(off, "/health"))["prefix_cache"] is None
+    metrics = {s.name: s.value for family in text_string_to_metric_families(_get(on, "/metrics"))
+               for s in family.samples}
+    assert metrics["adapterhub_prefix_cache_hits_total"] == health["hits"]
+    assert metrics["adapterhub_prefix_cache_tokens_reused_total"] == health["tokens_reused"]
+    assert metrics["vllm:prefix_cache_hits_total"] == health["tokens_reused"]
+    assert metrics["vllm:prefix_cache_queries_total"] == health["tokens_queried"]
+    assert metrics["adapterhub_prefix_cache_bytes"] == health["bytes"]
+    assert "adapterhub_prefix_cache_hits_total" not in _get(off, "/metrics")
