@@ -38,15 +38,13 @@ from .pull_folder import open_pull_folder
 from .record_bounds import check_metrics
 from .refs import validate_name
 from .registry import AdapterVersion, FileEntry, GcReport, VerifyReport, folder_entries
-from .retry import DEFAULT_RETRY, IDEMPOTENT_METHODS, RetryPolicy, send_with_retries, tries_note
+from .retry import DEFAULT_RETRY, HTTP_TRANSIENT, IDEMPOTENT_METHODS, RetryPolicy, send_with_retries, tries_note
 
 __all__ = ["RemoteRegistry", "TransferStats", "ENV_TOKEN", "hub_token", "check_file_name", "raise_for_status"]
 
 ENV_TOKEN = "ADAPTERHUB_TOKEN"
 _PROGRESS_MIN_BYTES = 8 << 20
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# The connection errors and timeouts after which a request may go again (as huggingface_hub's).
-_TRANSIENT = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
 
 
 def hub_token(url: str, token: str | None = None) -> str | None:
@@ -162,7 +160,7 @@ class RemoteRegistry:
         try:
             outcome = send_with_retries(
                 send, policy=self.retry, idempotent=method in IDEMPOTENT_METHODS if idempotent is None else idempotent,
-                transient=_TRANSIENT, resendable=resendable)
+                transient=HTTP_TRANSIENT, resendable=resendable)
         except httpx2.HTTPError as e:
             raise RemoteError(f"cannot reach the hub at {self.url}: {e}") from e
         if outcome.error is not None:

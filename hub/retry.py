@@ -34,13 +34,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Generic, Protocol, TypeVar
 
+import httpx2
+
 from .error_codes import RETRYABLE_STATUSES
 
 __all__ = ["RetryPolicy", "Answer", "Outcome", "DEFAULT_RETRY", "IDEMPOTENT_METHODS", "RETRY_STATUSES",
-           "retry_after_s", "send_with_retries", "tries_note"]
+           "HTTP_TRANSIENT", "retry_after_s", "send_with_retries", "tries_note"]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 RETRY_STATUSES = RETRYABLE_STATUSES  # 429 and 503
+# The connection errors and timeouts of httpx2, the one HTTP client library of the hub client and
+# the data tools, after which a request may go again (as huggingface_hub's).
+HTTP_TRANSIENT = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
 
 
 @dataclass(frozen=True)
