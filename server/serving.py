@@ -73,19 +73,15 @@ class EngineHandle:
         for bad sampling settings or a prompt longer than the context, ``RuntimeError`` when the
         engine is stopped or the generation fails.
         """
-        from adapterhub.train.data import encode_prompt
+        from adapterhub.prompt_encoding import encode_templated
 
         from .engine.request import SamplingParams
 
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 stop=tuple(stop))
-        tokenizer = self.engine.tokenizer
-        version = self.engine.resolve(adapter)
-        template = self.engine.adapters.prompt_template(version)
-        if template is not None:  # a prompt template rewrites the prompt, as the server does
-            prompt = template.apply(prompt)
-        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else encode_prompt(tokenizer, prompt)
-        return self.engine.submit(ids, params, version).stream.text()
+        resolved = self.engine.resolve(adapter)
+        ids = encode_templated(self.engine.tokenizer, prompt, resolved.template()).ids  # as the server encodes it
+        return self.engine.submit(ids, params, resolved).stream.text()
 
     def stop(self) -> None:
         """Stop the HTTP server (if any), then the engine; requests still running end with an error."""

@@ -146,8 +146,9 @@ def test_bad_requests_are_refused_before_the_engine(served, tiny_base, tmp_path)
 
 def test_unload_frees_adapter_memory(served):
     engine, _ = served
-    version = engine.resolve("prompt-7")
-    engine.load_adapter(version)
+    resolved = engine.resolve("prompt-7")
+    engine.load_adapter(resolved)
+    version = resolved.version
     prompt = engine.soft_prompts.acquire(version)
     tensor = weakref.ref(prompt.embeddings)
     engine.soft_prompts.release(prompt)
@@ -158,8 +159,9 @@ def test_unload_frees_adapter_memory(served):
     assert tensor() is None, "the soft prompt's tensor is still referenced after unload"
     assert not engine.is_loaded(version.ref)
 
-    lora = engine.resolve("lora-all")
-    engine.load_adapter(lora)
+    resolved = engine.resolve("lora-all")
+    engine.load_adapter(resolved)
+    lora = resolved.version
     slot = next(a["slot"] for a in engine.loaded_adapters() if a["ref"] == lora.ref)
     layer = next(iter(engine.lora_slots.bank.modules.values()))
     assert layer.lora_A[slot].abs().sum() > 0

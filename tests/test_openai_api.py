@@ -301,6 +301,23 @@ def test_client_going_away_cancels_its_request(stack):
     assert engine.stats.generated_tokens - before < 450, "the engine kept decoding for a client that left"
 
 
+def test_models_lists_exactly_what_resolves(tiny_base, tmp_path):
+    """One servability rule: on an engine without LoRA slots, ``/v1/models`` leaves the LoRAs out
+    because resolving them is refused, and every model it lists resolves."""
+    from adapterhub.errors import UnsupportedAdapter
+    from adapterhub.server.engine.engine import Engine
+    from serving_helpers import push_serving_adapters
+
+    registry = LocalRegistry(tmp_path / "reg")
+    push_serving_adapters(registry, tiny_base, tmp_path / "adapters")
+    engine = Engine(load_base_model(str(tiny_base), quantize="none", device="cpu"), registry)  # no LoRA slots
+    listed = [m["id"] for m in create_app(registry, engine=engine).test_client().get("/v1/models").get_json()["data"]]
+    assert sorted(listed) == sorted([engine.base_name, "prompt-4", "prompt-7"])
+    assert [engine.resolve(name).kind for name in listed[1:]] == ["prompt_tuning", "prompt_tuning"]
+    with pytest.raises(UnsupportedAdapter, match="without LoRA support"):
+        engine.resolve("lora-qv")
+
+
 def test_an_engine_that_is_not_running_answers_503(tiny_base, tmp_path):
     from adapterhub.server.engine.engine import Engine
 

@@ -160,7 +160,7 @@ def test_merge_refuses_a_prompt_template(tiny_base, tmp_path):
 
 def test_serving_check_refuses_a_template_pushed_for_another_base(tiny_base, tmp_path):
     from adapterhub.base_model import load_base_info
-    from adapterhub.server.engine.adapters.picker import check_compatible
+    from adapterhub.server.engine.adapters.resolution import check_compatible
     from adapterhub.tinybase import TinyBaseSpec, build_tiny_base
 
     other = build_tiny_base(tmp_path / "other", TinyBaseSpec(hidden_size=64, intermediate_size=128))

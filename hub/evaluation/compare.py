@@ -88,9 +88,10 @@ def evaluate_refs(refs: Sequence[str], data_file: str | os.PathLike, *, registry
     base = _base_of(versions, base)
     engine = engine_for(base)
     try:
-        checked = [None if v is None else engine.resolve(v.ref) for v in versions]
-        answers = engine_answers(engine, checked, [e.prompt for e in examples],
+        adapters = [engine.resolve(None if v is None else v.ref) for v in versions]
+        answers = engine_answers(engine, adapters, [e.prompt for e in examples],
                                  answer_budget(engine.tokenizer, examples))
+        checked = [a.version for a in adapters]
     finally:
         engine.stop()
     del engine

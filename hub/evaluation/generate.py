@@ -3,8 +3,8 @@
 Requests are submitted interleaved (row 1 for every adapter, then row 2...) with a bounded number in
 flight, so the engine's continuous batching decodes different adapters (LoRA, soft prompt, prompt
 template, the bare base) in the same batch, as ``adapterhub serve`` does for its clients. A prompt
-template rewrites the row's prompt first (``PromptTemplate.apply``, as the server does), and its row
-is decoded by the base.
+template rewrites the row's prompt first, through the one path the server encodes prompts with
+(``prompt_encoding.encode_templated``), and its row is decoded by the base.
 
 The engine is any object with the calls ``AnswerEngine`` lists (``adapterhub.server``'s ``Engine``
 is one): the library drives an engine it is handed and never imports the server.
@@ -15,45 +15,54 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol, Sequence
 
+from ..prompt_encoding import encode_templated
+from ..prompt_template import PromptTemplate
 from ..registry import AdapterVersion
 from ..sampling import SamplingParams
-from ..train.templates import encode_prompt
 
-__all__ = ["AnswerEngine", "engine_answers"]
+__all__ = ["AnswerEngine", "ResolvedAdapter", "engine_answers"]
+
+
+class ResolvedAdapter(Protocol):
+    """What the engine's ``resolve`` returns: a version checked against its base (``None``: the base)."""
+
+    version: AdapterVersion | None
+
+    def template(self) -> PromptTemplate | None:
+        """The prompt template it applies to the prompt text, or None for every other kind."""
 
 
 class AnswerEngine(Protocol):
     """What evaluation asks of a serving engine (a started ``adapterhub.server`` ``Engine``)."""
 
     tokenizer: Any  # the base's tokenizer
-    adapters: Any  # ``adapters.prompt_template(version)``: the version's template, or None
 
-    def resolve(self, ref: str) -> AdapterVersion:
-        """The version ``ref`` names, checked against the engine's base."""
+    def resolve(self, ref: str | None) -> ResolvedAdapter:
+        """The adapter ``ref`` names (``None``: the base), checked against the engine's base."""
 
-    def submit(self, ids: list[int], params: SamplingParams, version: AdapterVersion | None) -> Any:
+    def submit(self, ids: list[int], params: SamplingParams, adapter: ResolvedAdapter) -> Any:
         """A request in flight: ``.stream.text()`` waits for its answer, ``.stream.cancel()`` drops it."""
 
     def stop(self) -> None:
         """End the engine's thread and let its model go."""
 
 
-def engine_answers(engine: AnswerEngine, versions: Sequence[Any], prompts: Sequence[Any], max_tokens: int,
-                   in_flight: int = 64) -> list[list[str]]:
-    """``answers[i][j]``: greedy answer of ``versions[i]`` (None: the base) to ``prompts[j]``."""
+def engine_answers(engine: AnswerEngine, adapters: Sequence[ResolvedAdapter], prompts: Sequence[Any],
+                   max_tokens: int, in_flight: int = 64) -> list[list[str]]:
+    """``answers[i][j]``: greedy answer of ``adapters[i]`` (from ``engine.resolve``) to ``prompts[j]``."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0)
-    plain = [encode_prompt(engine.tokenizer, p) for p in prompts]
-    templates = [engine.adapters.prompt_template(v) for v in versions]
-    answers = [[""] * len(prompts) for _ in versions]
+    templates = [a.template() for a in adapters]
+    plain = [encode_templated(engine.tokenizer, p).ids for p in prompts]
+    answers = [[""] * len(prompts) for _ in adapters]
     window: deque[tuple[int, int, Any]] = deque()
     try:
         for j, prompt in enumerate(prompts):
-            for i, (version, template) in enumerate(zip(versions, templates)):
+            for i, (adapter, template) in enumerate(zip(adapters, templates)):
                 if len(window) >= in_flight:
                     a, b, request = window.popleft()
                     answers[a][b] = request.stream.text()
-                ids = plain[j] if template is None else encode_prompt(engine.tokenizer, template.apply(prompt))
-                window.append((i, j, engine.submit(ids, params, version)))
+                ids = plain[j] if template is None else encode_templated(engine.tokenizer, prompt, template).ids
+                window.append((i, j, engine.submit(ids, params, adapter)))
         while window:
             a, b, request = window.popleft()
             answers[a][b] = request.stream.text()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["ALPACA_CHAT_TEMPLATE", "chat_template_of", "render_prompt", "encode_prompt", "training_chat_template"]
+__all__ = ["ALPACA_CHAT_TEMPLATE", "chat_template_of", "render_prompt", "encode_prompt", "encode_text",
+           "training_chat_template"]
 
 ALPACA_CHAT_TEMPLATE = (
     "{{ bos_token if bos_token else '' }}"
@@ -51,9 +52,14 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
 def encode_prompt(tokenizer: Any, prompt: Sequence[dict[str, str]] | str) -> list[int]:
     """Token ids generation starts from: a conversation as rendered above, a string as TRL tokenizes text rows."""
     if isinstance(prompt, str):
-        return list(tokenizer(text=prompt)["input_ids"])
-    # The template writes its own special tokens (begin token, headers) into the text.
-    return list(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+        return encode_text(tokenizer, prompt, rendered_chat=False)
+    return encode_text(tokenizer, render_prompt(tokenizer, prompt), rendered_chat=True)
+
+
+def encode_text(tokenizer: Any, text: str, *, rendered_chat: bool) -> list[int]:
+    """The token ids of a prompt text: with the tokenizer's special tokens, except for a text a chat
+    template rendered, which wrote its own (begin token, headers) into the text."""
+    return list(tokenizer(text=text, add_special_tokens=not rendered_chat)["input_ids"])
 
 
 def training_chat_template(tokenizer: Any) -> str | None:

@@ -1,9 +1,10 @@
 """The engine as the HTTP layer and the CLI see it: build one, start it, submit requests, stop it.
 
-HTTP threads resolve the requested adapter (``resolve``), and ``submit`` makes it resident in their
-own thread (so a slow load never stalls the loop or the requests already running) before putting
-the request on the scheduler's queue. Where a request picks its adapter is ``adapters.picker``;
-how requests share the model is ``scheduler``.
+HTTP threads resolve the requested adapter once (``resolve``: ``adapters.resolution``), and
+``submit`` pins what it resolved into its cache entry in their own thread (so a slow load never
+stalls the loop or the requests already running) before putting the request on the scheduler's
+queue. Where a resolved adapter is kept resident is ``adapters.picker``; how requests share the
+model is ``scheduler``.
 
 Structured outputs: ``compile_grammar`` turns a request's ``GrammarSpec`` into the grammar its
 rows follow, on the grammar cache's own threads (``structured.grammar_cache``), and the caller
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from adapterhub.serving_config import EngineConfig
 
 from .adapters.picker import AdapterPicker
+from .adapters.prompt_template_cache import PromptTemplateCache
+from .adapters.resolution import AdapterResolver, Resolved
 from .adapters.soft_prompt_cache import SoftPromptCache
 from .compute_threads import favour_the_engine_thread, release_thread_pool
 from .prefix_cache import PrefixCache
@@ -29,6 +32,8 @@ from .request import GenerationRequest, SamplingParams
 from .structured.grammar_cache import GrammarCache
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from adapterhub.registry import AdapterVersion
     from adapterhub.registry_protocol import Registry
 
@@ -123,8 +128,11 @@ class Engine:
         self.vocab_size = int(embed.num_embeddings)
         self.soft_prompts = SoftPromptCache(registry, dtype=embed.weight.dtype, device=embed.weight.device,
                                             max_loaded=config.max_loaded_adapters, max_bytes=config.max_adapter_bytes)
-        self.adapters = AdapterPicker(registry, base_name=loaded.name, base_info=loaded.info,
-                                      soft_prompts=self.soft_prompts, lora_slots=lora_slots, slot_wait_s=slot_wait_s)
+        templates = PromptTemplateCache(registry)
+        self.adapters = AdapterPicker(soft_prompts=self.soft_prompts, prompt_templates=templates,
+                                      lora_slots=lora_slots, slot_wait_s=slot_wait_s)
+        self.resolver = AdapterResolver(registry, base_name=loaded.name, base_info=loaded.info,
+                                        lora=lora_slots is not None, templates=templates)
         fingerprint = loaded.info.fingerprint if loaded.info is not None else loaded.name
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes, salt=f"{fingerprint}|{loaded.quantize}|{loaded.dtype}") \
             if config.prefix_cache_bytes else None
@@ -198,16 +206,17 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def resolve(self, model: str | None) -> AdapterVersion | None:
-        """The adapter version ``model`` names, checked against the base; ``None`` for the base itself."""
-        return self.adapters.resolve(model)
+    def resolve(self, model: str | None) -> Resolved:
+        """The adapter ``model`` names, checked against the base (``Resolved(None)``: the base itself)."""
+        return self.resolver.resolve(model)
 
-    def virtual_tokens(self, version: AdapterVersion | None) -> int:
-        return self.adapters.virtual_tokens(version)
+    def servable(self, version: AdapterVersion) -> bool:
+        """Whether ``version`` would resolve here: the rule ``resolve`` applies, as a yes or no."""
+        return self.resolver.servable(version)
 
-    def check_fits(self, prompt_tokens: int, version: AdapterVersion | None, max_tokens: int) -> None:
+    def check_fits(self, prompt_tokens: int, adapter: Resolved, max_tokens: int) -> None:
         """Raise ``ContextTooLong`` unless prompt, virtual tokens and answer fit the context."""
-        used = prompt_tokens + self.virtual_tokens(version)
+        used = prompt_tokens + adapter.virtual_tokens
         if used + max_tokens > self.context_length:
             raise ContextTooLong(
                 f"this model's context is {self.context_length} tokens; the prompt takes {used}"
@@ -219,44 +228,62 @@ class Engine:
         engine thread while the caller waits); ``GrammarInvalid`` when it does not compile."""
         return self.grammars.get(spec)
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams,
-               version: AdapterVersion | None = None, group: str | None = None,
-               grammar: CompiledConstraint | None = None) -> GenerationRequest:
-        """Queue a request and return it; read ``request.stream`` for its tokens. Requests of one
-        ``group`` (the answers of one HTTP request) share the batch as one (``scheduler``); with
-        ``grammar`` (from ``compile_grammar``) every token of the answer is one it allows.
+    def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: Resolved | None = None,
+               group: str | None = None, grammar: CompiledConstraint | None = None) -> GenerationRequest:
+        """Queue one request and return it (``submit_all`` of one row); read ``request.stream`` for
+        its tokens. ``adapter`` is what ``resolve`` returned (``None``: the base)."""
+        return self.submit_all([(prompt_ids, params)], adapter, group, grammar)[0]
 
-        The adapter is loaded here, in the caller's thread, if it is not resident: the engine loop
-        keeps decoding everyone else meanwhile. Raises ``QueueFull`` when ``max_queued_requests``
-        are already waiting (checked before loading anything, and again when queueing),
-        ``EngineStopped`` when the engine is not running, ``ContextTooLong`` / ``ValueError`` for a
-        prompt that does not fit or holds ids outside the vocabulary.
+    def submit_all(self, rows: Sequence[tuple[list[int], SamplingParams]], adapter: Resolved | None = None,
+                   group: str | None = None, grammar: CompiledConstraint | None = None) -> list[GenerationRequest]:
+        """Queue one request per (prompt ids, params) row, all or none, and return them. Requests of
+        one ``group`` (the answers of one HTTP request) share the batch as one (``scheduler``); with
+        ``grammar`` (from ``compile_grammar``) every token of each answer is one it allows.
+
+        Every row is checked before any is queued: ``ContextTooLong`` for a prompt that does not
+        fit, ``ValueError`` for ids outside the vocabulary. The adapter ``resolve`` checked is then
+        pinned into its cache entry here, in the caller's thread, loading it if it is not resident:
+        the engine loop keeps decoding everyone else meanwhile. Raises ``QueueFull`` when
+        ``max_queued_requests`` are already waiting (checked before loading anything, and again
+        when queueing), ``EngineStopped`` when the engine is not running; a failure cancels the
+        rows already queued.
         """
         from .scheduler import Enqueued
 
-        self.check_fits(len(prompt_ids), version, params.max_tokens)
-        if not all(0 <= t < self.vocab_size for t in prompt_ids):  # an embedding lookup past the end is fatal on CUDA
-            raise ValueError(f"token ids must be integers in [0, {self.vocab_size})")
-        request = GenerationRequest(list(prompt_ids), params, adapter=version, group=group, grammar=grammar)
-        if not self._scheduler.has_room():
-            raise self._queue_full()
-        self.adapters.pin(request)
-        outcome = self._scheduler.enqueue(request)
-        if outcome is not Enqueued.QUEUED:
-            self.adapters.unpin(request)
-            if outcome is Enqueued.FULL:
-                raise self._queue_full()
-            raise EngineStopped("the engine is not running (the server is shutting down)")
-        return request
+        adapter = adapter or Resolved(None)
+        for prompt_ids, params in rows:
+            self.check_fits(len(prompt_ids), adapter, params.max_tokens)
+            if not all(0 <= t < self.vocab_size for t in prompt_ids):  # a lookup past the end is fatal on CUDA
+                raise ValueError(f"token ids must be integers in [0, {self.vocab_size})")
+        queued: list[GenerationRequest] = []
+        try:
+            for prompt_ids, params in rows:
+                request = GenerationRequest(list(prompt_ids), params, adapter=adapter.version, group=group,
+                                            grammar=grammar)
+                if not self._scheduler.has_room():
+                    raise self._queue_full()
+                self.adapters.pin(request)
+                outcome = self._scheduler.enqueue(request)
+                if outcome is not Enqueued.QUEUED:
+                    self.adapters.unpin(request)
+                    if outcome is Enqueued.FULL:
+                        raise self._queue_full()
+                    raise EngineStopped("the engine is not running (the server is shutting down)")
+                queued.append(request)
+        except BaseException:
+            for request in queued:
+                request.stream.cancel()
+            raise
+        return queued
 
     def _queue_full(self) -> QueueFull:
         self._scheduler.count_refusal()
         return QueueFull(f"the server is busy: {self._scheduler.max_queued} requests are already waiting",
                          retry_after_s=self._scheduler.retry_after_s())
 
-    def load_adapter(self, version: AdapterVersion) -> None:
-        """Make ``version`` resident without running a request (``POST /v1/adapters/load``)."""
-        self.adapters.load(version)
+    def load_adapter(self, adapter: Resolved) -> None:
+        """Make what ``resolve`` returned resident without running a request (``POST /v1/adapters/load``)."""
+        self.adapters.load(adapter.version)
 
     def unload_adapter(self, ref: str) -> bool:
         """Free a resident adapter now; False when it is not resident, ``AdapterBusy`` while in use."""

@@ -78,13 +78,13 @@ class LoraNames:
             if lora_name in self._refs and not replace:
                 raise NameTaken(f"the lora adapter '{lora_name}' has already been loaded; "
                                 "set 'load_inplace' to true to replace it")
-            version = self.engine.resolve(self._version_ref(lora_name, lora_path, client=client))
-            if version is None:
+            adapter = self.engine.resolve(self._version_ref(lora_name, lora_path, client=client))
+            if adapter.version is None:
                 raise InvalidName(f"{echo(lora_path)} names the base model, not an adapter")
             if load:
-                self.engine.load_adapter(version)
-            self._refs[lora_name] = version.ref
-            return version
+                self.engine.load_adapter(adapter)
+            self._refs[lora_name] = adapter.version.ref
+            return adapter.version
 
     def remove(self, lora_name: str) -> str:
         """Stop serving ``lora_name`` and free its adapter; returns the reference it served.
@@ -106,7 +106,7 @@ class LoraNames:
 
     def _resolve_or_none(self, model: str) -> AdapterVersion | None:
         try:
-            return self.engine.resolve(model)
+            return self.engine.resolve(model).version
         except (AdapterNotFound, InvalidReference):
             return None
 

@@ -46,8 +46,6 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from adapterhub import error_codes as codes
 from adapterhub.echo import echo
-from adapterhub.errors import IncompatibleBase
-from adapterhub.server.engine.adapters.picker import SERVED_TYPES, check_compatible
 from adapterhub.server.engine.engine import ContextTooLong, EngineStopped, QueueFull
 from adapterhub.server.engine.request import (
     MAX_LOGPROBS,
@@ -66,7 +64,7 @@ from .health import ServerMetrics
 from .integers import token_id_key
 from .json_body import json_object
 from .openai_logprobs import chat_logprobs, completion_logprobs
-from .prompt_templates import refuse_token_ids, template_of, templated_messages
+from .prompt_templates import encode_request_prompt, refuse_token_ids
 from .state import app_state
 from .structured_fields import STRUCTURED_FIELDS, requested_grammar
 from .vllm_compat import with_served_names
@@ -74,6 +72,7 @@ from .vllm_compat import with_served_names
 if TYPE_CHECKING:
     from adapterhub.prompt_template import PromptTemplate
     from adapterhub.registry import AdapterVersion
+    from adapterhub.server.engine.adapters.resolution import Resolved
     from adapterhub.server.engine.engine import Engine
     from adapterhub.server.engine.structured.grammar_cache import CompiledConstraint
 
@@ -155,11 +154,11 @@ def _field(body: dict[str, Any], key: str, types: type | tuple[type, ...], what:
     return value
 
 
-def _resolve(engine: Engine, body: dict[str, Any]) -> AdapterVersion | None:
+def _resolve(engine: Engine, body: dict[str, Any]) -> Resolved:
     model = _field(body, "model", str, "a string (an adapter reference or the base model's name)")
-    version = engine.resolve(app_state()["lora_names"].target(model))  # a vLLM served name, else a reference
-    g.adapter_label = "base" if version is None else version.ref
-    return version
+    adapter = engine.resolve(app_state()["lora_names"].target(model))  # a vLLM served name, else a reference
+    g.adapter_label = adapter.label
+    return adapter
 
 
 def _neutral(key: str, value: Any) -> bool:
@@ -262,35 +261,24 @@ def _cancel(choices: list[_Choice]) -> None:
         c.request.stream.cancel()
 
 
-def _submit(engine: Engine, version: AdapterVersion | None, prompts: list[list[int]], params: SamplingParams,
+def _submit(engine: Engine, adapter: Resolved, prompts: list[list[int]], params: SamplingParams,
             n: int, grammar: CompiledConstraint | None) -> list[_Choice]:
-    """Queue ``n`` answers per prompt; all or nothing (a failure cancels those already queued).
+    """Queue ``n`` answers per prompt; all or nothing (``Engine.submit_all`` checks every prompt
+    fits first, and a failure cancels those already queued).
 
     The j-th answer's seed is ``seed + j`` (the engine reduces seeds modulo 2**64). The answers are
     one group: the engine admits them round-robin with other requests', not all before them."""
-    for ids in prompts:
-        try:
-            engine.check_fits(len(ids), version, params.max_tokens)
-        except ContextTooLong as e:
-            raise ApiError(codes.CONTEXT_LENGTH_EXCEEDED, str(e)) from None
-    choices: list[_Choice] = []
-    group = uuid.uuid4().hex
+    rows = [(ids, params if params.seed is None else replace(params, seed=params.seed + j))
+            for ids in prompts for j in range(n)]
     try:
-        for ids in prompts:
-            for j in range(n):
-                p = params if params.seed is None else replace(params, seed=params.seed + j)
-                choices.append(_Choice(engine.submit(ids, p, version, group, grammar)))
+        return [_Choice(r) for r in engine.submit_all(rows, adapter, uuid.uuid4().hex, grammar)]
+    except ContextTooLong as e:
+        raise ApiError(codes.CONTEXT_LENGTH_EXCEEDED, str(e)) from None
     except EngineStopped as e:
-        _cancel(choices)
         raise ApiError(codes.SHUTTING_DOWN, str(e)) from None
     except QueueFull as e:
-        _cancel(choices)
         raise ApiError(codes.QUEUE_FULL,
                        str(e), headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}) from None
-    except BaseException:
-        _cancel(choices)
-        raise
-    return choices
 
 
 # What a person reads of an answer the engine ended with an error, before the engine's own line;
@@ -407,17 +395,17 @@ class _Job:
         return _usage(self.choices, self.n)
 
 
-def _start(engine: Engine, body: dict[str, Any], version: AdapterVersion | None, prompts: list[list[int]], n: int,
+def _start(engine: Engine, body: dict[str, Any], adapter: Resolved, prompts: list[list[int]], n: int,
            *, default_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None) -> _Job:
     """Read the sampling and response options both endpoints take, and queue the answers."""
-    room = engine.context_length - max(len(p) for p in prompts) - engine.virtual_tokens(version)
+    room = engine.context_length - max(len(p) for p in prompts) - adapter.virtual_tokens
     max_tokens = _max_tokens(body, ("max_completion_tokens", "max_tokens"), default_tokens, room)
     params = _sampling(body, max_tokens=max_tokens, vocab=engine.vocab_size, logprobs=logprobs,
                        prompt_logprobs=prompt_logprobs)
     stream = _field(body, "stream", bool, "a boolean", False)
     want_ids = _field(body, "return_token_ids", bool, "a boolean", False)
     want_usage = _want_usage(body)
-    choices = _submit(engine, version, prompts, params, n, requested_grammar(engine, body))
+    choices = _submit(engine, adapter, prompts, params, n, requested_grammar(engine, body))
     return _Job(choices, n, stream, want_ids, want_usage, g.adapter_label, _metrics(),
                 {"created": int(time.time()), "model": body["model"]})
 
@@ -425,10 +413,15 @@ def _start(engine: Engine, body: dict[str, Any], version: AdapterVersion | None,
 # --- /v1/completions -----------------------------------------------------------------------------
 
 
-def _encode_text(tokenizer: Any, text: str, vocab: int, **kwargs: Any) -> list[int]:
-    """Tokenize a prompt text, refused first if it is too long to fit in any case."""
+def _check_text(text: str) -> None:
+    """A prompt text (as the model reads it) refused before it is tokenized if too long to fit in any case."""
     _bounds().check_chars(len(text), "the prompt")
-    return _check_ids(tokenizer.encode(text, **kwargs), vocab)
+
+
+def _encode_text(tokenizer: Any, text: str, template: PromptTemplate | None, vocab: int) -> tuple[list[int], str]:
+    """A completion prompt's (token ids, text as the model reads it), ``template`` applied."""
+    encoded = encode_request_prompt(tokenizer, text, template, _check_text)
+    return _check_ids(encoded.ids, vocab), encoded.text
 
 
 def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int, n: int,
@@ -437,7 +430,6 @@ def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int, n: int
     decoded only if ``echo`` needs them); their count (times ``n``) is checked before any is tokenized."""
     prompt = body.get("prompt")
     limits = app_state()["limits"]
-    render = template.render if template is not None else str
     if isinstance(prompt, str):
         prompt = [prompt]
     if isinstance(prompt, list) and prompt:
@@ -445,7 +437,7 @@ def _completion_prompts(body: dict[str, Any], tokenizer: Any, vocab: int, n: int
             prompt = [prompt]  # one prompt of token ids
         if all(isinstance(p, str) for p in prompt):
             limits.check_generations(len(prompt), n)
-            return [(_encode_text(tokenizer, text, vocab), text) for text in map(render, prompt)]
+            return [_encode_text(tokenizer, text, template, vocab) for text in prompt]
         if all(isinstance(p, list) for p in prompt):
             refuse_token_ids(template, body["model"])
             limits.check_generations(len(prompt), n)
@@ -464,7 +456,7 @@ def _decoder(tokenizer: Any) -> Callable[[int], str]:
     return lambda token_id: tokenizer.decode([token_id])
 
 
-def _begin(fields: frozenset[str]) -> tuple[Engine, dict[str, Any], AdapterVersion | None, int]:
+def _begin(fields: frozenset[str]) -> tuple[Engine, dict[str, Any], Resolved, int]:
     """What both endpoints check first: the engine, the body (only ``fields`` allowed), the model, n."""
     engine = _engine()
     body = _body()
@@ -474,11 +466,11 @@ def _begin(fields: frozenset[str]) -> tuple[Engine, dict[str, Any], AdapterVersi
 
 @bp.post("/completions")
 def completions():
-    engine, body, version, n = _begin(_COMPLETION_FIELDS)
+    engine, body, adapter, n = _begin(_COMPLETION_FIELDS)
     logprobs = _top_k(body, "logprobs", MAX_COMPLETION_LOGPROBS)
     echo = _field(body, "echo", bool, "a boolean", False)
-    prompts = _completion_prompts(body, engine.tokenizer, engine.vocab_size, n, template_of(engine, version))
-    job = _start(engine, body, version, [ids for ids, _ in prompts], n, default_tokens=DEFAULT_COMPLETION_TOKENS,
+    prompts = _completion_prompts(body, engine.tokenizer, engine.vocab_size, n, adapter.template())
+    job = _start(engine, body, adapter, [ids for ids, _ in prompts], n, default_tokens=DEFAULT_COMPLETION_TOKENS,
                  logprobs=logprobs, prompt_logprobs=logprobs if echo else None)
     head = {"id": f"cmpl-{job.id}", "object": "text_completion", **job.head}
     decode, offsets = _decoder(engine.tokenizer), [0] * len(job.choices)
@@ -563,9 +555,7 @@ def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int,
     _bounds().check_chars(sum(len(m["content"]) for m in clean), "the conversation")  # before templating it
     if getattr(tokenizer, "chat_template", None) is None:
         raise ApiError(codes.NO_CHAT_TEMPLATE, "the base model has no chat template; use /v1/completions")
-    text = tokenizer.apply_chat_template(templated_messages(template, clean), add_generation_prompt=True,
-                                         tokenize=False)
-    return _encode_text(tokenizer, text, vocab, add_special_tokens=False)
+    return _check_ids(encode_request_prompt(tokenizer, clean, template, _check_text).ids, vocab)
 
 
 def _chat_top_logprobs(body: dict[str, Any]) -> int | None:
@@ -579,10 +569,10 @@ def _chat_top_logprobs(body: dict[str, Any]) -> int | None:
 
 @bp.post("/chat/completions")
 def chat_completions():
-    engine, body, version, n = _begin(_CHAT_FIELDS)
+    engine, body, adapter, n = _begin(_CHAT_FIELDS)
     top_logprobs = _chat_top_logprobs(body)
-    prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size, n, template_of(engine, version))
-    job = _start(engine, body, version, [prompt], n, default_tokens=None, logprobs=top_logprobs)
+    prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size, n, adapter.template())
+    job = _start(engine, body, adapter, [prompt], n, default_tokens=None, logprobs=top_logprobs)
     head = {"id": f"chatcmpl-{job.id}", **job.head}
     decode = _decoder(engine.tokenizer)
 
@@ -624,36 +614,32 @@ def models():
              "root": engine.base_name, "parent": None, "loaded": True, "quantization": engine.loaded.quantize}]
     loaded = engine.loaded_refs()
     for version in engine.registry.list(tag="latest"):  # one row per name, read from the index
-        if version.adapter_type not in SERVED_TYPES:
+        if not engine.servable(version):
             continue
-        name = version.name
-        try:
-            check_compatible(version, engine.loaded.info)
-        except IncompatibleBase:
-            continue
-        data.append({"id": name, "object": "model", "created": _created(version), "owned_by": "adapterhub",
+        data.append({"id": version.name, "object": "model", "created": _created(version), "owned_by": "adapterhub",
                      "root": version.ref, "parent": engine.base_name, "adapter_type": version.adapter_type,
                      "version": version.version, "loaded": version.ref in loaded})
     data = with_served_names(data, app_state()["lora_names"], loaded)  # vLLM's served LoRA names
     return jsonify({"object": "list", "data": data})
 
 
-def _adapter_version(engine: Engine) -> AdapterVersion:
+def _named_adapter(engine: Engine) -> Resolved:
     body = _body()
     if "model" not in body and "adapter" in body:
         body = {**body, "model": body["adapter"]}
-    version = _resolve(engine, body)
-    if version is None:
+    adapter = _resolve(engine, body)
+    if adapter.version is None:
         raise ApiError(codes.INVALID_VALUE, "the base model is always loaded; name an adapter")
-    return version
+    return adapter
 
 
 @bp.post("/adapters/load")
 def load_adapter():
     engine = _engine()
-    version = _adapter_version(engine)
+    adapter = _named_adapter(engine)
+    version = adapter.version
     started = time.perf_counter()
-    engine.load_adapter(version)
+    engine.load_adapter(adapter)
     return jsonify({"model": version.ref, "adapter_type": version.adapter_type, "loaded": True,
                     "seconds": round(time.perf_counter() - started, 6)})
 
@@ -661,7 +647,7 @@ def load_adapter():
 @bp.post("/adapters/unload")
 def unload_adapter():
     engine = _engine()
-    version = _adapter_version(engine)
+    version = _named_adapter(engine).version
     if not engine.unload_adapter(version.ref):
         raise ApiError(codes.NOT_LOADED, f"{version.ref} is not loaded")
     return jsonify({"model": version.ref, "loaded": False})

@@ -1,33 +1,38 @@
-"""Applying a prompt-template adapter to a request's text, before it is tokenized.
+"""A request's prompt text through its prompt-template adapter, as the HTTP layer answers for it.
 
 ``model`` naming a ``prompt_template`` version rewrites the prompt (``PromptTemplate.render`` for
 ``/v1/completions``, ``PromptTemplate.messages`` for ``/v1/chat/completions``) and the engine runs
-the rewritten prompt as a base row, batched with every other kind. A template applies to text, so
-a completion prompt sent as token ids is refused with a 400 rather than decoded and re-encoded
-(decoding is lossy for some tokenizers, and the client would get tokens it did not send).
+the rewritten prompt as a base row, batched with every other kind. Rendering and tokenizing are the
+library's one path (``adapterhub.prompt_encoding``); here its refusals become 400s. A template
+applies to text, so a completion prompt sent as token ids is refused with a 400 rather than decoded
+and re-encoded (decoding is lossy for some tokenizers, and the client would get tokens it did not
+send).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from adapterhub import error_codes as codes
 from adapterhub.echo import echo
 from adapterhub.errors import InvalidAdapter
+from adapterhub.prompt_encoding import EncodedPrompt, encode_templated
 
 from .errors import ApiError
 
 if TYPE_CHECKING:
     from adapterhub.prompt_template import PromptTemplate
-    from adapterhub.registry import AdapterVersion
-    from adapterhub.server.engine.engine import Engine
 
-__all__ = ["template_of", "refuse_token_ids", "templated_messages"]
+__all__ = ["encode_request_prompt", "refuse_token_ids"]
 
 
-def template_of(engine: Engine, version: AdapterVersion | None) -> PromptTemplate | None:
-    """The template ``version`` applies, or ``None`` for the base and the other kinds."""
-    return engine.adapters.prompt_template(version)
+def encode_request_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]], template: PromptTemplate | None,
+                     check_text: Callable[[str], None]) -> EncodedPrompt:
+    """``adapterhub.prompt_encoding.encode_templated``; a 400 when the template finds no user turn to wrap."""
+    try:
+        return encode_templated(tokenizer, prompt, template, check_text)
+    except InvalidAdapter as e:
+        raise ApiError(codes.INVALID_VALUE, str(e)) from None
 
 
 def refuse_token_ids(template: PromptTemplate | None, model: str) -> None:
@@ -36,13 +41,3 @@ def refuse_token_ids(template: PromptTemplate | None, model: str) -> None:
         raise ApiError(codes.INVALID_VALUE,
                        f"{echo(model)} is a prompt template, which applies to text: send 'prompt' as a string "
                        "or a list of strings, not token ids")
-
-
-def templated_messages(template: PromptTemplate | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversation as the template shapes it (unchanged without one); a 400 when it has no user turn."""
-    if template is None:
-        return messages
-    try:
-        return template.messages(messages)
-    except InvalidAdapter as e:
-        raise ApiError(codes.INVALID_VALUE, str(e)) from None

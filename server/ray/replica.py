@@ -76,9 +76,9 @@ class EngineReplica:
                                         thread_name_prefix="adapterhub-replica")
 
         async def resident(model_id: str) -> ResidentAdapter:
-            version = await self._run(engine.resolve, model_id)
-            await self._run(engine.load_adapter, version)
-            return ResidentAdapter(engine, version.ref)
+            adapter = await self._run(engine.resolve, model_id)
+            await self._run(engine.load_adapter, adapter)
+            return ResidentAdapter(engine, adapter.version.ref)
 
         self._resident = serve.multiplexed(max_num_models_per_replica=settings.engine.max_loaded_adapters)(resident)
 

@@ -5,12 +5,13 @@ request holds) and pins it until ``release``. Adapters are keyed by their manife
 ``name`` and ``name@3`` share one slot when they are the same version, and moving a tag loads the
 new version.
 
-Compatibility with the base is decided before any byte is loaded:
+Compatibility with the base is decided before any byte is loaded, once per request: the version
+reaching ``acquire`` was resolved (``resolution.AdapterResolver``: kind, LoRA support, the
+registry's record of its base, fingerprint and implied shapes -> ``UnsupportedAdapter`` /
+``IncompatibleBase``), and is not checked against the base again here. What stays here:
 
 1. the version must be a LoRA (soft prompts are served elsewhere) -> ``UnsupportedAdapter``;
-2. what the registry recorded about its base (fingerprint, implied shapes) must fit the running
-   base (``picker.check_compatible``) -> ``IncompatibleBase``;
-3. whatever the registry recorded, ``LoraSlotBank.load`` checks every tensor against the shape of
+2. whatever the registry recorded, ``LoraSlotBank.load`` checks every tensor against the shape of
    the layer it targets before writing the slot, so an entry without a fingerprint (a base that
    could not be inspected at push time) is still checked by shape -> ``IncompatibleBase``.
 """
@@ -27,7 +28,6 @@ from adapterhub.errors import AdapterNotFound, UnsupportedAdapter
 from adapterhub.peft_format import parse_adapter_config
 
 from .cache_stats import CacheStats
-from .picker import check_compatible
 from .pinned_lru import PinnedLRU
 from .registry_files import AdapterFiles
 
@@ -81,8 +81,10 @@ class LoraCache:
         return self._lru.stats
 
     def acquire(self, version: AdapterVersion, *, timeout: float = 0.0) -> LoraSlot:
-        """Pin ``version`` in a slot, loading it on a miss; waits up to ``timeout`` s for a slot."""
-        self._check_version(version)
+        """Pin ``version`` (resolved: checked against the base) in a slot, loading it on a miss;
+        waits up to ``timeout`` s for a slot."""
+        if version.adapter_type != "lora":
+            raise UnsupportedAdapter(f"{version.ref} is a {version.adapter_type} adapter, not a LoRA")
         return self._lru.acquire(version.digest, version.ref, lambda: self._load(version), timeout=timeout)
 
     def release(self, handle: LoraSlot) -> None:
@@ -102,11 +104,6 @@ class LoraCache:
              "loaded_at": e.loaded_at, "last_used": e.last_used}
             for e in self._lru.resident()
         ]
-
-    def _check_version(self, version: AdapterVersion) -> None:
-        if version.adapter_type != "lora":
-            raise UnsupportedAdapter(f"{version.ref} is a {version.adapter_type} adapter, not a LoRA")
-        check_compatible(version, self.bank.loaded.info)
 
     def _load(self, version: AdapterVersion) -> tuple[LoraSlot, int]:
         """Registry files -> a free slot (outside the cache's lock); on failure the slot stays free."""

@@ -1,15 +1,14 @@
-"""Where a request picks its adapter: model name -> registry version -> LoRA slot, soft prompt, template or base.
+"""Where a resolved request's adapter is kept resident: a LoRA slot, a soft prompt, a template or nothing.
 
-An HTTP thread calls ``resolve`` with the request's ``model`` (the base's name, or an adapter
-reference: ``name``, ``name:tag``, ``name@3``): the version is looked up once, its type checked,
-and it is refused before any byte is loaded when it was made for another base. ``pin`` then makes
-that same version resident, in the caller's thread, and records it on the request: a LoRA as the
-slot its rows use (``LoraCache``), a prompt-tuning adapter as the embeddings its prompt starts with
-(``SoftPromptCache``), nothing for the base. ``unpin`` lets the cache evict it again.
+The HTTP thread has resolved ``model`` once (``resolution``: the version, checked against the
+base). ``pin`` then makes that same version resident, in the caller's thread, and records it on
+the request: a LoRA as the slot its rows use (``LoraCache``), a prompt-tuning adapter as the
+embeddings its prompt starts with (``SoftPromptCache``), nothing for the base. ``unpin`` lets the
+cache evict it again. Nothing here checks the version against the base again.
 
-A prompt template (``prompt_template``) has no parameters: the HTTP layer asks ``prompt_template``
-for it and rewrites the prompt text before tokenizing, and the request then runs as a base row
-(nothing is pinned). It is tied to the base it was pushed for by the fingerprint, as the others are.
+A prompt template (``prompt_template``) has no parameters: its text was rendered into the prompt
+before tokenizing (``adapterhub.prompt_encoding``), and the request then runs as a base row
+(nothing is pinned).
 """
 
 from __future__ import annotations
@@ -17,99 +16,38 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.adapter_folder import PROMPT_TEMPLATE
-from adapterhub.echo import echo
-from adapterhub.errors import AdapterNotFound, IncompatibleBase, InvalidReference, UnsupportedAdapter
-from adapterhub.peft_format import check_shapes_fit
+from adapterhub.errors import UnsupportedAdapter
 
 from ..compute_threads import single_threaded
-from .prompt_template_cache import PromptTemplateCache
 
 if TYPE_CHECKING:
-    from adapterhub.base_model import BaseInfo
-    from adapterhub.prompt_template import PromptTemplate
     from adapterhub.registry import AdapterVersion
-    from adapterhub.registry_protocol import Registry
 
     from ..request import GenerationRequest
     from .lora_cache import LoraCache
+    from .prompt_template_cache import PromptTemplateCache
     from .soft_prompt_cache import SoftPromptCache
 
-__all__ = ["AdapterPicker", "check_compatible", "SERVED_TYPES"]
-
-SERVED_TYPES = ("lora", "prompt_tuning", PROMPT_TEMPLATE)
-
-
-def check_compatible(version: AdapterVersion, info: BaseInfo | None) -> None:
-    """Refuse an adapter made for another base before any of its bytes are used.
-
-    The registry records the base's fingerprint (architecture + every weight shape) and the shape
-    each adapter tensor implies; both are compared with the served base (``info``; ``None`` when
-    the base could not be inspected, and then the slot bank still checks shapes at load).
-    """
-    if info is None:
-        return
-    recorded = version.base.get("fingerprint")
-    if recorded and recorded != info.fingerprint:
-        raise IncompatibleBase(
-            f"{version.ref} was registered for base {version.base.get('name')} ({recorded[:19]}...), "
-            f"this server runs {info.name} ({info.fingerprint[:19]}...), whose weights differ"
-        )
-    check_shapes_fit(version.base.get("shapes") or {}, info.weights, base=info.name, hidden_size=info.hidden_size,
-                     where=version.ref)
+__all__ = ["AdapterPicker"]
 
 
 class AdapterPicker:
-    """Resolves a request's adapter and keeps it resident while the request runs; thread-safe.
+    """Keeps a resolved request's adapter resident while the request runs; thread-safe.
 
     Args:
-        registry: where references resolve.
-        base_name, base_info: the served base (``info`` may be ``None``: not inspectable).
         soft_prompts: the prompt-tuning cache.
+        prompt_templates: the prompt-template cache.
         lora_slots: the LoRA cache, or ``None`` for a server started without LoRA support.
         slot_wait_s: how long a request waits for a LoRA slot while every slot is pinned by
             running requests (``AdapterBusy`` after that).
-        prompt_templates: the prompt-template cache (default: a new one over ``registry``).
     """
 
-    def __init__(self, registry: Registry, *, base_name: str, base_info: BaseInfo | None,
-                 soft_prompts: SoftPromptCache, lora_slots: LoraCache | None, slot_wait_s: float,
-                 prompt_templates: PromptTemplateCache | None = None) -> None:
-        self.registry = registry
-        self.base_name = base_name
-        self.base_info = base_info
+    def __init__(self, *, soft_prompts: SoftPromptCache, prompt_templates: PromptTemplateCache,
+                 lora_slots: LoraCache | None, slot_wait_s: float) -> None:
         self.soft_prompts = soft_prompts
+        self.prompt_templates = prompt_templates
         self.lora_slots = lora_slots
         self.slot_wait_s = slot_wait_s
-        self.prompt_templates = prompt_templates or PromptTemplateCache(registry)
-
-    def resolve(self, model: str | None) -> AdapterVersion | None:
-        """The adapter version ``model`` names, checked against the base; ``None`` for the base itself."""
-        if model in (None, "", self.base_name):
-            return None
-        try:
-            version = self.registry.resolve(model)
-        except InvalidReference as e:
-            raise AdapterNotFound(f"model {echo(model)} does not exist: {e}") from e
-        if version.adapter_type not in SERVED_TYPES:
-            raise UnsupportedAdapter(f"{version.ref}: adapter type {version.adapter_type} cannot be served")
-        if version.adapter_type == "lora" and self.lora_slots is None:
-            raise UnsupportedAdapter(f"{version.ref}: this server was started without LoRA support")
-        check_compatible(version, self.base_info)
-        return version
-
-    @staticmethod
-    def virtual_tokens(version: AdapterVersion | None) -> int:
-        """Positions a version's soft prompt adds in front of the prompt (0 for LoRA and the base)."""
-        if version is None or version.adapter_type != "prompt_tuning":
-            return 0
-        return int(version.peft.get("num_virtual_tokens") or 0)
-
-    def prompt_template(self, version: AdapterVersion | None) -> PromptTemplate | None:
-        """The template a prompt-template version applies to the prompt text (read once, then cached);
-        ``None`` for every other kind."""
-        if version is None or version.adapter_type != PROMPT_TEMPLATE:
-            return None
-        return self.prompt_templates.get(version)
 
     def pin(self, request: GenerationRequest) -> None:
         """Make the request's adapter resident (loading it here, in the caller's thread) and record it."""
