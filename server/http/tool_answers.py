@@ -58,33 +58,29 @@ class ToolCallStream:
         self._tools = tools
         self._text = ""
         self._sent = 0  # characters of ``_text`` already sent as content
-        self._held = False  # a call has begun (at ``_start``): nothing more is sent until the end
-        self._start = 0
+        self._call_start: int | None = None  # where a call began: nothing past it is sent until the end
 
     def step(self, piece: str, last: bool) -> tuple[dict[str, Any], bool]:
         """The delta to send now that ``piece`` joined the answer (``last``: the answer ended with
         it), and whether it holds the calls."""
         self._text += piece
         content = self._send(self._sendable())
-        if not last:
-            return ({"content": content} if content else {}), False
-        found = _calls(self._text, self._tools)
-        if found is None:
+        found = _calls(self._text, self._tools) if last else None
+        if last and found is None:
             content += self._send(len(self._text))
-        delta = {"content": content} if content else {}
+        delta: dict[str, Any] = {"content": content} if content else {}
         if found is None:
             return delta, False
         return {**delta, "tool_calls": _wire(found[1], indexed=True)}, True
 
     def _sendable(self) -> int:
         """Where the content that may go out now ends: before a call, or before what may begin one."""
-        if not self._held:
+        if self._call_start is None:
             start = self._text.find(BEGIN, self._sent)
             if start < 0:
                 return len(self._text) - _partial_marker(self._text)
-            self._held = True
-            self._start = start
-        return self._start
+            self._call_start = start
+        return self._call_start
 
     def _send(self, upto: int) -> str:
         out, self._sent = self._text[self._sent:upto], max(self._sent, upto)
