@@ -14,7 +14,8 @@ the assistant's content in that format, and tool results become user turns wrapp
 ``<tool_response>`` (consecutive ones merged), as Qwen's template does.
 
 A prompt-template adapter shapes the conversation before this (``prompt_templates``: it wraps the
-last user turn, never a tool result); a template that raises on a conversation (some refuse roles out of order) is that request's 400.
+last user turn, never a tool result); a template that raises on a conversation (some refuse roles
+out of order) is that request's 400.
 """
 
 from __future__ import annotations

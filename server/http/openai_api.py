@@ -588,8 +588,9 @@ def chat_completions():
 
     if not job.stream:
         job.drain()
-        return jsonify({**head, "object": "chat.completion", "choices": [choice(i, c) for i, c in enumerate(job.choices)],
-                        "usage": job.usage(), **({"prompt_token_ids": prompt} if job.want_ids else {})})
+        return jsonify({**head, "object": "chat.completion",
+                        "choices": [choice(i, c) for i, c in enumerate(job.choices)], "usage": job.usage(),
+                        **({"prompt_token_ids": prompt} if job.want_ids else {})})
 
     calls = [ToolCallStream(tools) for _ in job.choices] if tools is not None and tools.offered else None
 

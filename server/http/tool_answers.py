@@ -42,7 +42,8 @@ def _wire(calls: list[ParsedCall], *, indexed: bool) -> list[dict[str, Any]]:
             for k, c in enumerate(calls)]
 
 
-def answer_message(text: str, finish_reason: str | None, tools: ToolRequest | None) -> tuple[dict[str, Any], str | None]:
+def answer_message(text: str, finish_reason: str | None,
+                   tools: ToolRequest | None) -> tuple[dict[str, Any], str | None]:
     """(the assistant ``message``, the finish reason) of a finished answer."""
     found = _calls(text, tools) if tools is not None and tools.offered else None
     if found is None:

@@ -84,5 +84,6 @@ def enforcing_tag(functions: dict[str, dict[str, Any]], *, parallel: bool) -> di
     tags = [{"type": "tag", "begin": f'{BEGIN}{{"name": {json.dumps(name)}, "arguments": ',
              "content": {"type": "json_schema", "json_schema": schema, "max_whitespace_cnt": _MAX_WHITESPACE},
              "end": f"}}{END}"} for name, schema in functions.items()]
-    return {"type": "structural_tag", "format": {"type": "repeat", "min": 1, "max": MAX_PARALLEL_CALLS if parallel else 1,
-                                                 "content": {"type": "or", "elements": tags}}}
+    calls = {"type": "repeat", "min": 1, "max": MAX_PARALLEL_CALLS if parallel else 1,
+             "content": {"type": "or", "elements": tags}}
+    return {"type": "structural_tag", "format": calls}

@@ -1,4 +1,4 @@
-"""The request fields that offer tools: ``tools``, ``tool_choice``, ``parallel_tool_calls``, checked into one ``ToolRequest``.
+"""The fields that offer tools (``tools``, ``tool_choice``, ``parallel_tool_calls``), checked into a ``ToolRequest``.
 
 OpenAI's function tools (``{"type": "function", "function": {"name", "description",
 "parameters"}}``). Each refusal is a 400 of one line naming the field: a name outside OpenAI's
@@ -98,14 +98,15 @@ def _tools(engine: Engine, raw: Any) -> list[dict[str, Any]]:
         raise ApiError(codes.INVALID_VALUE, f"'tools' holds {len(raw)} tools, over this server's limit of {MAX_TOOLS}")
     size = len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False))
     if size > MAX_GRAMMAR_CHARS:
-        raise ApiError(codes.GRAMMAR_TOO_LARGE,
-                       f"'tools': the definitions are {size} characters, over this server's limit of {MAX_GRAMMAR_CHARS}")
+        raise ApiError(codes.GRAMMAR_TOO_LARGE, f"'tools': the definitions are {size} characters, "
+                                                f"over this server's limit of {MAX_GRAMMAR_CHARS}")
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, tool in enumerate(raw):
         function = _function(engine, f"tools[{i}]", tool)
         if function["name"] in seen:
-            raise ApiError(codes.INVALID_VALUE, f"'tools[{i}].function.name': {echo(function['name'])} is defined twice")
+            raise ApiError(codes.INVALID_VALUE,
+                           f"'tools[{i}].function.name': {echo(function['name'])} is defined twice")
         seen.add(function["name"])
         out.append({"type": "function", "function": function})
     return out
