@@ -14,6 +14,7 @@ A template that cannot shape a conversation (no user turn) raises ``InvalidAdapt
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -33,12 +34,15 @@ class EncodedPrompt:
     ids: list[int]
 
 
-def encode_templated(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]], template: PromptTemplate | None = None,
-                     check_text: Callable[[str], None] | None = None) -> EncodedPrompt:
-    """``prompt`` (a text, or chat messages) with ``template`` applied (``None``: as it is), rendered and tokenized."""
+def encode_templated(tokenizer: Any, prompt: str | Sequence[Mapping[str, Any]], template: PromptTemplate | None = None,
+                     check_text: Callable[[str], None] | None = None,
+                     render_chat: Callable[[Sequence[Mapping[str, Any]]], str] | None = None) -> EncodedPrompt:
+    """``prompt`` (a text, or chat messages) with ``template`` applied (``None``: as it is), rendered and
+    tokenized; ``render_chat`` renders a conversation instead of step 2 (the server's, which also
+    writes the tools a request offers into it)."""
     shaped = prompt if template is None else template.apply(prompt)
     chat = not isinstance(shaped, str)
-    text = render_prompt(tokenizer, shaped) if chat else shaped
+    text = (render_chat or functools.partial(render_prompt, tokenizer))(shaped) if chat else shaped
     if check_text is not None:
         check_text(text)
     return EncodedPrompt(text, encode_text(tokenizer, text, rendered_chat=chat))

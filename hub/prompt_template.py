@@ -79,14 +79,15 @@ class PromptTemplate:
         parts.append(self.fill(text))
         return "\n\n".join(parts)
 
-    def messages(self, conversation: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-        """The chat ``conversation`` as the template shapes it (see the module's docstring)."""
-        turns = [{"role": m["role"], "content": m["content"]} for m in conversation]
+    def messages(self, conversation: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The chat ``conversation`` as the template shapes it (see the module's docstring); a
+        turn's other keys (an assistant's ``tool_calls``, a result's ``tool_call_id``) are kept."""
+        turns = [dict(m) for m in conversation]
         last_user = next((i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "user"), None)
         if last_user is None:
             raise InvalidAdapter("a prompt template wraps the last user message, and the conversation has none")
         turns[last_user]["content"] = self.fill(turns[last_user]["content"])
-        head: list[dict[str, str]] = []
+        head: list[dict[str, Any]] = []
         if self.system:
             if turns and turns[0]["role"] in _SYSTEM_ROLES:
                 first = turns.pop(0)

@@ -162,12 +162,12 @@ def test_no_logprobs_unless_asked(stack):
 
 
 @pytest.mark.parametrize("path, extra, field", [
-    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ("/v1/chat/completions", {"tool_choice": "auto"}, "tool_choice"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f f"}}]}, "tools"),
+    ("/v1/chat/completions", {"tool_choice": "sometimes"}, "tool_choice"),
     ("/v1/chat/completions", {"response_format": {"type": "xml"}}, "response_format"),  # json ones: structured outputs
     ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),
     ("/v1/chat/completions", {"function_call": "auto"}, "function_call"),
-    ("/v1/chat/completions", {"parallel_tool_calls": True}, "parallel_tool_calls"),
+    ("/v1/chat/completions", {"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ("/v1/chat/completions", {"echo": True}, "echo"),
     ("/v1/chat/completions", {"modalities": ["audio"]}, "modalities"),
     ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),

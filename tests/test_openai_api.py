@@ -152,7 +152,7 @@ def test_bad_completion_requests(client, body, status, code):
 
 @pytest.mark.parametrize("messages", [None, [], "hi", [{"role": "user"}], [{"role": "robot", "content": "x"}],
                                       [{"role": "user", "content": [{"type": "image_url"}]}],
-                                      [{"role": "user", "content": "x", "name": "alice"}],
+                                      [{"role": "user", "content": "x", "tool_call_id": "c"}],
                                       [{"role": "assistant", "content": "", "tool_calls": [{"id": "c"}]}]])
 def test_bad_chat_requests(client, messages):
     status, doc = _post(client, "/v1/chat/completions", {"model": "lora-qv", "messages": messages})

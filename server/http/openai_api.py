@@ -21,7 +21,10 @@ vLLM's default); ``echo`` on completions returns the prompt before the answer, a
 ``logprobs`` the prompt tokens' scores too (the first one ``null``), which is how evaluation
 harnesses score multiple-choice answers. Structured outputs (``response_format`` json_object or
 json_schema, vLLM's ``structured_outputs`` and ``guided_*``) hold the answer to a grammar compiled
-before it is queued (``structured_fields``). A field this server does not implement (``tools``,
+before it is queued (``structured_fields``). Chat's ``tools`` are rendered through the base's chat
+template (or a fallback system message, ``chat_prompt``); ``tool_choice: "required"`` or a named
+function is enforced by a grammar (``tool_fields``), and the answer is read back into
+``tool_calls`` (``tool_answers``). A field this server does not implement (``functions``,
 ``suffix``...) is refused with a 400 naming it, never ignored, unless it holds
 its neutral value (``_NEUTRAL``).
 
@@ -57,6 +60,8 @@ from adapterhub.server.engine.request import (
 )
 
 from .admission import AdmissionLimits, PromptBounds
+from .chat_messages import conversation, conversation_chars
+from .chat_prompt import ChatPrompts
 from .disconnect import DisconnectWatcher
 from .errors import ApiError
 from .header_gate import add_gate
@@ -67,6 +72,8 @@ from .openai_logprobs import chat_logprobs, completion_logprobs
 from .prompt_templates import encode_request_prompt, refuse_token_ids
 from .state import app_state
 from .structured_fields import STRUCTURED_FIELDS, requested_grammar
+from .tool_answers import ToolCallStream, answer_message
+from .tool_fields import TOOL_FIELDS, ToolRequest, requested_tools
 from .vllm_compat import with_served_names
 
 if TYPE_CHECKING:
@@ -75,6 +82,7 @@ if TYPE_CHECKING:
     from adapterhub.server.engine.adapters.resolution import Resolved
     from adapterhub.server.engine.engine import Engine
     from adapterhub.server.engine.structured.grammar_cache import CompiledConstraint
+    from adapterhub.server.engine.structured.spec import GrammarSpec
 
 __all__ = ["bp", "init_app", "ADMIN_ENDPOINTS"]
 
@@ -91,14 +99,13 @@ _COMMON_FIELDS = frozenset({"model", "stream", "stream_options", "n", "max_token
                             "temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty",
                             "logit_bias", "logprobs", "user", "return_token_ids"}) | STRUCTURED_FIELDS
 _COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo"}
-_CHAT_FIELDS = _COMMON_FIELDS | {"messages", "top_logprobs"}
+_CHAT_FIELDS = _COMMON_FIELDS | {"messages", "top_logprobs"} | TOOL_FIELDS
 # Unimplemented fields whose value asks for nothing (what some clients send by default).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "tools": ([],), "functions": ([],), "tool_choice": ("none",), "function_call": ("none",),
     "suffix": ("",), "best_of": (1,),
 }
 _MISSING = object()
-_ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 # --- plumbing ------------------------------------------------------------------------------------
@@ -110,6 +117,7 @@ def init_app(app: Any, engine: Engine, limits: AdmissionLimits) -> None:
     state["limits"] = limits
     state["prompt_bounds"] = PromptBounds(limits, engine.tokenizer, engine.context_length)
     state["disconnects"] = DisconnectWatcher()
+    state["chat_prompts"] = ChatPrompts(engine.tokenizer)
     # The server reads no more of a /v1 body than the limit (the view then answers 413 from its headers).
     add_gate(app, lambda method, path, headers: limits.max_body_bytes if path.startswith(bp.url_prefix) else None)
     app.register_blueprint(bp)
@@ -396,8 +404,10 @@ class _Job:
 
 
 def _start(engine: Engine, body: dict[str, Any], adapter: Resolved, prompts: list[list[int]], n: int,
-           *, default_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None) -> _Job:
-    """Read the sampling and response options both endpoints take, and queue the answers."""
+           *, default_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None,
+           enforced: tuple[str, GrammarSpec] | None = None) -> _Job:
+    """Read the sampling and response options both endpoints take, and queue the answers
+    (``enforced``: a grammar another field asks for, named by that field)."""
     room = engine.context_length - max(len(p) for p in prompts) - adapter.virtual_tokens
     max_tokens = _max_tokens(body, ("max_completion_tokens", "max_tokens"), default_tokens, room)
     params = _sampling(body, max_tokens=max_tokens, vocab=engine.vocab_size, logprobs=logprobs,
@@ -405,7 +415,7 @@ def _start(engine: Engine, body: dict[str, Any], adapter: Resolved, prompts: lis
     stream = _field(body, "stream", bool, "a boolean", False)
     want_ids = _field(body, "return_token_ids", bool, "a boolean", False)
     want_usage = _want_usage(body)
-    choices = _submit(engine, adapter, prompts, params, n, requested_grammar(engine, body))
+    choices = _submit(engine, adapter, prompts, params, n, requested_grammar(engine, body, enforced))
     return _Job(choices, n, stream, want_ids, want_usage, g.adapter_label, _metrics(),
                 {"created": int(time.time()), "model": body["model"]})
 
@@ -530,32 +540,15 @@ def _drain(choices: list[_Choice], label: str, metrics: ServerMetrics) -> None:
 # --- /v1/chat/completions ------------------------------------------------------------------------
 
 
-def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int,
-                 template: PromptTemplate | None) -> list[int]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(codes.INVALID_TYPE, "'messages' must be a non-empty list")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES:
-            raise ApiError(codes.INVALID_VALUE, f"messages[{i}] needs a role among {', '.join(_ROLES)}")
-        content = m.get("content")
-        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise ApiError(codes.INVALID_VALUE, f"messages[{i}].content parts must be text parts")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise ApiError(codes.INVALID_TYPE, f"messages[{i}].content must be a string")
-        for key, value in m.items():  # e.g. name, tool_calls: the template would drop them unseen
-            if key not in ("role", "content") and value not in (None, "", [], {}):
-                raise ApiError(codes.UNSUPPORTED_FIELD, f"messages[{i}].{echo(key)} is not supported by this server")
-        clean.append({"role": m["role"], "content": content})
+def _chat_prompt(body: dict[str, Any], tokenizer: Any, vocab: int, n: int, template: PromptTemplate | None,
+                 tools: ToolRequest | None) -> list[int]:
+    turns = conversation(body.get("messages"))
     app_state()["limits"].check_generations(1, n)
-    _bounds().check_chars(sum(len(m["content"]) for m in clean), "the conversation")  # before templating it
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ApiError(codes.NO_CHAT_TEMPLATE, "the base model has no chat template; use /v1/completions")
-    return _check_ids(encode_request_prompt(tokenizer, clean, template, _check_text).ids, vocab)
+    _bounds().check_chars(conversation_chars(turns), "the conversation")  # before templating it
+    chat_prompts = app_state()["chat_prompts"]
+    encoded = encode_request_prompt(tokenizer, turns, template, _check_text,
+                                    render_chat=lambda shaped: chat_prompts.render(shaped, tools))
+    return _check_ids(encoded.ids, vocab)
 
 
 def _chat_top_logprobs(body: dict[str, Any]) -> int | None:
@@ -571,27 +564,43 @@ def _chat_top_logprobs(body: dict[str, Any]) -> int | None:
 def chat_completions():
     engine, body, adapter, n = _begin(_CHAT_FIELDS)
     top_logprobs = _chat_top_logprobs(body)
-    prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size, n, adapter.template())
-    job = _start(engine, body, adapter, [prompt], n, default_tokens=None, logprobs=top_logprobs)
+    tools = requested_tools(engine, body)
+    prompt = _chat_prompt(body, engine.tokenizer, engine.vocab_size, n, adapter.template(), tools)
+    spec = None if tools is None else tools.enforced()
+    job = _start(engine, body, adapter, [prompt], n, default_tokens=None, logprobs=top_logprobs,
+                 enforced=None if spec is None else ("tool_choice", spec))
     head = {"id": f"chatcmpl-{job.id}", **job.head}
     decode = _decoder(engine.tokenizer)
 
     def scores(found: list[TokenLogprob]) -> dict[str, Any] | None:
         return None if top_logprobs is None else chat_logprobs(decode, found)
 
+    def choice(i: int, c: _Choice) -> dict[str, Any]:
+        message, finish_reason = answer_message(c.text, c.finish_reason, tools)
+        return {"index": i, "message": message, "logprobs": scores(c.logprobs), "finish_reason": finish_reason,
+                **({"token_ids": c.token_ids} if job.want_ids else {})}
+
     if not job.stream:
         job.drain()
-        return jsonify({**head, "object": "chat.completion", "choices": [
-            {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": scores(c.logprobs),
-             "finish_reason": c.finish_reason, **({"token_ids": c.token_ids} if job.want_ids else {})}
-            for i, c in enumerate(job.choices)], "usage": job.usage(),
-            **({"prompt_token_ids": prompt} if job.want_ids else {})})
+        return jsonify({**head, "object": "chat.completion",
+                        "choices": [choice(i, c) for i, c in enumerate(job.choices)], "usage": job.usage(),
+                        **({"prompt_token_ids": prompt} if job.want_ids else {})})
+
+    calls = [ToolCallStream(tools) for _ in job.choices] if tools is not None and tools.offered else None
+
+    def chunk_choice(i: int, c: _Choice, event: TokenEvent) -> dict[str, Any]:
+        """One token's chunk; with tools offered, content that may be a call is held to the end."""
+        finish_reason = c.finish_reason
+        if calls is None:
+            delta = {"content": event.text} if event.text else {}
+        else:
+            delta, called = calls[i].step(event.text, finish_reason is not None)
+            finish_reason = "tool_calls" if called else finish_reason
+        return {"index": i, "delta": delta, "logprobs": scores([] if event.logprob is None else [event.logprob]),
+                "finish_reason": finish_reason}
 
     return _stream(job, {**head, "object": "chat.completion.chunk"},
-                   choice_of=lambda i, c, event, first: {
-                       "index": i, "delta": {"content": event.text} if event.text else {},
-                       "logprobs": scores([] if event.logprob is None else [event.logprob]),
-                       "finish_reason": c.finish_reason},
+                   choice_of=lambda i, c, event, first: chunk_choice(i, c, event),
                    opening=lambda i: {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                       "finish_reason": None})
 

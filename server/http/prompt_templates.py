@@ -26,11 +26,12 @@ if TYPE_CHECKING:
 __all__ = ["encode_request_prompt", "refuse_token_ids"]
 
 
-def encode_request_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]], template: PromptTemplate | None,
-                     check_text: Callable[[str], None]) -> EncodedPrompt:
+def encode_request_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, Any]], template: PromptTemplate | None,
+                          check_text: Callable[[str], None],
+                          render_chat: Callable[[Sequence[Mapping[str, Any]]], str] | None = None) -> EncodedPrompt:
     """``adapterhub.prompt_encoding.encode_templated``; a 400 when the template finds no user turn to wrap."""
     try:
-        return encode_templated(tokenizer, prompt, template, check_text)
+        return encode_templated(tokenizer, prompt, template, check_text, render_chat)
     except InvalidAdapter as e:
         raise ApiError(codes.INVALID_VALUE, str(e)) from None
 

@@ -32,9 +32,11 @@ _GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "cho
 STRUCTURED_FIELDS = frozenset({"response_format", "structured_outputs", *_GUIDED})
 
 
-def requested_grammar(engine: Engine, body: dict[str, Any]) -> CompiledConstraint | None:
-    """The compiled grammar the request's fields ask for, or ``None`` when they ask for none."""
-    found = [(name, spec) for name, spec in _specs(body) if spec is not None]
+def requested_grammar(engine: Engine, body: dict[str, Any],
+                      enforced: tuple[str, GrammarSpec] | None = None) -> CompiledConstraint | None:
+    """The compiled grammar the request's fields ask for, or ``None`` when they ask for none;
+    ``enforced`` is one another field asks for (``tool_choice``: the tool calls), named by it."""
+    found = [(name, spec) for name, spec in _specs(body) if spec is not None] + ([enforced] if enforced else [])
     if len(found) > 1:
         raise ApiError(codes.INVALID_VALUE,
                        f"one structured output constraint per request: got {found[0][0]} and {found[1][0]}")

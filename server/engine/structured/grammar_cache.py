@@ -9,8 +9,9 @@ a grammar that does not compile is that request's 400, not a row failing mid-bat
 
 JSON answers never hold a raw control character (JSON escapes them in strings, and compact JSON
 has no newlines or tabs between values), yet xgrammar 0.2.9 lets a string with a ``maxLength``
-take bytes 0x00-0x1F (pydantic then refuses the answer): a JSON grammar's rows also carry a token
-filter that clears every token holding such a byte (``CompiledConstraint.token_filter``).
+take bytes 0x00-0x1F (pydantic then refuses the answer): a JSON grammar's rows (and a structural
+tag's, whose tool-call arguments are JSON) also carry a token filter that clears every token
+holding such a byte (``CompiledConstraint.token_filter``).
 
 Identical specs share one compilation, and failures are cached like successes: a client
 repeating a bad schema costs a lookup, not a compile. The cache is bounded by entries and by
@@ -143,7 +144,7 @@ class GrammarCache:
             raise GrammarInvalid(_one_line(spec, e)) from None
         with self._lock:
             self.compiled += 1
-        json_kinds = (GrammarKind.JSON_SCHEMA, GrammarKind.JSON_OBJECT)
+        json_kinds = (GrammarKind.JSON_SCHEMA, GrammarKind.JSON_OBJECT, GrammarKind.STRUCTURAL_TAG)
         return CompiledConstraint(spec, grammar, self.stop_ids, self._json_filter if spec.kind in json_kinds else None)
 
     def _grammar_compiler(self) -> xgrammar.GrammarCompiler:
@@ -187,6 +188,8 @@ def _compile(compiler: xgrammar.GrammarCompiler, spec: GrammarSpec) -> xgrammar.
         return compiler.compile_regex(spec.source)
     if spec.kind is GrammarKind.CHOICE:
         return compiler.compile_grammar(_choice_grammar(spec.choices))
+    if spec.kind is GrammarKind.STRUCTURAL_TAG:
+        return compiler.compile_structural_tag(spec.source)
     return compiler.compile_grammar(spec.source)
 
 

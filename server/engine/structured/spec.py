@@ -27,6 +27,7 @@ class GrammarKind(StrEnum):
     REGEX = "regex"
     CHOICE = "choice"  # one of a list of strings, verbatim
     GRAMMAR = "grammar"  # an EBNF grammar (xgrammar's dialect, as vLLM's guided_grammar)
+    STRUCTURAL_TAG = "structural_tag"  # xgrammar's structural tag (JSON): tool calls that must be made
 
 
 class GrammarTooLarge(ValueError):
@@ -41,7 +42,7 @@ class GrammarInvalid(ValueError):
 class GrammarSpec:
     """One constraint: its kind and its text (a JSON schema as compact JSON, in the key order the
     client sent, which is the order the answer's properties take; a regex; an EBNF grammar; the
-    choices as a JSON list). Use the ``json_schema``/``choice``/... constructors.
+    choices as a JSON list; a structural tag as compact JSON). Use the ``json_schema``/``choice``/... constructors.
 
     Args:
         kind: what ``source`` is.
@@ -77,6 +78,10 @@ class GrammarSpec:
     @classmethod
     def grammar(cls, ebnf: str) -> GrammarSpec:
         return cls(GrammarKind.GRAMMAR, ebnf)
+
+    @classmethod
+    def structural_tag(cls, tag: dict[str, Any]) -> GrammarSpec:
+        return cls(GrammarKind.STRUCTURAL_TAG, _compact(tag))
 
     @property
     def choices(self) -> list[str]:
