@@ -71,7 +71,7 @@ def _stream_ttft(server: ServerProcess, path: str, doc: dict[str, Any]) -> tuple
             continue
         choice = json.loads(line[6:])["choices"][0]
         piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
-        if piece is not None and first is None:
+        if piece and first is None:  # a chat's first chunk carries only the role
             first = time.perf_counter() - start
         parts.append(piece or "")
     conn.close()

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["BatchCache", "left_pad_prompts", "place_prefixes"]
 
 _MIN_COLUMNS = 64  # room a fresh layout leaves on each side of the used columns, at least
+_MIN_ROWS = 4  # rows a fresh layout holds, at least
 
 
 def left_pad_prompts(pieces: Sequence[torch.Tensor],
@@ -79,7 +80,7 @@ class _SlabLayer(DynamicLayer):
         rows, heads, length, dim = keys.shape
         self.is_initialized = True
         self.device = keys.device
-        self._k = keys.new_zeros(_room(rows), heads, length + 2 * _room(length), dim)
+        self._k = keys.new_zeros(_row_room(rows), heads, length + 2 * _room(length), dim)
         self._v = values.new_zeros(self._k.shape[:3] + values.shape[3:])
         self.rows, self.start, self.end = rows, _room(length), _room(length) + length
         self._k[:rows, :, self.start:self.end] = keys
@@ -146,13 +147,20 @@ class _SlabLayer(DynamicLayer):
         each side); the running rows' used columns are copied, right-aligned at the new ``end``."""
         used = self.end - self.start
         start, end = _room(length) + length - used, _room(length) + length
-        k = self._k.new_zeros(max(_room(rows), self._k.shape[0]), self._k.shape[1], length + 2 * _room(length),
+        k = self._k.new_zeros(max(_row_room(rows), self._k.shape[0]), self._k.shape[1], length + 2 * _room(length),
                               self._k.shape[3])
         v = self._v.new_zeros(k.shape[:3] + self._v.shape[3:])
         k[: self.rows, :, start:end] = self.keys
         v[: self.rows, :, start:end] = self.values
         self._k, self._v, self.start, self.end = k, v, start, end
         self._views()
+
+
+def _row_room(n: int) -> int:
+    """Rows a fresh layout holds for ``n`` rows: twice as many (rows join one prefill at a time), at
+    least ``_MIN_ROWS``. Room for 64 rows whatever the batch made a lone 600-token prompt's cache
+    5 GB of zeroed memory on SmolLM2-135M: 1.3 s of its 1.5 s answer went to allocating and freeing it."""
+    return max(2 * n, _MIN_ROWS)
 
 
 def _room(n: int) -> int:
