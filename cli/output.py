@@ -150,6 +150,11 @@ def quiet_ml_libraries() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
+    # bitsandbytes imports triton whenever it is installed (xgrammar installs it), and triton's
+    # bindings print hundreds of "nanobind: leaked ..." lines when the process exits. Without an
+    # NVIDIA device nothing here uses triton (xgrammar's CPU mask kernel does not): keep it unloaded.
+    if not os.path.exists("/dev/nvidiactl") and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` raises ImportError
 
 
 def warn(message: str) -> None:
