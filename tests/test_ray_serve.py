@@ -125,6 +125,51 @@ def test_fleet_chat_and_streaming_match_the_single_server(servers):
         assert got.choices[0].message.content == want.choices[0].message.content
 
 
+def test_fleet_holds_answers_to_schemas_and_tools_as_the_single_server_does(servers):
+    """Structured outputs and tool calling reach the replicas by the same code: the same JSON under
+    a schema, the same enforced call, from a replica as from the single server."""
+    single_url, fleet_url, _, _ = servers
+    schema = {"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]},
+                                               "count": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["colour", "count"], "additionalProperties": False}
+    small = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["n"]}
+    tool = {"type": "function", "function": {"name": "paint", "parameters": small}}  # the tiny base's context is 512
+    messages = [{"role": "user", "content": "Pick a colour."}]
+    bodies = [
+        {"model": "lora-qv", "messages": messages, "max_tokens": 40, "temperature": 0,
+         "response_format": {"type": "json_schema", "json_schema": {"name": "pick", "schema": schema}}},
+        {"model": "lora-all", "messages": messages, "max_tokens": 100, "temperature": 0, "tools": [tool],
+         "parallel_tool_calls": False,
+         "tool_choice": "required"},
+    ]
+    for body in bodies:
+        answers = [_client(url).chat.completions.create(**body) for url in (single_url, fleet_url)]
+        want, got = (a.choices[0].message for a in answers)
+        assert got.content == want.content  # call ids are random: compare what each call says
+        assert [c.function for c in got.tool_calls or []] == [c.function for c in want.tool_calls or []]
+        if body.get("tools"):
+            assert got.tool_calls, (answers[0].choices[0].finish_reason, got)
+            assert json.loads(got.tool_calls[0].function.arguments).keys() == {"n"}
+        else:
+            assert json.loads(got.content).keys() == {"colour", "count"}
+
+
+def test_each_replica_reuses_prompt_prefixes(servers):
+    """Affinity sends an adapter's requests to one replica, whose engine keeps their prefix; a
+    scrape of /metrics reaches one replica at a time, so several scrapes see both."""
+    _, fleet_url, _, _ = servers
+    fleet = _client(fleet_url)
+    prompt = "A shared beginning, long enough for a few blocks of tokens to be kept for reuse: " * 2
+    first, second = (_completion(fleet, "prompt-7", prompt + tail) for tail in ("one", "two"))
+    assert first[1] and second[1]
+    reused = []
+    for _ in range(12):
+        with urllib.request.urlopen(fleet_url + "/metrics", timeout=60) as answer:
+            reused += [float(line.split()[-1]) for line in answer.read().decode().splitlines()
+                       if line.startswith("adapterhub_prefix_cache_tokens_reused_total")]
+    assert reused and max(reused) > 0, reused
+
+
 @pytest.mark.parametrize("body", [
     {"model": "no-such-adapter", "prompt": "x"},
     {"model": "lora-qv"},
