@@ -48,7 +48,7 @@ def _parse_size(value: str | None) -> int | None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of DARE's random drop.")
 @click.option("--dtype", help=f"Output dtype: {', '.join(_DTYPES)} (default: the base's).")
 @click.option("--max-shard-size", help="Output shard budget, e.g. 2GB (default: the base's largest shard).")
-@click.option("--verify", is_flag=True, help="Compare logits with PEFT's own result before writing (fp32: <= 1e-4).")
+@click.option("--verify", is_flag=True, help="Compare logits with PEFT's own result before writing (fp32: within 1e-4 times the largest logit).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--as-adapter", is_flag=True, help="Write the combination to the registry as a new LoRA adapter.")
 @click.option("--rank", type=int, help="Rank of the --as-adapter result (truncated SVD; not for cat).")

@@ -88,7 +88,7 @@ def _fold(sources: Sequence[AdapterSource], base: str, out: str | os.PathLike, o
             if not report.passed:
                 raise MergeError(
                     f"--verify failed: max |logits difference| {report.max_abs_diff:.3g} against {report.reference} "
-                    f"exceeds {report.tolerance}; nothing written"
+                    f"exceeds {report.tolerance:.3g}; nothing written"
                 )
     return MergeResult(str(out), base, options.method, _lineage(plan), len(plan.edited), files, plan.untied,
                        round(time.perf_counter() - started, 3), report)
