@@ -24,7 +24,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from hetero_lora_bench import SHAPES, build_base, emit, make_adapters  # noqa: E402
-from serve_load import ServerProcess  # noqa: E402
+from serve_load import ServerProcess, run_clients  # noqa: E402
 
 from adapterhub.registry import LocalRegistry  # noqa: E402
 
@@ -69,13 +68,7 @@ def clients_phase(server: ServerProcess, models: list[str], prompts: list[list[l
             except Exception as e:  # reported, never hidden
                 errors.append(f"{type(e).__name__}: {e}"[:200])
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(len(models))]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(client, len(models))
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
     return sum(counts) / wall

@@ -32,7 +32,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from hetero_lora_bench import build_base, emit  # noqa: E402
-from serve_load import ServerProcess, rss_bytes  # noqa: E402
+from serve_load import ServerProcess, rss_bytes, run_clients  # noqa: E402
 
 from adapterhub.prompt_template import FewShot, PromptTemplate, write_prompt_template  # noqa: E402
 from adapterhub.registry import LocalRegistry  # noqa: E402
@@ -124,13 +123,8 @@ def _throughput(server: ServerProcess, model: str, prompts: list[list[str]], ans
                                                   "temperature": 0})
             tokens[i] += doc["usage"]["completion_tokens"]
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(tokens) / (time.perf_counter() - start)
+    wall = run_clients(client, len(prompts))
+    return sum(tokens) / wall
 
 
 def phase_throughput(servers: dict[str, ServerProcess], args: argparse.Namespace, shared: bool) -> dict[str, Any]:
@@ -171,7 +165,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="prefix-bench-"))
     base = Path(args.base) if args.base else work / "base"
     if not args.base:
-        build_base(base, "smollm2-135m", torch.device("cpu"), torch.float32)
+        build_base(base, "smol135m", torch.device("cpu"), torch.float32)
         args.phases = [p for p in args.phases if p != "chat"]  # no chat template on a random base
     registry = LocalRegistry(work / "registry")
     rng = random.Random(0)

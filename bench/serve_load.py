@@ -101,6 +101,17 @@ def request_stream(client: int, prompt_len: int) -> Callable[[int], tuple[str, l
     return nth
 
 
+def run_clients(client: Callable[[int], None], clients: int) -> float:
+    """Run ``client(0..clients-1)`` on one thread each, all at once; the wall time until the last ends."""
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def drive(call: Callable[[str, list[int], int], int], clients: int, duration: float, prompt_len: int,
           rss: Callable[[], int]) -> dict[str, Any]:
     """Run ``clients`` threads calling ``call`` until ``duration`` s have passed; collect figures."""

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hetero_lora_bench import emit  # noqa: E402
-from serve_load import ServerProcess  # noqa: E402
+from serve_load import ServerProcess, run_clients  # noqa: E402
 
 # A record of bounded fields: its minimal answer is short, a full one about 100 tokens.
 SCHEMA = {
@@ -93,13 +93,7 @@ def clients_phase(server: ServerProcess, model: str, clients: int, requests: int
             if constrained and choice["finish_reason"] == "stop":
                 json.loads(choice["message"]["content"])  # the grammar's promise, checked
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(client, clients)
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
     total = sum(tokens)

@@ -29,7 +29,7 @@ import pytest
 from conftest import save_lora, save_prompt_tuning
 
 __all__ = ["peft_greedy", "peft_model", "push_serving_adapters", "start_serve_process", "held_engine", "ADAPTER_SPECS",
-           "announce_body", "post_json"]
+           "announce_body", "post_json", "openai_client"]
 
 # name -> (kind, seed, extra config): two LoRAs of different ranks and targets, two soft prompts.
 ADAPTER_SPECS: dict[str, tuple[str, int, dict[str, Any]]] = {
@@ -127,6 +127,13 @@ def start_serve_process(args: Sequence[str], env: Mapping[str, str]) -> tuple[su
             return proc, found.group(1), lines
     proc.kill()
     pytest.fail("server did not start:\n" + "".join(lines))
+
+
+def openai_client(url: str, api_key: str = "unused") -> Any:
+    """The real ``openai`` client on a server of ours (no retries: a refusal must show)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=url.rstrip("/") + "/v1", api_key=api_key, max_retries=0)
 
 
 def post_json(url: str, path: str, body: Any, timeout: float = 300) -> tuple[int, Any]:

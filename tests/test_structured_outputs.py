@@ -17,7 +17,7 @@ import pytest
 
 from adapterhub.server.http.app import create_app
 from adapterhub.server.http.wsgi import start_in_thread
-from serving_helpers import held_engine, post_json, start_test_engine
+from serving_helpers import held_engine, openai_client, post_json, start_test_engine
 from structured_models import MODELS
 
 _MESSAGES = [{"role": "user", "content": "Answer in JSON."}]
@@ -34,9 +34,7 @@ def stack(tiny_base, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(stack):
-    from openai import OpenAI
-
-    return OpenAI(base_url=stack[1].url + "/v1", api_key="unused", max_retries=0)
+    return openai_client(stack[1].url)
 
 
 def _chat(client, model, **kwargs):

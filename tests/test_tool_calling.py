@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from adapterhub.server.http.app import create_app
 from adapterhub.server.http.tool_call_format import MAX_PARALLEL_CALLS
 from adapterhub.server.http.wsgi import start_in_thread
-from serving_helpers import post_json, start_test_engine
+from serving_helpers import openai_client, post_json, start_test_engine
 
 
 class Weather(BaseModel):
@@ -75,9 +75,7 @@ def stack(long_base, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(stack):
-    from openai import OpenAI
-
-    return OpenAI(base_url=stack[1].url + "/v1", api_key="unused", max_retries=0)
+    return openai_client(stack[1].url)
 
 
 def _chat(client, model, messages=_MESSAGES, **kwargs):

@@ -100,14 +100,10 @@ def _served_names(resident: list[dict[str, Any]], lora_names: LoraNames) -> list
 
 def engine_families(engine: Engine, resident: list[dict[str, Any]], lora_names: LoraNames) -> Iterator[Metric]:
     """The engine-level vLLM families, as of now."""
-    model = engine.base_name
-    for name, help_text, value in (
+    yield from _per_model(GaugeMetricFamily, engine.base_name, (
         ("vllm:num_requests_running", "Number of requests in model execution batches.", engine.running),
         ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", engine.queued),
-    ):
-        family = GaugeMetricFamily(name, help_text, labels=["model_name"])
-        family.add_metric([model], value)
-        yield family
+    ))
     info = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
                              labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"])
     max_lora = engine.lora_slots.bank.max_slots if engine.lora_slots is not None else 0
@@ -117,10 +113,15 @@ def engine_families(engine: Engine, resident: list[dict[str, Any]], lora_names: 
 
 def prefix_cache_families(model: str, stats: PrefixCacheStats) -> Iterator[Metric]:
     """vLLM's prefix-cache counters: prompt tokens looked up, and those found cached."""
-    for name, help_text, value in (
+    yield from _per_model(CounterMetricFamily, model, (
         ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", stats.tokens_queried),
         ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", stats.tokens_reused),
-    ):
-        family = CounterMetricFamily(name, help_text, labels=["model_name"])
+    ))
+
+
+def _per_model(kind: type, model: str, rows: tuple[tuple[str, str, float], ...]) -> Iterator[Metric]:
+    """One ``kind`` family (gauge or counter) per ``(name, help, value)`` row, labelled ``model_name``."""
+    for name, help_text, value in rows:
+        family = kind(name, help_text, labels=["model_name"])
         family.add_metric([model], value)
         yield family
