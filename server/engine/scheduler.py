@@ -487,7 +487,8 @@ class Scheduler:
             elif self._emit(row, token, logprob):
                 done.add(offset + i)
         if done:
-            finished = sorted(i for i in done if not self._rows[i].failed and self._rows[i].generated)
+            # an answer of one token fed nothing back: its prompt is kept by _join, once
+            finished = sorted(i for i in done if not self._rows[i].failed and len(self._rows[i].generated) > 1)
             self._keep_prefixes([self._rows[i] for i in finished], self._batch.cache, self._batch.mask, finished,
                                 answered=True)
             self._remove(done)
