@@ -111,6 +111,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--load-trials", type=int, default=6, help="unload + load rounds over every adapter")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the HF eager reference")
+    ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                    help="an extra `adapterhub serve` argument for both servers (repeatable), "
+                         "e.g. --serve-arg=--prefix-cache-bytes=0")
     ap.add_argument("--save", default=None, help="write the summary document to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,7 +141,8 @@ def main() -> None:
         ids = torch.tensor([p[0] for p in prompts()])
         reference = hf_eager(base, ids, args.new)
         common = ("--device", "cpu", "--max-batch-size", str(args.clients), "--max-loaded-adapters",
-                  str(args.clients), "--max-lora-rank", str(args.rank), "--threads", str(args.clients + 4))
+                  str(args.clients), "--max-lora-rank", str(args.rank), "--threads", str(args.clients + 4),
+                  *args.serve_arg)
         with ServerProcess(base, work / "registry", "--quantize", "none", *common) as fp32, \
                 ServerProcess(base, work / "registry", *common,
                               *(("--quantize", args.quantize) if args.quantize else ())) as default:
